@@ -1,0 +1,281 @@
+"""Configuration: a TOML file plus BALANCE_WATCHER_* environment overrides, validated at the edge.
+
+Every problem is reported as a ConfigError whose message names the file and the key at fault.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "BALANCE_WATCHER_"
+
+MASTERCARD_BASE_URLS = {
+    "mtf": "https://sandbox.api.mastercard.com/send",
+    "production": "https://api.mastercard.com/send",
+}
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """A configuration or rules problem a user can fix; the message names the file and the key."""
+
+
+def parse_duration(value: object) -> timedelta:
+    """Read "90s", "5m", "6h", "1d", "500ms" or a combination such as "1h30m"."""
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"a duration is a string such as \"90s\" or \"5m\", not {value!r}")
+    text = value.strip().replace(" ", "")
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d)")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return timedelta(seconds=seconds)
+
+
+def parse_money(value: object) -> Decimal:
+    """Read a decimal string such as "5000.00"; floats are refused because they are not exact."""
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, (bool, float)):
+        raise ValueError(f"money must be a decimal string such as \"5000.00\", not the number {value!r}")
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"invalid amount {value!r}: use a decimal string such as \"5000.00\"") from None
+    else:
+        raise ValueError(f"money must be a decimal string such as \"5000.00\", not {value!r}")
+    if not result.is_finite():
+        raise ValueError(f"amount {value!r} is not a finite number")
+    return result
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Money = Annotated[Decimal, BeforeValidator(parse_money)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StateConfig(_Strict):
+    path: Path = Path("/var/lib/balance-watcher/state.db")
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    changes_topic: str = "balance-changes"
+    alerts_topic: str = "balance-alerts"
+    client_id: str = "balance-watcher"
+    request_timeout: Duration = timedelta(seconds=30)
+    # TLS / SASL, named as aiokafka names them.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("at least one host:port is needed")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return ",".join(servers)
+
+
+class RulesConfig(_Strict):
+    files: list[Path] = Field(default_factory=list)
+
+
+class MetricsConfig(_Strict):
+    listen: str = "127.0.0.1:9464"
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class _SourceBase(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    interval: Duration = timedelta(seconds=60)
+    max_concurrency: int = Field(default=16, ge=1, le=1024)
+    jitter: Duration | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+
+class MastercardSendConfig(_SourceBase):
+    type: Literal["mastercard-send"]
+    environment: Literal["mtf", "production"] | None = None
+    base_url: str | None = None
+    partner_id: str = Field(min_length=1)
+    consumer_key: SecretStr
+    signing_key_path: Path
+    signing_key_password: SecretStr
+    format: Literal["json", "xml"] = "json"
+    non_card_tokens: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _base(self) -> MastercardSendConfig:
+        if self.base_url is None and self.environment is None:
+            raise ValueError("set environment (\"mtf\" or \"production\") or base_url")
+        if self.base_url is not None and not re.match(r"^https?://[^/]+", self.base_url):
+            raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL")
+        return self
+
+    @property
+    def resolved_base_url(self) -> str:
+        """The base URL requests go to: base_url when set, else the environment's."""
+        if self.base_url is not None:
+            return self.base_url.rstrip("/")
+        assert self.environment is not None
+        return MASTERCARD_BASE_URLS[self.environment]
+
+
+class MyposPsd2Config(_SourceBase):
+    type: Literal["mypos-psd2"]
+    base_url: str = "https://mp-psd2-api.mypos.com"
+    api_key: SecretStr
+    consent_id: SecretStr
+    access_token: SecretStr
+    account_numbers: list[str] = Field(min_length=1)
+    # myPOS requires a QWAC client certificate in production.
+    client_cert_path: Path | None = None
+    client_key_path: Path | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/]+", value):
+            raise ValueError(f"base_url {value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+
+SourceConfig = Annotated[MastercardSendConfig | MyposPsd2Config, Field(discriminator="type")]
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables override the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    state: StateConfig = StateConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    rules: RulesConfig = RulesConfig()
+    metrics: MetricsConfig | None = None
+    logging: LoggingConfig = LoggingConfig()
+    shutdown_grace: Duration = timedelta(seconds=20)
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment must win over them.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.name in seen:
+                raise ValueError(f"source name {source.name!r} is used twice; names must be unique")
+            seen.add(source.name)
+        return self
+
+
+def _locate(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
+    """Turn a pydantic error location into a dotted key, naming a source by its name."""
+    parts: list[str] = []
+    node: Any = data
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            name = None
+            if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], Mapping):
+                name = node[item].get("name")
+            parts[-1] += f"[{item}]" + (f" ({name})" if name else "")
+            node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
+        elif i > 0 and parts and parts[0] == "sources" and item in ("mastercard-send", "mypos-psd2"):
+            continue  # the discriminated union's tag adds nothing for the reader
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, Mapping) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _format_errors(path: Path, error: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for err in error.errors():
+        key = _locate(tuple(err["loc"]), data)
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate the config file, with BALANCE_WATCHER_* overrides; raise ConfigError.
+
+    Relative paths (the state database, the rules files) are taken from the config file's folder.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc, data)) from None
+    base = path.parent
+    state = StateConfig(path=base / settings.state.path)  # an absolute path stays as it is
+    files = [f if f.is_absolute() else base / f for f in settings.rules.files]
+    return settings.model_copy(update={"state": state, "rules": RulesConfig(files=files)})

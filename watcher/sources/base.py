@@ -1,0 +1,56 @@
+"""The one small Protocol every balance API adapter implements, and what a fetch returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from rules.types import Observation
+
+FetchOutcome = Literal["ok", "http_error", "bad_response", "network_error", "timeout"]
+
+
+class ParseError(ValueError):
+    """A response body that does not have the documented shape; the message names what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What one API call produced: the balances it carried, or why it carried none.
+
+    `target` is the account the call asked for, or "*" for a partner-wide listing.
+    `correlation_id` is the provider's correlation-id header (Mastercard) or the X-Request-ID we sent
+    (myPOS); "" when the call never got that far.
+    """
+
+    source: str
+    target: str
+    outcome: FetchOutcome
+    correlation_id: str
+    observations: tuple[Observation, ...] = ()
+    http_status: int | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+
+
+class BalanceSource(Protocol):
+    """A configured balance API: which calls a poll round makes, and how to make one."""
+
+    @property
+    def name(self) -> str:
+        """The configured source name, unique; part of every account key."""
+
+    @property
+    def provider(self) -> str:
+        """The source type from the config, e.g. "mastercard-send"."""
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many calls of this source may be in flight at once."""
+
+    def targets(self) -> Sequence[str]:
+        """The calls one poll round makes: account ids, or ["*"] for one partner-wide listing."""
+
+    async def fetch(self, target: str) -> FetchResult:
+        """Make one call. Never raises for a bad response or a network failure: it is in the result."""
