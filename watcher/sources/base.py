@@ -16,6 +16,18 @@ class ParseError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class ParsedBalances:
+    """What a parser made of one body: the usable balances, and one message per entry it left out.
+
+    A listing with one bad account still yields the others; each `rejected` message names the entry
+    and the field at fault, so the caller can log it.
+    """
+
+    observations: tuple[Observation, ...]
+    rejected: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class FetchResult:
     """What one API call produced: the balances it carried, or why it carried none.
 
@@ -29,6 +41,8 @@ class FetchResult:
     outcome: FetchOutcome
     correlation_id: str
     observations: tuple[Observation, ...] = ()
+    # Entries of a response that were unusable (each a reason naming the entry); the rest are kept.
+    rejected: tuple[str, ...] = ()
     http_status: int | None = None
     error: str | None = None
     duration_s: float = 0.0

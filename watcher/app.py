@@ -1,0 +1,123 @@
+"""The composition root: builds the HTTP session, the state store, the producer, the sources and the
+pollers once, hands them down as constructor arguments, and closes them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from rules.model import Rule
+from watcher.config import MastercardSendConfig, Settings
+from watcher.events import Event, now_utc
+from watcher.poller import Poller, RulesHolder
+from watcher.publisher import EventSink, KafkaPublisher, build_producer
+from watcher.signing import SigningKeyError, load_signing_key
+from watcher.sources import build_source
+from watcher.store import StateStore
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one sentence for the operator."""
+
+
+@dataclass
+class Components:
+    """Everything a running daemon (or one `once` round) works with."""
+
+    settings: Settings
+    store: StateStore
+    session: aiohttp.ClientSession
+    publisher: KafkaPublisher | None
+    rules: RulesHolder
+    pollers: list[Poller]
+
+
+class CollectingSink:
+    """Publishes through `inner` (when there is one) and then hands every event to `on_event`."""
+
+    def __init__(self, inner: EventSink | None, on_event: Callable[[Event], None]) -> None:
+        self._inner = inner
+        self._on_event = on_event
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        if self._inner is not None:
+            await self._inner.publish(events)
+        for event in events:
+            self._on_event(event)
+
+
+async def load_signing_keys(settings: Settings) -> dict[str, RSAPrivateKey]:
+    """Load every Mastercard signing key once, off the event loop (it is blocking file I/O)."""
+    keys: dict[str, RSAPrivateKey] = {}
+    for source in settings.sources:
+        if isinstance(source, MastercardSendConfig):
+            try:
+                keys[source.name] = await asyncio.to_thread(
+                    load_signing_key, source.signing_key_path, source.signing_key_password.get_secret_value()
+                )
+            except SigningKeyError as exc:
+                raise StartupError(f"source {source.name!r}: {exc}") from None
+    return keys
+
+
+@asynccontextmanager
+async def open_components(
+    settings: Settings,
+    rules: Sequence[Rule],
+    *,
+    publish: bool = True,
+    commit: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+    clock: Callable[[], datetime] = now_utc,
+) -> AsyncIterator[Components]:
+    """Build every component; on exit, close them in reverse order."""
+    keys = await load_signing_keys(settings)
+    async with AsyncExitStack() as stack:
+        store = StateStore(Path(settings.state.path))
+        try:
+            await store.open()
+        except Exception as exc:
+            raise StartupError(f"cannot open the state store {settings.state.path}: {exc}") from None
+        stack.push_async_callback(store.close)
+
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            raise_for_status=False,
+        )
+        stack.push_async_callback(session.close)
+
+        publisher: KafkaPublisher | None = None
+        if publish:
+            producer = build_producer(settings.kafka)
+            try:
+                await producer.start()
+            except Exception as exc:
+                await producer.stop()
+                raise StartupError(
+                    f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+                ) from None
+            stack.push_async_callback(producer.stop)
+            publisher = KafkaPublisher(producer, settings.kafka)
+
+        sink: EventSink
+        if on_event is not None:
+            sink = CollectingSink(publisher, on_event)
+        elif publisher is not None:
+            sink = publisher
+        else:
+            raise ValueError("with publish=False, on_event must say where the events go")
+
+        holder = RulesHolder(rules)
+        pollers = [
+            Poller(build_source(cfg, session, keys.get(cfg.name)), store, sink, holder, clock, commit=commit)
+            for cfg in settings.sources
+        ]
+        yield Components(settings, store, session, publisher, holder, pollers)

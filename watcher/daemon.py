@@ -1,0 +1,160 @@
+"""The daemon's main loop: schedule poll rounds, reload rules on SIGHUP, drain and stop on SIGTERM.
+
+Signal handlers only set flags. Every poll round is a task owned by the daemon: APScheduler's job
+only launches it (APScheduler 3.11 would cancel a running coroutine job at shutdown), and shutdown
+waits for the rounds in flight, up to the grace period, before the producer is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from rules.loader import RulesError, load_rule_files
+from rules.model import Rule
+from watcher.app import Components
+from watcher.poller import Poller, RoundSummary
+
+log = structlog.get_logger("watcher.daemon")
+
+
+def default_jitter(interval: timedelta) -> float:
+    """A little jitter, so that sources started together do not stay in lock-step: 10 %, at most 30 s."""
+    return min(interval.total_seconds() * 0.1, 30.0)
+
+
+class Daemon:
+    """Runs the pollers of `components` on their intervals until asked to stop."""
+
+    def __init__(
+        self,
+        components: Components,
+        rule_files: Sequence[Path],
+        load_rules: Callable[[Sequence[Path]], Sequence[Rule]] | None = None,
+    ) -> None:
+        self._c = components
+        self._rule_files = list(rule_files)
+        self._load_rules = load_rules or (lambda paths: load_rule_files(paths).rules)
+        self._wake = asyncio.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._rounds: dict[str, asyncio.Task[RoundSummary | None]] = {}
+        self.last_summaries: dict[str, RoundSummary] = {}
+
+    # Signal handlers: flags only.
+    def request_stop(self) -> None:
+        if self._stop_requested:
+            # A second SIGTERM/SIGINT: the operator does not want to wait for the drain.
+            raise SystemExit(1)
+        self._stop_requested = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    async def run(self) -> int:
+        """Poll until stopped; returns the exit code."""
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        now = datetime.now(UTC)
+        for poller in self._c.pollers:
+            cfg = next(s for s in self._c.settings.sources if s.name == poller.source.name)
+            jitter = cfg.jitter.total_seconds() if cfg.jitter is not None else default_jitter(cfg.interval)
+            scheduler.add_job(
+                self._launch,
+                IntervalTrigger(seconds=cfg.interval.total_seconds(), jitter=jitter or None, timezone=UTC),
+                args=[poller],
+                id=poller.source.name,
+                next_run_time=now,  # the first round runs at start
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=None,
+            )
+        scheduler.start()
+        log.info("daemon started", sources=[p.source.name for p in self._c.pollers])
+        try:
+            while not self._stop_requested:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._reload_requested and not self._stop_requested:
+                    self._reload_requested = False
+                    await self._reload()
+        finally:
+            scheduler.shutdown(wait=False)
+            await self._drain()
+            if self._c.publisher is not None:
+                await self._c.publisher.flush()
+        log.info("daemon stopped")
+        return 0
+
+    async def _launch(self, poller: Poller) -> None:
+        """The scheduler's job: start a round unless one of this source is still running."""
+        name = poller.source.name
+        if self._stop_requested:
+            return
+        running = self._rounds.get(name)
+        if running is not None and not running.done():
+            log.warning("round skipped: the previous one is still running", source=name)
+            return
+        task = asyncio.create_task(self._round(poller), name=f"poll-round:{name}")
+        self._rounds[name] = task
+
+    async def _round(self, poller: Poller) -> RoundSummary | None:
+        try:
+            summary = await poller.poll_round()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("poll round failed", source=poller.source.name)
+            return None
+        self.last_summaries[summary.source] = summary
+        return summary
+
+    async def _drain(self) -> None:
+        pending = [t for t in self._rounds.values() if not t.done()]
+        if pending:
+            grace = self._c.settings.shutdown_grace.total_seconds()
+            log.info("draining poll rounds in flight", rounds=len(pending), grace_s=grace)
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("poll rounds cancelled after the grace period", rounds=len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+
+    async def _reload(self) -> None:
+        """Load the rules files again; on any error keep the rules in force."""
+        try:
+            rules = await asyncio.to_thread(self._load_rules, self._rule_files)
+        except RulesError as exc:
+            log.error("rules reload rejected; the previous rules stay in force", error=str(exc))
+            return
+        self._c.rules.replace(rules)
+        log.info("rules reloaded", rules=len(rules))
+
+
+async def run_daemon(components: Components, rule_files: Sequence[Path]) -> int:
+    """Run the daemon with signal handlers installed."""
+    daemon = Daemon(components, rule_files)
+    loop = asyncio.get_running_loop()
+    daemon.install_signal_handlers(loop)
+    try:
+        return await daemon.run()
+    finally:
+        daemon.remove_signal_handlers(loop)

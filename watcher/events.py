@@ -1,0 +1,188 @@
+"""CloudEvents 1.0 in Kafka binary mode: what the engine's results look like on the wire.
+
+Ids are deterministic (uuid5 of what the event is about), so the same change or alert transition,
+published again after a crash or a failed publish, carries the same `ce_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from rules.engine import AlertTransition, Assessment, BalanceChange
+from rules.types import Balance, Observation
+
+CHANGED = "balance.changed"
+FIRING = "balance.alert.firing"
+RESOLVED = "balance.alert.resolved"
+EVENT_TYPES = (CHANGED, FIRING, RESOLVED)
+
+# A fixed namespace for event ids: changing it would change every id.
+_ID_NAMESPACE = uuid.UUID("6f1c2a52-8e0b-4c53-9f53-2b8e5f0a7d11")
+
+Topic = Literal["changes", "alerts"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event, ready to publish: `topic` says which configured topic it goes to."""
+
+    topic: Topic
+    key: str
+    id: str
+    type: str
+    source: str
+    time: datetime
+    correlation_id: str
+    body: dict[str, Any]
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """CloudEvents binary-mode Kafka headers."""
+        return [
+            ("ce_specversion", b"1.0"),
+            ("ce_id", self.id.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_type", self.type.encode()),
+            ("ce_time", rfc3339(self.time).encode()),
+            ("ce_subject", self.key.encode()),
+            ("ce_correlationid", self.correlation_id.encode()),
+            ("content-type", b"application/json"),
+        ]
+
+    def value(self) -> bytes:
+        """The JSON body."""
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def as_json_line(self) -> str:
+        """The whole event (attributes and data) as one JSON object, for `once` and `tail`."""
+        return json.dumps(
+            {
+                "specversion": "1.0",
+                "id": self.id,
+                "source": self.source,
+                "type": self.type,
+                "time": rfc3339(self.time),
+                "subject": self.key,
+                "correlationid": self.correlation_id,
+                "datacontenttype": "application/json",
+                "data": self.body,
+            },
+            ensure_ascii=False,
+        )
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, with a Z: 2026-11-22T04:25:14.123456Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def ce_source(source_name: str) -> str:
+    """The CloudEvents source of every event about a configured source."""
+    return f"balance-watcher/{source_name}"
+
+
+def _balance_body(balance: Balance) -> dict[str, Any]:
+    body: dict[str, Any] = {"amount": str(balance.amount), "currency": balance.currency}
+    if balance.state is not None:
+        body["state"] = balance.state
+    if balance.balance_type is not None:
+        body["type"] = balance.balance_type
+    return body
+
+
+def _account_body(obs: Observation, description: str | None) -> dict[str, Any]:
+    return {
+        "source": obs.key.source,
+        "provider": obs.provider,
+        "id": obs.key.account,
+        "description": description,
+    }
+
+
+def change_event(change: BalanceChange) -> Event:
+    """`balance.changed`: the first sighting of a balance, or a change of amount, currency or state."""
+    obs = change.observation
+    previous = change.previous
+    key = obs.key
+    body: dict[str, Any] = {
+        "account": _account_body(obs, obs.description),
+        "balance": _balance_body(obs.balance),
+        "previous": _balance_body(previous.balance) if previous is not None else None,
+        "observed_at": rfc3339(obs.observed_at),
+        "correlation_id": obs.correlation_id,
+        "version": change.version,
+        "provider_timestamp": (
+            rfc3339(obs.provider_timestamp) if obs.provider_timestamp else obs.provider_timestamp_text
+        ),
+    }
+    if previous is not None:
+        body["previous_observed_at"] = rfc3339(previous.observed_at)
+    event_id = uuid.uuid5(
+        _ID_NAMESPACE,
+        f"{CHANGED}\x1f{key.source}\x1f{key.account}\x1f{key.balance_type}\x1f{change.version}",
+    )
+    return Event(
+        topic="changes",
+        key=key.event_key,
+        id=str(event_id),
+        type=CHANGED,
+        source=ce_source(key.source),
+        time=obs.observed_at,
+        correlation_id=obs.correlation_id,
+        body=body,
+    )
+
+
+def alert_event(transition: AlertTransition) -> Event:
+    """`balance.alert.firing` / `balance.alert.resolved` for one rule and one balance."""
+    obs = transition.observation
+    state = transition.state
+    rule = transition.rule
+    ce_type = FIRING if transition.status == "firing" else RESOLVED
+    body: dict[str, Any] = {
+        "account": _account_body(obs, obs.description),
+        "balance": _balance_body(obs.balance),
+        "observed_at": rfc3339(obs.observed_at),
+        "correlation_id": obs.correlation_id,
+        "status": transition.status,
+        "rule": {
+            "name": rule.name,
+            "kind": rule.kind,
+            "threshold": str(rule.threshold),
+            "severity": rule.severity,
+        },
+        "labels": dict(rule.labels),
+        "description": rule.description,
+        "fingerprint": state.fingerprint,
+        "episode": state.episode,
+        "started_at": rfc3339(state.started_at),
+    }
+    if state.resolved_at is not None:
+        body["resolved_at"] = rfc3339(state.resolved_at)
+        body["firing_seconds"] = (state.resolved_at - state.started_at).total_seconds()
+    event_id = uuid.uuid5(_ID_NAMESPACE, f"{ce_type}\x1f{state.fingerprint}\x1f{state.episode}")
+    return Event(
+        topic="alerts",
+        key=state.key.event_key,
+        id=str(event_id),
+        type=ce_type,
+        source=ce_source(state.key.source),
+        time=obs.observed_at,
+        correlation_id=obs.correlation_id,
+        body=body,
+    )
+
+
+def events_of(assessment: Assessment) -> list[Event]:
+    """Every event one assessment implies, change first, in the order they happened."""
+    events = [change_event(assessment.change)] if assessment.change is not None else []
+    events.extend(alert_event(t) for t in assessment.transitions)
+    return events
+
+
+def now_utc() -> datetime:
+    """The wall clock, in UTC: the one place the daemon reads it for observations."""
+    return datetime.now(UTC)

@@ -1,0 +1,167 @@
+"""One poll round of one source: fetch, compare and evaluate, publish, then advance the state.
+
+The order is what makes delivery safe: the state store moves only after Kafka acknowledged the events
+that the new state implies. If publishing fails, the state stays, and the next poll derives the same
+events again (with the same ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from rules.engine import Assessment, assess
+from rules.model import Rule
+from watcher.events import Event, events_of
+from watcher.publisher import EventSink, PublishError
+from watcher.sources.base import BalanceSource, FetchResult
+from watcher.store import PollRecord, StateStore, StateUpdate
+
+
+class RulesHolder:
+    """The rules in force; SIGHUP swaps them between poll calls, never during one."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+
+    def replace(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+
+
+@dataclass
+class RoundSummary:
+    """What one round of one source did, for the round's log line and the service status."""
+
+    source: str
+    calls: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    observations: int = 0
+    events: int = 0
+    publish_failures: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.calls > 0 and self.outcomes["ok"] == self.calls and self.publish_failures == 0
+
+
+class Poller:
+    """Polls one source. Built once by the composition root; `poll_round` runs one round."""
+
+    def __init__(
+        self,
+        source: BalanceSource,
+        store: StateStore,
+        sink: EventSink,
+        rules: RulesHolder,
+        clock: Callable[[], datetime],
+        commit: bool = True,
+    ) -> None:
+        self.source = source
+        self._store = store
+        self._sink = sink
+        self._rules = rules
+        self._clock = clock
+        # `once --no-publish` evaluates against the state but must not advance it.
+        self._commit = commit
+        self._log = structlog.get_logger("watcher.poll").bind(source=source.name)
+
+    async def poll_round(self) -> RoundSummary:
+        """Make every call of one round, at most max_concurrency at once, each processed as it lands."""
+        started = time.monotonic()
+        summary = RoundSummary(source=self.source.name)
+        limit = asyncio.Semaphore(self.source.max_concurrency)
+        records: list[PollRecord] = []
+        async with asyncio.TaskGroup() as group:
+            for target in self.source.targets():
+                group.create_task(self._call(target, limit, summary, records))
+        summary.duration_s = time.monotonic() - started
+        try:
+            await self._store.record_polls(records)
+        except Exception as exc:  # the outcome record is bookkeeping; the round itself is done
+            self._log.error("poll records not saved", account="*", correlation_id="", error=repr(exc))
+        self._log.info(
+            "poll round",
+            account="*",
+            correlation_id="",
+            calls=summary.calls,
+            outcomes=dict(summary.outcomes),
+            observations=summary.observations,
+            events=summary.events,
+            publish_failures=summary.publish_failures,
+            duration_ms=round(summary.duration_s * 1000, 1),
+        )
+        return summary
+
+    async def _call(
+        self, target: str, limit: asyncio.Semaphore, summary: RoundSummary, records: list[PollRecord]
+    ) -> None:
+        async with limit:
+            try:
+                result = await self.source.fetch(target)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a source bug must not stop the other accounts
+                result = FetchResult(
+                    self.source.name, target, "bad_response", "", error=f"unexpected error: {exc!r}"
+                )
+        summary.calls += 1
+        summary.outcomes[result.outcome] += 1
+        log = self._log.bind(account=target, correlation_id=result.correlation_id)
+        fields = {
+            "outcome": result.outcome,
+            "http_status": result.http_status,
+            "duration_ms": round(result.duration_s * 1000, 1),
+        }
+        if result.outcome != "ok":
+            log.warning("poll failed", error=result.error, **fields)
+        else:
+            for reason in result.rejected:
+                log.warning("entry rejected", error=reason)
+            published = await self._process(result, log)
+            summary.observations += len(result.observations)
+            if published is None:
+                summary.publish_failures += 1
+            else:
+                summary.events += published
+            log.info("poll", balances=len(result.observations), events=published, **fields)
+        records.append(
+            PollRecord(
+                source=self.source.name,
+                target=target,
+                polled_at=self._clock(),
+                outcome=result.outcome,
+                http_status=result.http_status,
+                correlation_id=result.correlation_id,
+                error=result.error,
+                last_success_at=self._clock() if result.outcome == "ok" else None,
+            )
+        )
+
+    async def _process(self, result: FetchResult, log: structlog.typing.FilteringBoundLogger) -> int | None:
+        """Assess, publish, commit. Returns the number of events published, None when publish failed."""
+        rules = self._rules.rules
+        assessments: list[Assessment] = [
+            assess(obs, self._store.known(obs.key), rules, self._store.alerts(obs.key))
+            for obs in result.observations
+        ]
+        events: list[Event] = [e for a in assessments for e in events_of(a)]
+        try:
+            await self._sink.publish(events)
+        except PublishError as exc:
+            log.error("publish failed; state not advanced, the next poll retries", error=str(exc))
+            return None
+        if self._commit:
+            await self._store.commit(
+                StateUpdate(
+                    balances=[(a.key, a.known) for a in assessments if a.change is not None],
+                    alerts=[alert for a in assessments for alert in a.alerts],
+                )
+            )
+        return len(events)

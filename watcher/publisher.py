@@ -1,0 +1,92 @@
+"""Publishing events to Kafka with acks=all and the idempotent producer.
+
+`publish` returns only when Kafka acknowledged every event of the batch; the caller advances the state
+after that, so a failed publish is produced again by the next poll, with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+
+from watcher.config import KafkaConfig
+from watcher.events import Event
+
+
+class PublishError(Exception):
+    """Kafka did not acknowledge every event of a batch."""
+
+
+class EventSink(Protocol):
+    """Where a poll's events go: Kafka in the daemon, stdout in `once --no-publish`."""
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Deliver every event or raise PublishError."""
+
+
+def kafka_client_options(config: KafkaConfig) -> dict[str, Any]:
+    """Connection and security options shared by the producer and the `tail` consumer."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": config.bootstrap_servers.split(","),
+        "client_id": config.client_id,
+        "request_timeout_ms": int(config.request_timeout.total_seconds() * 1000),
+        "security_protocol": config.security_protocol,
+    }
+    if config.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(config.ssl_cafile) if config.ssl_cafile else None,
+            certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+            keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
+            password=config.ssl_password.get_secret_value() if config.ssl_password else None,
+        )
+    if config.sasl_mechanism is not None:
+        options["sasl_mechanism"] = config.sasl_mechanism
+        options["sasl_plain_username"] = config.sasl_plain_username
+        if config.sasl_plain_password is not None:
+            options["sasl_plain_password"] = config.sasl_plain_password.get_secret_value()
+    return options
+
+
+def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
+    """A producer that loses nothing it acknowledged and writes nothing twice on retry."""
+    return AIOKafkaProducer(
+        **kafka_client_options(config),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        compression_type=None,
+    )
+
+
+class KafkaPublisher:
+    """Sends events to the configured topics, keyed by account, and waits for every ack."""
+
+    def __init__(self, producer: AIOKafkaProducer, config: KafkaConfig) -> None:
+        self._producer = producer
+        self._topics = {"changes": config.changes_topic, "alerts": config.alerts_topic}
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        try:
+            # send() queues in order (the producer keeps order per partition); then wait for all acks.
+            futures = [
+                await self._producer.send(
+                    self._topics[e.topic], value=e.value(), key=e.key.encode(), headers=e.headers()
+                )
+                for e in events
+            ]
+            await asyncio.gather(*futures)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise PublishError(f"Kafka did not acknowledge {len(events)} event(s): {exc!r}") from exc
+
+    async def flush(self) -> None:
+        """Wait until everything queued is acknowledged."""
+        await self._producer.flush()

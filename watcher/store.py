@@ -1,0 +1,274 @@
+"""The state store: last known balances, alert states and poll outcomes, in SQLite.
+
+The whole state is loaded into memory when the store opens (reads are dictionary look-ups on the poll
+path); writes go through to SQLite on one worker thread, one transaction per committed poll, so a
+crash leaves either the old state or the new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rules.types import AlertState, Balance, BalanceKey, KnownBalance
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS balances (
+    source TEXT NOT NULL,
+    account TEXT NOT NULL,
+    balance_type TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    state TEXT,
+    provider_balance_type TEXT,
+    description TEXT,
+    observed_at TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (source, account, balance_type)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    fingerprint TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    source TEXT NOT NULL,
+    account TEXT NOT NULL,
+    balance_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    episode INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    resolved_at TEXT
+);
+CREATE TABLE IF NOT EXISTS polls (
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    polled_at TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    http_status INTEGER,
+    correlation_id TEXT NOT NULL,
+    error TEXT,
+    last_success_at TEXT,
+    PRIMARY KEY (source, target)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PollRecord:
+    """The outcome of the latest call for one (source, target)."""
+
+    source: str
+    target: str
+    polled_at: datetime
+    outcome: str
+    http_status: int | None
+    correlation_id: str
+    error: str | None
+    last_success_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """What one poll changes: the balances to remember and the alert states to write."""
+
+    balances: Sequence[tuple[BalanceKey, KnownBalance]]
+    alerts: Sequence[AlertState]
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class StateStore:
+    """Last known balances and alert states, in memory and durably in SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
+        self._db: sqlite3.Connection | None = None
+        self._known: dict[BalanceKey, KnownBalance] = {}
+        self._alerts: dict[BalanceKey, dict[str, AlertState]] = {}
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        """Create the database if needed and load the whole state into memory."""
+        await self._call(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        self._db = db
+        for row in db.execute(
+            "SELECT source, account, balance_type, amount, currency, state, provider_balance_type,"
+            " description, observed_at, correlation_id, version FROM balances"
+        ):
+            key = BalanceKey(row[0], row[1], row[2])
+            self._known[key] = KnownBalance(
+                balance=Balance(Decimal(row[3]), row[4], row[5], row[6]),
+                observed_at=datetime.fromisoformat(row[8]),
+                correlation_id=row[9],
+                version=row[10],
+                description=row[7],
+            )
+        for row in db.execute(
+            "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
+            " resolved_at FROM alerts"
+        ):
+            key = BalanceKey(row[2], row[3], row[4])
+            self._alerts.setdefault(key, {})[row[0]] = AlertState(
+                fingerprint=row[0],
+                rule=row[1],
+                key=key,
+                status=row[5],
+                episode=row[6],
+                started_at=datetime.fromisoformat(row[7]),
+                resolved_at=_dt(row[8]),
+            )
+
+    async def close(self) -> None:
+        """Close the database and its worker thread."""
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    # Reads: from memory.
+    def known(self, key: BalanceKey) -> KnownBalance | None:
+        """The last committed balance of this key, or None if it was never seen."""
+        return self._known.get(key)
+
+    def alerts(self, key: BalanceKey) -> dict[str, AlertState]:
+        """The stored alert states of this key, by fingerprint (a copy: callers may not change ours)."""
+        return dict(self._alerts.get(key, {}))
+
+    def all_known(self) -> dict[BalanceKey, KnownBalance]:
+        """Every tracked balance."""
+        return dict(self._known)
+
+    def all_alerts(self) -> list[AlertState]:
+        """Every stored alert state."""
+        return [a for by_fp in self._alerts.values() for a in by_fp.values()]
+
+    # Writes: durable first, then visible in memory.
+    async def commit(self, update: StateUpdate) -> None:
+        """Write the balances and alert states of one poll in one transaction."""
+        if not update.balances and not update.alerts:
+            return
+        await self._call(self._commit_sync, update)
+        for key, known in update.balances:
+            self._known[key] = known
+        for alert in update.alerts:
+            self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
+
+    def _commit_sync(self, update: StateUpdate) -> None:
+        db = self._require()
+        with _transaction(db):
+            db.executemany(
+                "INSERT OR REPLACE INTO balances VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        k.source,
+                        k.account,
+                        k.balance_type,
+                        str(b.balance.amount),
+                        b.balance.currency,
+                        b.balance.state,
+                        b.balance.balance_type,
+                        b.description,
+                        b.observed_at.isoformat(),
+                        b.correlation_id,
+                        b.version,
+                    )
+                    for k, b in update.balances
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        a.fingerprint,
+                        a.rule,
+                        a.key.source,
+                        a.key.account,
+                        a.key.balance_type,
+                        a.status,
+                        a.episode,
+                        a.started_at.isoformat(),
+                        a.resolved_at.isoformat() if a.resolved_at else None,
+                    )
+                    for a in update.alerts
+                ],
+            )
+
+    async def record_polls(self, records: Iterable[PollRecord]) -> None:
+        """Remember the outcome of calls, for `status` and staleness."""
+        rows = [
+            (
+                r.source,
+                r.target,
+                r.polled_at.isoformat(),
+                r.outcome,
+                r.http_status,
+                r.correlation_id,
+                r.error,
+                r.last_success_at.isoformat() if r.last_success_at else None,
+            )
+            for r in records
+        ]
+        if rows:
+            await self._call(self._record_polls_sync, rows)
+
+    def _record_polls_sync(self, rows: list[tuple[Any, ...]]) -> None:
+        db = self._require()
+        with _transaction(db):
+            # A failed call keeps the time of the last success.
+            db.executemany(
+                "INSERT INTO polls VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(source, target) DO UPDATE SET"
+                " polled_at=excluded.polled_at, outcome=excluded.outcome,"
+                " http_status=excluded.http_status, correlation_id=excluded.correlation_id,"
+                " error=excluded.error,"
+                " last_success_at=COALESCE(excluded.last_success_at, polls.last_success_at)",
+                rows,
+            )
+
+    async def poll_records(self) -> list[PollRecord]:
+        """Every (source, target)'s latest call."""
+        rows = await self._call(self._poll_rows_sync)
+        return [
+            PollRecord(r[0], r[1], datetime.fromisoformat(r[2]), r[3], r[4], r[5], r[6], _dt(r[7]))
+            for r in rows
+        ]
+
+    def _poll_rows_sync(self) -> list[tuple[Any, ...]]:
+        return list(self._require().execute("SELECT * FROM polls ORDER BY source, target"))
+
+    def _require(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the state store is not open")
+        return self._db
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,94 @@
+"""`balance-watcher tail`: read the change and alert topics back and print each event readably."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from aiokafka import AIOKafkaConsumer
+
+from watcher.config import Settings
+from watcher.publisher import kafka_client_options
+
+_COLOURS = {
+    "balance.changed": "\x1b[36m",
+    "balance.alert.firing": "\x1b[31m",
+    "balance.alert.resolved": "\x1b[32m",
+}
+_RESET = "\x1b[0m"
+
+
+def _money(balance: dict[str, Any] | None) -> str:
+    if not balance:
+        return "-"
+    suffix = balance.get("state") or balance.get("type") or ""
+    return f"{balance.get('amount')} {balance.get('currency')} {suffix}".strip()
+
+
+def describe(headers: dict[str, str], body: dict[str, Any]) -> str:
+    """One readable line for one event."""
+    ce_type = headers.get("ce_type", "?")
+    subject = headers.get("ce_subject", "?")
+    when = headers.get("ce_time", "?")
+    if ce_type == "balance.changed":
+        detail = f"{_money(body.get('previous'))} -> {_money(body.get('balance'))}"
+    else:
+        rule = body.get("rule", {})
+        detail = (
+            f"{rule.get('severity', '?')} {rule.get('name', '?')}"
+            f" ({rule.get('kind')} {rule.get('threshold')}) balance {_money(body.get('balance'))}"
+        )
+        if "firing_seconds" in body:
+            detail += f" after {body['firing_seconds']:.0f}s"
+    corr = headers.get("ce_correlationid", "")
+    return f"{when} {ce_type:<24} {subject} {detail} [correlation-id {corr}]"
+
+
+async def tail(
+    settings: Settings,
+    from_beginning: bool,
+    out: TextIO = sys.stdout,
+    as_json: bool = False,
+    types: Sequence[str] = (),
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Print events until stopped (Ctrl-C, or `stop` set)."""
+    topics = [settings.kafka.changes_topic, settings.kafka.alerts_topic]
+    consumer = AIOKafkaConsumer(
+        *topics,
+        **kafka_client_options(settings.kafka),
+        group_id=None,  # no consumer group: tail never moves anybody's committed offsets
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=2000,  # pick up the topics soon after the daemon creates them
+    )
+    await consumer.start()
+    colour = out.isatty() and not as_json
+    try:
+        while stop is None or not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
+                    if types and headers.get("ce_type") not in types:
+                        continue
+                    try:
+                        body = json.loads(record.value or b"{}")
+                    except ValueError:
+                        body = {}
+                    if as_json:
+                        line = json.dumps(
+                            {"topic": record.topic, "key": (record.key or b"").decode(), "headers": headers,
+                             "data": body}
+                        )
+                    else:
+                        line = describe(headers, body)
+                        if colour:
+                            line = _COLOURS.get(headers.get("ce_type", ""), "") + line + _RESET
+                    print(line, file=out, flush=True)
+    finally:
+        await consumer.stop()
+    return 0
