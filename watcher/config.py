@@ -239,7 +239,7 @@ def _locate(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
                 name = node[item].get("name")
             parts[-1] += f"[{item}]" + (f" ({name})" if name else "")
             node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
-        elif i > 0 and parts and parts[0] == "sources" and item in ("mastercard-send", "mypos-psd2"):
+        elif parts and parts[0].startswith("sources[") and item in ("mastercard-send", "mypos-psd2"):
             continue  # the discriminated union's tag adds nothing for the reader
         else:
             parts.append(str(item))
@@ -277,5 +277,16 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(_format_errors(path, exc, data)) from None
     base = path.parent
     state = StateConfig(path=base / settings.state.path)  # an absolute path stays as it is
-    files = [f if f.is_absolute() else base / f for f in settings.rules.files]
-    return settings.model_copy(update={"state": state, "rules": RulesConfig(files=files)})
+    files = [base / f for f in settings.rules.files]
+    sources = [_resolve_paths(source, base) for source in settings.sources]
+    return settings.model_copy(update={"state": state, "rules": RulesConfig(files=files), "sources": sources})
+
+
+def _resolve_paths(source: MastercardSendConfig | MyposPsd2Config, base: Path) -> Any:
+    """Key and certificate paths, like every path in the file, are relative to the config's folder."""
+    updates: dict[str, Path] = {}
+    for name in ("signing_key_path", "client_cert_path", "client_key_path"):
+        value = getattr(source, name, None)
+        if isinstance(value, Path):
+            updates[name] = base / value
+    return source.model_copy(update=updates)
