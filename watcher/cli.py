@@ -146,7 +146,7 @@ def cmd_devkey(args: argparse.Namespace) -> int:
     from watcher.devkeys import generate_dev_key
 
     key = generate_dev_key(args.dir, args.password)
-    print(f"signing key: {key.p12_path}\ncertificate: {key.cert_path}")
+    print(f"signing key: {key.p12_path}\ncertificate: {key.certificate_path}")
     return EX_OK
 
 

@@ -232,7 +232,7 @@ def _locate(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     """Turn a pydantic error location into a dotted key, naming a source by its name."""
     parts: list[str] = []
     node: Any = data
-    for i, item in enumerate(loc):
+    for item in loc:
         if isinstance(item, int):
             name = None
             if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], Mapping):

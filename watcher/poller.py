@@ -16,7 +16,7 @@ from datetime import datetime
 
 import structlog
 
-from rules.engine import Assessment, assess
+from rules.engine import Assessment, CompiledRules, assess, compile_rules
 from rules.model import Rule
 from watcher.events import Event, events_of
 from watcher.publisher import EventSink, PublishError
@@ -28,10 +28,11 @@ class RulesHolder:
     """The rules in force; SIGHUP swaps them between poll calls, never during one."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        self.rules: tuple[Rule, ...] = tuple(rules)
+        self.rules: CompiledRules = compile_rules(rules)
 
     def replace(self, rules: Sequence[Rule]) -> None:
-        self.rules = tuple(rules)
+        """Compile first, so that a bad set raises before anything changes."""
+        self.rules = compile_rules(rules)
 
 
 @dataclass
@@ -124,7 +125,13 @@ class Poller:
         else:
             for reason in result.rejected:
                 log.warning("entry rejected", error=reason)
-            published = await self._process(result, log)
+            try:
+                published = await self._process(result, log)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the state store failed: this call is lost, not the round
+                log.error("processing failed; state not advanced, the next poll retries", error=repr(exc))
+                published = None
             summary.observations += len(result.observations)
             if published is None:
                 summary.publish_failures += 1

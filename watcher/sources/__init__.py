@@ -1,0 +1,30 @@
+"""Balance API adapters, and the one place that picks the adapter for a configured source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from watcher.config import MastercardSendConfig, MyposPsd2Config
+from watcher.sources.base import BalanceSource
+from watcher.sources.mastercard import MastercardSendSource
+from watcher.sources.mypos import MyposPsd2Source
+from watcher.sources.transport import utc_now
+
+
+def build_source(
+    config: MastercardSendConfig | MyposPsd2Config,
+    session: aiohttp.ClientSession,
+    signing_key: RSAPrivateKey | None = None,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+) -> BalanceSource:
+    """The adapter for one configured source. Mastercard needs its signing key, already loaded."""
+    if isinstance(config, MastercardSendConfig):
+        if signing_key is None:
+            raise ValueError(f"source {config.name!r}: a Mastercard Send source needs its signing key")
+        return MastercardSendSource(config, session, signing_key, clock=clock)
+    return MyposPsd2Source(config, session, clock=clock)

@@ -1,0 +1,380 @@
+"""Mastercard Send Account Balance: the JSON and XML parsers, and the OAuth1-signed source.
+
+Both endpoints are handled: one account (`.../non-card-tokens/{token}/account-balance`) and every
+account of the partner (`.../account-balances`). The documented samples spell the top-level key two ways
+(`account_balances`, `account-balances`); both are read in JSON and in XML.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from urllib.parse import quote
+from xml.etree.ElementTree import Element
+
+import aiohttp
+import defusedxml.ElementTree as SafeET
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from defusedxml import DefusedXmlException
+
+from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey, Observation
+from watcher.config import MastercardSendConfig
+from watcher.signing import authorization_header
+from watcher.sources import transport
+from watcher.sources.base import FetchOutcome, FetchResult, ParsedBalances, ParseError
+from watcher.sources.values import (
+    EntryError,
+    finish,
+    load_json,
+    parse_timestamp,
+    read_amount,
+    read_currency,
+    show,
+)
+
+PROVIDER = "mastercard-send"
+LISTING = "*"
+_TOP_KEYS = ("account_balances", "account-balances")
+_ENTRY_KEYS = ("account_balance", "account-balance")
+_STATES = (IN_CREDIT, IN_DEBIT)
+# One account is a few hundred bytes; a partner listing may be long, but not unbounded.
+_ACCOUNT_BODY_LIMIT = 1024 * 1024
+_LISTING_BODY_LIMIT = 32 * 1024 * 1024
+_MAX_XML_DEPTH = 8  # an account is three levels deep; deeper is not an account
+_ACCEPT = {"json": "application/json", "xml": "application/xml"}
+
+Clock = Callable[[], datetime]
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+
+def _account(
+    raw: object, path: str, *, source: str, observed_at: datetime, correlation_id: str
+) -> Observation:
+    """One account object (from JSON, or from XML turned into the same dict shape)."""
+    if not isinstance(raw, dict):
+        raise EntryError(path, f"expected an account object, found {show(raw)}")
+    token = raw.get("non_card_token")
+    if not isinstance(token, str) or not token.strip():
+        raise EntryError(f"{path}.non_card_token", f"missing or empty, found {show(token)}")
+    where = f"{path} ({token})"
+    balance = raw.get("balance")
+    if not isinstance(balance, dict):
+        raise EntryError(f"{where}.balance", f"expected an object, found {show(balance)}")
+    if "amount" not in balance:
+        raise EntryError(f"{where}.balance.amount", "missing")
+    amount = read_amount(balance["amount"], f"{where}.balance.amount", signed=False)
+    currency = read_currency(balance.get("currency"), f"{where}.balance.currency")
+    state = balance.get("state")
+    if state not in _STATES:
+        raise EntryError(f"{where}.balance.state", f"expected IN_CREDIT or IN_DEBIT, found {show(state)}")
+    assert isinstance(state, str)
+    stamp = raw.get("balance_timestamp")
+    stamp_text = stamp if isinstance(stamp, str) else None if stamp is None else show(stamp)
+    created = raw.get("created_date")
+    description = raw.get("account_description")
+    return Observation(
+        key=BalanceKey(source, token, ""),
+        provider=PROVIDER,
+        balance=Balance(amount=amount, currency=currency, state=state),
+        observed_at=observed_at,
+        correlation_id=correlation_id,
+        description=description if isinstance(description, str) else None,
+        provider_timestamp=parse_timestamp(stamp_text) if stamp_text is not None else None,
+        # Kept even when invalid: a documented sample has a time with 80 seconds.
+        provider_timestamp_text=stamp_text,
+        extra=(("created_date", created),) if isinstance(created, str) else (),
+    )
+
+
+def _build(
+    entries: Sequence[tuple[str, object]], *, source: str, observed_at: datetime, correlation_id: str
+) -> ParsedBalances:
+    """Each entry an observation or a rejection (an entry may already be an EntryError, from XML)."""
+    results: list[tuple[str, Observation | EntryError]] = []
+    for path, raw in entries:
+        try:
+            if isinstance(raw, EntryError):
+                raise raw
+            obs = _account(raw, path, source=source, observed_at=observed_at, correlation_id=correlation_id)
+        except EntryError as exc:
+            results.append((path, exc))
+        else:
+            results.append((path, obs))
+    return finish(results)
+
+
+def _top_key(found: Sequence[str], where: str) -> str:
+    keys = [k for k in _TOP_KEYS if k in found]
+    if not keys:
+        shown = ", ".join(show(k) for k in list(found)[:5]) or "nothing"
+        raise ParseError(f"{where}: expected account_balances or account-balances, found {shown}")
+    if len(keys) > 1:
+        raise ParseError(f"{where}: both account_balances and account-balances present; which one is meant?")
+    return keys[0]
+
+
+def parse_mastercard_json(
+    body: bytes, *, source: str, observed_at: datetime, correlation_id: str
+) -> ParsedBalances:
+    """Read a JSON answer of either endpoint; raise ParseError when the body has no usable account.
+
+    Shapes: `{"account_balances": {"account_balance": {...}}}` (one account) and
+    `{"account-balances": [{...}, ...]}` (a listing), with either spelling of the top-level key; a
+    listing may also hold one account object instead of an array, and `account_balance` an array.
+    """
+    doc = load_json(body)
+    if not isinstance(doc, dict):
+        raise ParseError(f"top level: expected a JSON object, found {show(doc)}")
+    top = _top_key(list(doc), "top level")
+    value = doc[top]
+    entries: list[tuple[str, object]]
+    if value is None:
+        entries = []
+    elif isinstance(value, list):
+        entries = [(f"{top}[{i}]", item) for i, item in enumerate(value)]
+    elif isinstance(value, dict):
+        inner = next((k for k in _ENTRY_KEYS if k in value), None)
+        if inner is None:
+            entries = [(top, value)]  # a listing with the one account object in place of an array
+        elif isinstance(value[inner], list):
+            entries = [(f"{top}.{inner}[{i}]", item) for i, item in enumerate(value[inner])]
+        else:
+            entries = [(f"{top}.{inner}", value[inner])]
+    else:
+        raise ParseError(f"{top}: expected an array or an object, found {show(value)}")
+    return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id)
+
+
+def _local(tag: str) -> str:
+    """The tag without a namespace: `{urn:x}amount` is `amount`."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _xml_value(element: Element, path: str, depth: int = 0) -> object:
+    """An element as the JSON shape would have it: leaves are their text, others a dict of children."""
+    if depth > _MAX_XML_DEPTH:
+        raise EntryError(path, "nested too deeply")
+    children = [c for c in element if isinstance(c.tag, str)]
+    if not children:
+        return (element.text or "").strip()
+    result: dict[str, object] = {}
+    for child in children:
+        tag = _local(child.tag)
+        if tag in result:
+            raise EntryError(f"{path}.{tag}", "appears more than once")
+        result[tag] = _xml_value(child, f"{path}.{tag}", depth + 1)
+    return result
+
+
+def _xml_entry(element: Element, path: str) -> object:
+    """The account's dict shape, or the EntryError that says why it has none."""
+    try:
+        return _xml_value(element, path)
+    except EntryError as exc:
+        return exc
+
+
+def _xml_root(body: bytes) -> Element:
+    """Parse untrusted XML: no DTD, no entities, no external references."""
+    try:
+        return SafeET.fromstring(body, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise ParseError(f"XML refused: {type(exc).__name__} (DTDs and entities are not accepted)") from None
+    except SafeET.ParseError as exc:
+        raise ParseError(f"not well-formed XML: {exc}") from None
+    except (ValueError, LookupError) as exc:  # e.g. an unknown encoding declaration
+        raise ParseError(f"not well-formed XML: {exc}") from None
+
+
+def parse_mastercard_xml(
+    body: bytes, *, source: str, observed_at: datetime, correlation_id: str
+) -> ParsedBalances:
+    """Read an XML answer of either endpoint; raise ParseError when the body has no usable account.
+
+    The root is `<account_balances>` or `<account-balances>`, with one or many `<account_balance>`.
+    """
+    root = _xml_root(body)
+    top = _top_key([_local(root.tag)], "root element")
+    children = [c for c in root if isinstance(c.tag, str)]
+    names = {_local(c.tag) for c in children}
+    entries: list[tuple[str, object]]
+    if "balance" in names:
+        # The account's fields directly under the root, as the JSON listing-with-an-object shape.
+        entries = [(top, _xml_entry(root, top))]
+    elif names - set(_ENTRY_KEYS):
+        shown = ", ".join(f"<{n}>" for n in sorted(names - set(_ENTRY_KEYS))[:5])
+        raise ParseError(f"{top}: expected <account_balance> elements, found {shown}")
+    else:
+        entries = []
+        for i, child in enumerate(children):
+            path = f"{top}.{_local(child.tag)}[{i}]"
+            entries.append((path, _xml_entry(child, path)))
+    return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id)
+
+
+def _error_fields(errors: list[dict[str, object]]) -> str:
+    """Mastercard's error objects as `ReasonCode: Description` lines, joined."""
+    parts = []
+    for error in errors:
+        reason = error.get("ReasonCode")
+        text = error.get("Description")
+        recoverable = str(error.get("Recoverable", "")).strip().lower() == "true"
+        part = ": ".join(str(v) for v in (reason, text) if isinstance(v, str) and v)
+        if part:
+            parts.append(part + (" (recoverable)" if recoverable else ""))
+    return "; ".join(parts)
+
+
+def describe_error_body(body: bytes | None) -> str:
+    """The ReasonCode and Description of a Mastercard error body, JSON or XML; "" when it is not one.
+
+    JSON: `{"Errors": {"Error": [{"Source", "ReasonCode", "Description", "Recoverable", "Details"}]}}`
+    (Error may be one object); XML: `<Errors><Error><ReasonCode>...</ReasonCode>...</Error></Errors>`.
+    """
+    if not body:
+        return ""
+    errors: list[dict[str, object]] = []
+    if body.lstrip()[:1] == b"<":
+        try:
+            root = _xml_root(body)
+        except ParseError:
+            return ""
+        if _local(root.tag) != "Errors":
+            return ""
+        for item in root:
+            if isinstance(item.tag, str) and _local(item.tag) == "Error":
+                errors.append({_local(c.tag): (c.text or "").strip() for c in item if isinstance(c.tag, str)})
+    else:
+        try:
+            doc = load_json(body)
+        except ParseError:
+            return ""
+        container = doc.get("Errors") if isinstance(doc, dict) else None
+        found = container.get("Error") if isinstance(container, dict) else None
+        items = found if isinstance(found, list) else [found]
+        errors = [item for item in items if isinstance(item, dict)]
+    return transport.clean(_error_fields(errors), 500)
+
+
+# --- the source --------------------------------------------------------------------------------------
+
+
+def _segment(value: str) -> str:
+    """Percent-encode one path segment.
+
+    ':' stays literal: RFC 3986 allows it in a segment, every token has one, and a gateway that checks
+    the signature against the decoded path or the raw one gets the same string either way.
+    """
+    if value in (".", ".."):
+        return value.replace(".", "%2E")  # else dot-segment removal would change the path
+    return quote(value, safe=":")
+
+
+class MastercardSendSource:
+    """Polls Mastercard Send account balances; `fetch` never raises for a failed call."""
+
+    def __init__(
+        self,
+        config: MastercardSendConfig,
+        session: aiohttp.ClientSession,
+        signing_key: RSAPrivateKey,
+        clock: Clock = transport.utc_now,
+    ) -> None:
+        if any(not token for token in config.non_card_tokens):
+            raise ValueError(f"source {config.name!r}: non_card_tokens contains an empty token")
+        self._config = config
+        self._session = session
+        self._key = signing_key
+        self._clock = clock
+        self._parse = parse_mastercard_json if config.format == "json" else parse_mastercard_xml
+        self._partner_url = f"{config.resolved_base_url}/v1/partners/{_segment(config.partner_id)}"
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def provider(self) -> str:
+        return PROVIDER
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._config.max_concurrency
+
+    def targets(self) -> Sequence[str]:
+        """Each configured token, or one partner-wide listing ("*") when none is configured."""
+        return tuple(self._config.non_card_tokens) or (LISTING,)
+
+    def url_for(self, target: str) -> str:
+        """The exact URL of one call, percent-encoded; it is signed and sent as it is."""
+        if target == LISTING:
+            return f"{self._partner_url}/account-balances"
+        return f"{self._partner_url}/non-card-tokens/{_segment(target)}/account-balance"
+
+    async def fetch(self, target: str) -> FetchResult:
+        """One signed GET, its answer checked and parsed."""
+        started = time.monotonic()
+        url = self.url_for(target)
+        fmt = self._config.format
+        headers = {
+            "Accept": _ACCEPT[fmt],
+            "Authorization": authorization_header(
+                url, "GET", self._config.consumer_key.get_secret_value(), self._key
+            ),
+        }
+        limit = _LISTING_BODY_LIMIT if target == LISTING else _ACCOUNT_BODY_LIMIT
+        got = await transport.get(
+            self._session, url, headers=headers, timeout_s=self._config.timeout.total_seconds(), limit=limit
+        )
+
+        if isinstance(got, transport.Failure):
+            return transport.finished(self.name, target, started, got.outcome, error=got.error)
+        correlation = transport.clean(got.headers.get("correlation-id", ""), 200)
+        status = got.status
+
+        def done(
+            outcome: FetchOutcome,
+            error: str | None = None,
+            observations: tuple[Observation, ...] = (),
+            rejected: tuple[str, ...] = (),
+        ) -> FetchResult:
+            return transport.finished(
+                self.name,
+                target,
+                started,
+                outcome,
+                correlation_id=correlation,
+                http_status=status,
+                error=error,
+                observations=observations,
+                rejected=rejected,
+            )
+
+        if status != 200:
+            detail = describe_error_body(got.body)
+            error = f"HTTP {status} {transport.clean(got.reason, 80)}".rstrip()
+            return done("http_error", f"{error}: {detail}" if detail else error)
+        if got.body is None:
+            return done("bad_response", transport.too_large(limit))
+        if not transport.media_type_is(got.content_type, fmt):
+            shown = transport.clean(got.content_type, 80) or "none"
+            return done("bad_response", f"asked for {_ACCEPT[fmt]}, got Content-Type {shown}")
+        try:
+            parsed = self._parse(
+                got.body, source=self.name, observed_at=self._clock(), correlation_id=correlation
+            )
+        except ParseError as exc:
+            return done("bad_response", str(exc))
+        observations, rejected = parsed.observations, parsed.rejected
+        if target != LISTING:
+            # A balance attributed to the wrong account is worse than none: keep only the asked one.
+            others = [o for o in observations if o.key.account != target]
+            observations = tuple(o for o in observations if o.key.account == target)
+            rejected += tuple(f"account {show(o.key.account)} is not the one asked for" for o in others)
+            if not observations:
+                why = "; ".join(rejected) or "it was empty"
+                return done("bad_response", f"no balance for the asked account in the answer ({why})")
+        return done("ok", observations=observations, rejected=rejected)
