@@ -1,22 +1,16 @@
-"""Shared fixtures: a real Kafka-protocol broker, a development signing key, the sandbox process."""
+"""Shared fixtures: a real Kafka-protocol broker, a development signing key, the sandbox process,
+and daemons started as real processes."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import DaemonProcess, SandboxProcess, start_sandbox_process
 
-from watcher.devbroker import Broker, free_port, start_broker
+from watcher.devbroker import Broker, start_broker
 from watcher.devkeys import DevKey, generate_dev_key
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -33,43 +27,6 @@ def dev_key(tmp_path_factory: pytest.TempPathFactory) -> DevKey:
     return generate_dev_key(tmp_path_factory.mktemp("keys"))
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
-
-
-@dataclass
-class SandboxProcess:
-    """`balance-watcher sandbox` running as its own process."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def start_sandbox_process(dev_key: DevKey, log_path: Path, *extra: str) -> SandboxProcess:
-    port = free_port()
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "sandbox", "--host", "127.0.0.1", "--port", str(port),
-             "--certificate", str(dev_key.certificate_path), "--tick", "0", *extra],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    wait_for_port(port, process)
-    return SandboxProcess(port, process)
-
-
 @pytest.fixture
 def sandbox(dev_key: DevKey, tmp_path: Path) -> Iterator[SandboxProcess]:
     """A static sandbox (balances move only when a test sets them), stopped after the test."""
@@ -77,3 +34,20 @@ def sandbox(dev_key: DevKey, tmp_path: Path) -> Iterator[SandboxProcess]:
     yield proc
     proc.process.terminate()
     proc.process.wait(10)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[[Path], DaemonProcess]]:
+    """Start daemons; any still running at the end of the test is killed."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path) -> DaemonProcess:
+        daemon = DaemonProcess(config, tmp_path / "daemon.log")
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
