@@ -5,7 +5,10 @@ Events are read back from the broker with aiokafka; nothing here is a fake.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -272,3 +275,62 @@ async def test_bad_responses_do_not_stop_the_others(
                 assert line["correlation_id"], line
     records = await read_topics(kafka_broker, [f"{prefix}-changes"])
     assert {r.key for r in records} == {f"mc:{tokens[4]}", "cards:50553500971"}
+
+
+async def test_sigterm_drains_a_slow_poll_then_exits_0(
+    kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path,
+    start_daemon: Callable[[Path], DaemonProcess],
+) -> None:
+    """SIGTERM while a poll is in flight: the poll finishes within the grace period, its event is
+    published, and the daemon exits 0."""
+    token = "non_card_token:slow-one"
+    sandbox_post(sandbox, "faults", {"api": "mastercard", "account": token, "kind": "delay",
+                                     "delay_seconds": 3, "count": None})
+    sources = mastercard("mc", sandbox, dev_key, "SLOW", "json", json.dumps([token]))
+    config = write_config(tmp_path, broker=kafka_broker, sources=sources, rules=RULES, topic_prefix="slow")
+    daemon = start_daemon(config)
+    _wait_for_event(daemon, "daemon started")
+    await asyncio.sleep(1.0)  # the first round is now waiting for the slow answer
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(30) == 0
+    events = [line.get("event") for line in daemon.lines()]
+    assert "draining poll rounds in flight" in events
+    assert "daemon stopped" in events
+    records = await read_topics(kafka_broker, ["slow-changes"])
+    assert [r.key for r in records] == [f"mc:{token}"]
+
+
+async def test_sighup_reloads_rules_and_keeps_them_on_a_broken_file(
+    kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path,
+    start_daemon: Callable[[Path], DaemonProcess],
+) -> None:
+    """SIGHUP loads the rules files again: a broken file is rejected with a logged error and the old
+    rules stay; a valid one is applied to the next poll."""
+    token = "non_card_token:hup"
+    set_mc(sandbox, "HUP", token, "7000.00")
+    sources = mastercard("mc", sandbox, dev_key, "HUP", "json", json.dumps([token]))
+    config = write_config(tmp_path, broker=kafka_broker, sources=sources, rules=RULES, topic_prefix="hup")
+    daemon = start_daemon(config)
+    daemon.wait_for_rounds({"mc"})
+    (tmp_path / "rules.toml").write_text("[[rules]\nbroken")
+    daemon.process.send_signal(signal.SIGHUP)
+    _wait_for_event(daemon, "rules reload rejected; the previous rules stay in force")
+    (tmp_path / "rules.toml").write_text(RULES.replace('"5000.00"', '"8000.00"'))
+    daemon.process.send_signal(signal.SIGHUP)
+    _wait_for_event(daemon, "rules reloaded")
+    rounds = sum(1 for line in daemon.lines() if line.get("event") == "poll round")
+    daemon.wait_for_rounds({"mc"}, rounds=rounds + 1)
+    assert daemon.stop() == 0
+    alerts = await read_topics(kafka_broker, ["hup-alerts"])
+    assert [(r.headers["ce_type"], r.body["rule"]["threshold"]) for r in alerts] == [  # type: ignore[index]
+        ("balance.alert.firing", "8000.00")
+    ]
+
+
+def _wait_for_event(daemon: DaemonProcess, event: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(line.get("event") == event for line in daemon.lines()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {event!r} in the daemon's log: {daemon.lines()[-5:]}")
