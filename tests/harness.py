@@ -151,7 +151,8 @@ class Record:
 
 
 async def read_topics(broker: Broker, topics: Sequence[str], idle: float = 1.5) -> list[Record]:
-    """Every record of the topics, from the beginning, until none arrives for `idle` seconds."""
+    """Every record of the topics from the beginning, until none arrives for `idle` seconds,
+    ordered by topic and offset."""
     import json
 
     from aiokafka import AIOKafkaConsumer
@@ -175,7 +176,7 @@ async def read_topics(broker: Broker, topics: Sequence[str], idle: float = 1.5) 
                     )
     finally:
         await consumer.stop()
-    return records
+    return sorted(records, key=lambda r: (r.topic, r.offset))
 
 
 def sandbox_post(sandbox: SandboxProcess, path: str, payload: dict[str, object]) -> None:

@@ -149,3 +149,41 @@ async def test_once_publishes_then_status_shows_the_accounts(
     ]
     table = run_cli("status", "-c", str(config))
     assert "non_card_token:one" in table.stdout
+
+
+async def test_tail_prints_the_events_read_back_from_kafka(
+    tmp_path: Path, dev_key: DevKey, sandbox: SandboxProcess, kafka_broker: Broker
+) -> None:
+    """`tail --from-beginning` reads both topics from the broker and prints one line per event,
+    readable by default and as JSON with --json, filtered by --type."""
+    import asyncio
+
+    config = write_config(tmp_path, broker=kafka_broker, sources=source(sandbox, dev_key, "TAIL"),
+                          rules=RULES.replace("5000.00", "99999999"), topic_prefix="tail")
+    assert run_cli("once", "-c", str(config)).returncode == 0
+
+    async def tail(*extra: str) -> list[str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "watcher", "tail", "-c", str(config), "--from-beginning", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )
+        lines: list[str] = []
+        assert process.stdout is not None
+        try:
+            while len(lines) < 4:
+                lines.append((await asyncio.wait_for(process.stdout.readline(), 20)).decode())
+        except TimeoutError:
+            pass
+        finally:
+            process.send_signal(2)
+            await process.wait()
+        return lines
+
+    readable = await tail()
+    assert len(readable) == 4
+    assert sum("balance.changed" in line for line in readable) == 2
+    assert sum("balance.alert.firing" in line and "low" in line for line in readable) == 2
+    assert all("11223344 GBP IN_CREDIT" in line for line in readable)
+    as_json = [json.loads(line) for line in await tail("--json", "--type", "balance.alert.firing")]
+    assert {e["headers"]["ce_type"] for e in as_json} == {"balance.alert.firing"}
+    assert {e["key"] for e in as_json} == {"mc:non_card_token:one", "mc:non_card_token:two"}
