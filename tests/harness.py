@@ -68,6 +68,8 @@ def write_config(
     rules: str,
     topic_prefix: str,
     interval: str = "1s",
+    kafka_extra: str = "",
+    top_level: str = "",
 ) -> Path:
     """A config file (and its rules file) for a test, with its own topics and state database."""
     (directory / "rules.toml").write_text(rules)
@@ -75,12 +77,14 @@ def write_config(
     config.write_text(
         f"""
 shutdown_grace = "10s"
+{top_level}
 [state]
 path = "state.db"
 [kafka]
 bootstrap_servers = "{broker.bootstrap_servers}"
 changes_topic = "{topic_prefix}-changes"
 alerts_topic = "{topic_prefix}-alerts"
+{kafka_extra}
 [rules]
 files = ["rules.toml"]
 [logging]

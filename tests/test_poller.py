@@ -1,6 +1,6 @@
-"""One poll round, with a scripted source and sink (unit test of the poller alone; the real source,
-broker and store are exercised end to end elsewhere): the state moves only after the sink accepted
-the events, and a retry after a failed publish produces the same event ids."""
+"""One poll round with a scripted source (a unit test of the poller, the real store and the outbox;
+the real sources and broker are exercised end to end elsewhere): a poll's state and events are
+written together or not at all, and a retry derives the same event ids."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 from rules.loader import parse_rules
 from rules.types import Balance, BalanceKey, Observation
 from watcher.events import Event
-from watcher.poller import Poller, RulesHolder
-from watcher.publisher import PublishError
+from watcher.poller import OutboxDelivery, Poller, RulesHolder
 from watcher.sources.base import FetchResult
 from watcher.store import StateStore
 
@@ -50,55 +49,59 @@ class ScriptedSource:
         return FetchResult(self.name, target, "ok", corr, observations=(obs,), http_status=200)
 
 
-class FlakySink:
-    """Refuses the batches whose numbers are in `fail_on`; records the ones it accepts."""
-
-    def __init__(self, fail_on: set[int]) -> None:
-        self._fail_on = fail_on
-        self.batches = 0
-        self.accepted: list[Event] = []
-
-    async def publish(self, events: Sequence[Event]) -> None:
-        self.batches += 1
-        if self.batches in self._fail_on:
-            raise PublishError("broker away")
-        self.accepted.extend(events)
-
-
-async def make(tmp_path: Path, amounts: list[str | None], fail_on: set[int]) -> tuple[Poller, FlakySink,
-                                                                                       StateStore]:
-    store = StateStore(tmp_path / "s.db")
+async def make(
+    tmp_path: Path, amounts: list[str | None], outbox_limit: int = 100
+) -> tuple[Poller, StateStore, list[Event]]:
+    store = StateStore(tmp_path / "s.db", outbox_limit=outbox_limit)
     await store.open()
-    sink = FlakySink(fail_on)
-    poller = Poller(ScriptedSource(amounts), store, sink, RulesHolder(RULES), clock=lambda: T0)
-    return poller, sink, store
+    delivered: list[Event] = []
+    delivery = OutboxDelivery(store, wake=lambda: None, on_event=delivered.append)
+    poller = Poller(ScriptedSource(amounts), store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    return poller, store, delivered
 
 
-async def test_failed_publish_leaves_state_and_the_retry_has_the_same_ids(tmp_path: Path) -> None:
-    """When the sink refuses a batch the state is not advanced; the next poll derives the same
-    events, with the same ce_ids, and only then is the state advanced."""
-    poller, sink, store = await make(tmp_path, ["4000.00", "4000.00", "4000.00"], fail_on={1})
-    first = await poller.poll_round()
-    assert first.publish_failures == 1
-    assert store.known(BalanceKey("mc", "tok")) is None
+async def test_state_and_events_are_written_together(tmp_path: Path) -> None:
+    """A change and the alert it implies are in the outbox, in order, once the state has moved."""
+    poller, store, delivered = await make(tmp_path, ["4000.00", "4000.00"])
     await poller.poll_round()
-    assert [e.type for e in sink.accepted] == ["balance.changed", "balance.alert.firing"]
     assert store.known(BalanceKey("mc", "tok")) is not None
+    outbox = await store.outbox_batch(10)
+    assert [e.ce_id for e in outbox] == [e.id for e in delivered]
+    assert [dict(e.headers)["ce_type"] for e in outbox] == [b"balance.changed", b"balance.alert.firing"]
     await poller.poll_round()
-    assert len(sink.accepted) == 2, "an unchanged balance publishes nothing"
+    assert store.outbox_depth == 2, "an unchanged balance adds nothing"
+    await store.close()
+
+
+async def test_full_outbox_leaves_state_and_the_retry_has_the_same_ids(tmp_path: Path) -> None:
+    """When the outbox is full nothing of the poll is written; once there is room, the next poll
+    derives the same events with the same ce_ids."""
+    poller, store, delivered = await make(tmp_path, ["1.00", "4000.00", "4000.00"], outbox_limit=2)
+    await poller.poll_round()  # fills the outbox: a change and a firing alert
+    ids_before = [e.ce_id for e in await store.outbox_batch(10)]
+    poller.source._amounts[1] = "4000.00"  # type: ignore[attr-defined]
+    summary = await poller.poll_round()
+    assert summary.delivery_failures == 1
+    assert store.known(BalanceKey("mc", "tok")).balance.amount == Decimal("1.00")  # type: ignore[union-attr]
+    await store.outbox_remove([e.seq for e in await store.outbox_batch(10)])
+    await poller.poll_round()
+    outbox = await store.outbox_batch(10)
+    assert len(outbox) == 1
+    assert outbox[0].ce_id not in ids_before
+    assert outbox[0].ce_id == delivered[-1].id
     await store.close()
 
 
 async def test_failed_call_changes_nothing_and_never_resolves(tmp_path: Path) -> None:
-    """A failed call publishes nothing, keeps the stored balance and does not resolve a firing alert."""
-    poller, sink, store = await make(tmp_path, ["4000.00", None, "6000.00"], fail_on=set())
+    """A failed call writes no event, keeps the stored balance and does not resolve a firing alert."""
+    poller, store, delivered = await make(tmp_path, ["4000.00", None, "6000.00"])
     await poller.poll_round()
     failed = await poller.poll_round()
     assert failed.outcomes == {"http_error": 1}
-    assert len(sink.accepted) == 2
+    assert len(delivered) == 2
     await poller.poll_round()
-    assert [e.type for e in sink.accepted[2:]] == ["balance.changed", "balance.alert.resolved"]
-    assert sink.accepted[2].body["previous"]["amount"] == "4000.00"
+    assert [e.type for e in delivered[2:]] == ["balance.changed", "balance.alert.resolved"]
+    assert delivered[2].body["previous"]["amount"] == "4000.00"
     (record,) = await store.poll_records()
     assert record.outcome == "ok"
     await store.close()

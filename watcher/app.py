@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from rules.model import Rule
 from watcher.config import MastercardSendConfig, Settings
 from watcher.events import Event, now_utc
-from watcher.poller import Poller, RulesHolder
-from watcher.publisher import EventSink, KafkaPublisher, build_producer
+from watcher.poller import EventDelivery, OutboxDelivery, Poller, PrintOnlyDelivery, RulesHolder
+from watcher.publisher import KafkaPublisher, build_producer
+from watcher.relay import OutboxRelay
 from watcher.signing import SigningKeyError, load_signing_key
 from watcher.sources import build_source
 from watcher.store import StateStore
@@ -35,23 +36,9 @@ class Components:
     settings: Settings
     store: StateStore
     session: aiohttp.ClientSession
-    publisher: KafkaPublisher | None
+    relay: OutboxRelay | None
     rules: RulesHolder
     pollers: list[Poller]
-
-
-class CollectingSink:
-    """Publishes through `inner` (when there is one) and then hands every event to `on_event`."""
-
-    def __init__(self, inner: EventSink | None, on_event: Callable[[Event], None]) -> None:
-        self._inner = inner
-        self._on_event = on_event
-
-    async def publish(self, events: Sequence[Event]) -> None:
-        if self._inner is not None:
-            await self._inner.publish(events)
-        for event in events:
-            self._on_event(event)
 
 
 async def load_signing_keys(settings: Settings) -> dict[str, RSAPrivateKey]:
@@ -74,14 +61,16 @@ async def open_components(
     rules: Sequence[Rule],
     *,
     publish: bool = True,
-    commit: bool = True,
     on_event: Callable[[Event], None] | None = None,
     clock: Callable[[], datetime] = now_utc,
 ) -> AsyncIterator[Components]:
-    """Build every component; on exit, close them in reverse order."""
+    """Build every component; on exit, close them in reverse order.
+
+    publish=False (`once --no-publish`): no producer, no state is written, events go to on_event only.
+    """
     keys = await load_signing_keys(settings)
     async with AsyncExitStack() as stack:
-        store = StateStore(Path(settings.state.path))
+        store = StateStore(Path(settings.state.path), outbox_limit=settings.outbox.max_events)
         try:
             await store.open()
         except Exception as exc:
@@ -94,7 +83,8 @@ async def open_components(
         )
         stack.push_async_callback(session.close)
 
-        publisher: KafkaPublisher | None = None
+        relay: OutboxRelay | None = None
+        delivery: EventDelivery
         if publish:
             producer = build_producer(settings.kafka)
             try:
@@ -105,19 +95,21 @@ async def open_components(
                     f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
                 ) from None
             stack.push_async_callback(producer.stop)
-            publisher = KafkaPublisher(producer, settings.kafka)
-
-        sink: EventSink
-        if on_event is not None:
-            sink = CollectingSink(publisher, on_event)
-        elif publisher is not None:
-            sink = publisher
+            relay = OutboxRelay(
+                store,
+                KafkaPublisher(producer, settings.kafka),
+                batch_size=settings.outbox.batch_size,
+                patience_s=settings.kafka.request_timeout.total_seconds(),
+            )
+            delivery = OutboxDelivery(store, relay.wake, on_event)
+        elif on_event is not None:
+            delivery = PrintOnlyDelivery(on_event)
         else:
             raise ValueError("with publish=False, on_event must say where the events go")
 
         holder = RulesHolder(rules)
         pollers = [
-            Poller(build_source(cfg, session, keys.get(cfg.name)), store, sink, holder, clock, commit=commit)
+            Poller(build_source(cfg, session, keys.get(cfg.name)), store, delivery, holder, clock)
             for cfg in settings.sources
         ]
-        yield Components(settings, store, session, publisher, holder, pollers)
+        yield Components(settings, store, session, relay, holder, pollers)

@@ -106,10 +106,13 @@ def cmd_once(args: argparse.Namespace) -> int:
         print(event.as_json_line(), flush=True)
 
     async def main() -> int:
-        async with open_components(
-            settings, rules, publish=not args.no_publish, commit=not args.no_publish, on_event=emit
-        ) as components:
+        async with open_components(settings, rules, publish=not args.no_publish, on_event=emit) as components:
             summaries = await asyncio.gather(*(p.poll_round() for p in components.pollers))
+            drained = True
+            if components.relay is not None:
+                drained = await components.relay.drain(settings.kafka.request_timeout.total_seconds())
+        if not drained:
+            raise CliError("Kafka did not acknowledge every event; they stay in the outbox for the next run")
         return EX_OK if all(s.ok for s in summaries) else EX_FAILURE
 
     try:

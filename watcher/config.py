@@ -88,6 +88,13 @@ class StateConfig(_Strict):
     path: Path = Path("/var/lib/balance-watcher/state.db")
 
 
+class OutboxConfig(_Strict):
+    # Events wait here while Kafka is away; at the bound, polls stop advancing the state (and say so
+    # loudly) instead of dropping anything.
+    max_events: int = Field(default=1_000_000, ge=1)
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+
 class KafkaConfig(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     changes_topic: str = "balance-changes"
@@ -135,7 +142,21 @@ class _SourceBase(_Strict):
     interval: Duration = timedelta(seconds=60)
     max_concurrency: int = Field(default=16, ge=1, le=1024)
     jitter: Duration | None = None
+    # Per attempt: `timeout` bounds the whole exchange (connect, headers, body); `connect_timeout` the TCP
+    # and TLS set-up; `read_timeout` the longest silence while waiting for the headers or body bytes.
     timeout: Duration = timedelta(seconds=30)
+    connect_timeout: Duration = timedelta(seconds=10)
+    read_timeout: Duration = timedelta(seconds=30)
+    # Attempts per call, the first included (1: no retry). Retried: connection errors, 5xx and 429.
+    retries: int = Field(default=3, ge=1, le=10)
+    backoff_base: Duration = timedelta(milliseconds=500)
+    backoff_max: Duration = timedelta(seconds=30)
+    # The longest Retry-After a call waits for; a longer one ends the call and holds the source until then.
+    retry_after_max: Duration = timedelta(seconds=60)
+    # After this many failed calls in a row the source's circuit opens for breaker_cooldown.
+    breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    breaker_cooldown: Duration = timedelta(seconds=60)
+    max_requests_per_second: float = Field(default=10.0, gt=0, le=10_000)
 
 
 class MastercardSendConfig(_SourceBase):
@@ -176,6 +197,14 @@ class MyposPsd2Config(_SourceBase):
     # myPOS requires a QWAC client certificate in production.
     client_cert_path: Path | None = None
     client_key_path: Path | None = None
+    # PSD2 RTS art. 36(5): at most four unattended accesses per account in 24 hours unless agreed
+    # otherwise with the bank; 0 turns the budget off (only for such an agreement, or the sandbox).
+    daily_access_budget: int = Field(default=4, ge=0, le=100_000)
+    # OAuth2 refresh_token grant, used when the API says the access token expired; absent: no refresh.
+    token_url: str | None = Field(default=None, pattern=r"^https?://[^/]+")
+    refresh_token: SecretStr | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -200,6 +229,7 @@ class Settings(BaseSettings):
 
     state: StateConfig = StateConfig()
     kafka: KafkaConfig = KafkaConfig()
+    outbox: OutboxConfig = OutboxConfig()
     rules: RulesConfig = RulesConfig()
     metrics: MetricsConfig | None = None
     logging: LoggingConfig = LoggingConfig()

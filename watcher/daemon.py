@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,8 +87,11 @@ class Daemon:
                 max_instances=1,
                 misfire_grace_time=None,
             )
+        relay = self._c.relay
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if relay else None
         scheduler.start()
-        log.info("daemon started", sources=[p.source.name for p in self._c.pollers])
+        log.info("daemon started", sources=[p.source.name for p in self._c.pollers],
+                 outbox_depth=self._c.store.outbox_depth)
         try:
             while not self._stop_requested:
                 await self._wake.wait()
@@ -97,9 +101,13 @@ class Daemon:
                     await self._reload()
         finally:
             scheduler.shutdown(wait=False)
+            started = time.monotonic()
             await self._drain()
-            if self._c.publisher is not None:
-                await self._c.publisher.flush()
+            if relay is not None and relay_task is not None:
+                relay.stop()
+                await relay_task
+                grace = self._c.settings.shutdown_grace.total_seconds()
+                await relay.drain(max(1.0, grace - (time.monotonic() - started)))
         log.info("daemon stopped")
         return 0
 

@@ -1,8 +1,8 @@
-"""One poll round of one source: fetch, compare and evaluate, publish, then advance the state.
+"""One poll round of one source: fetch, compare and evaluate, then hand the new state and its events
+to the delivery, which writes both in one transaction (the outbox) for the relay to publish.
 
-The order is what makes delivery safe: the state store moves only after Kafka acknowledged the events
-that the new state implies. If publishing fails, the state stays, and the next poll derives the same
-events again (with the same ids).
+If that write fails (the outbox is full, the disk is), the state stays as it was and the next poll
+derives the same events again, with the same ids: nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -13,15 +13,52 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
 from rules.engine import Assessment, CompiledRules, assess, compile_rules
 from rules.model import Rule
 from watcher.events import Event, events_of
-from watcher.publisher import EventSink, PublishError
 from watcher.sources.base import BalanceSource, FetchResult
-from watcher.store import PollRecord, StateStore, StateUpdate
+from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate
+
+
+class EventDelivery(Protocol):
+    """Where a poll's new state and events go."""
+
+    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
+        """Make the state and the events durable together, or raise and change nothing."""
+
+
+class OutboxDelivery:
+    """The daemon's delivery: state and events in one transaction, then the relay is woken."""
+
+    def __init__(
+        self, store: StateStore, wake: Callable[[], None], on_event: Callable[[Event], None] | None = None
+    ) -> None:
+        self._store = store
+        self._wake = wake
+        self._on_event = on_event
+
+    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
+        await self._store.commit(update, events)
+        if events:
+            self._wake()
+        if self._on_event is not None:
+            for event in events:
+                self._on_event(event)
+
+
+class PrintOnlyDelivery:
+    """`once --no-publish`: show the events, keep no state, publish nothing."""
+
+    def __init__(self, on_event: Callable[[Event], None]) -> None:
+        self._on_event = on_event
+
+    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
+        for event in events:
+            self._on_event(event)
 
 
 class RulesHolder:
@@ -44,12 +81,12 @@ class RoundSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
     observations: int = 0
     events: int = 0
-    publish_failures: int = 0
+    delivery_failures: int = 0
     duration_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.calls > 0 and self.outcomes["ok"] == self.calls and self.publish_failures == 0
+        return self.calls > 0 and self.outcomes["ok"] == self.calls and self.delivery_failures == 0
 
 
 class Poller:
@@ -59,18 +96,15 @@ class Poller:
         self,
         source: BalanceSource,
         store: StateStore,
-        sink: EventSink,
+        delivery: EventDelivery,
         rules: RulesHolder,
         clock: Callable[[], datetime],
-        commit: bool = True,
     ) -> None:
         self.source = source
         self._store = store
-        self._sink = sink
+        self._delivery = delivery
         self._rules = rules
         self._clock = clock
-        # `once --no-publish` evaluates against the state but must not advance it.
-        self._commit = commit
         self._log = structlog.get_logger("watcher.poll").bind(source=source.name)
 
     async def poll_round(self) -> RoundSummary:
@@ -95,7 +129,7 @@ class Poller:
             outcomes=dict(summary.outcomes),
             observations=summary.observations,
             events=summary.events,
-            publish_failures=summary.publish_failures,
+            delivery_failures=summary.delivery_failures,
             duration_ms=round(summary.duration_s * 1000, 1),
         )
         return summary
@@ -134,7 +168,7 @@ class Poller:
                 published = None
             summary.observations += len(result.observations)
             if published is None:
-                summary.publish_failures += 1
+                summary.delivery_failures += 1
             else:
                 summary.events += published
             log.info("poll", balances=len(result.observations), events=published, **fields)
@@ -152,23 +186,21 @@ class Poller:
         )
 
     async def _process(self, result: FetchResult, log: structlog.typing.FilteringBoundLogger) -> int | None:
-        """Assess, publish, commit. Returns the number of events published, None when publish failed."""
+        """Assess and deliver. Returns the number of events delivered, None when delivery failed."""
         rules = self._rules.rules
         assessments: list[Assessment] = [
             assess(obs, self._store.known(obs.key), rules, self._store.alerts(obs.key))
             for obs in result.observations
         ]
         events: list[Event] = [e for a in assessments for e in events_of(a)]
+        update = StateUpdate(
+            balances=[(a.key, a.known) for a in assessments if a.change is not None],
+            alerts=[alert for a in assessments for alert in a.alerts],
+        )
         try:
-            await self._sink.publish(events)
-        except PublishError as exc:
-            log.error("publish failed; state not advanced, the next poll retries", error=str(exc))
+            await self._delivery.deliver(update, events)
+        except OutboxFull as exc:
+            log.error("OUTBOX FULL: state not advanced, the next poll retries; is Kafka reachable?",
+                      error=str(exc))
             return None
-        if self._commit:
-            await self._store.commit(
-                StateUpdate(
-                    balances=[(a.key, a.known) for a in assessments if a.change is not None],
-                    alerts=[alert for a in assessments for alert in a.alerts],
-                )
-            )
         return len(events)

@@ -1,30 +1,23 @@
-"""Publishing events to Kafka with acks=all and the idempotent producer.
+"""Publishing to Kafka with acks=all and the idempotent producer.
 
-`publish` returns only when Kafka acknowledged every event of the batch; the caller advances the state
-after that, so a failed publish is produced again by the next poll, with the same ids.
+`send` returns only when Kafka acknowledged every record of the batch; the outbox relay removes
+records from the outbox only after that.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from watcher.config import KafkaConfig
-from watcher.events import Event
+from watcher.store import OutboxEntry
 
 
 class PublishError(Exception):
-    """Kafka did not acknowledge every event of a batch."""
-
-
-class EventSink(Protocol):
-    """Where a poll's events go: Kafka in the daemon, stdout in `once --no-publish`."""
-
-    async def publish(self, events: Sequence[Event]) -> None:
-        """Deliver every event or raise PublishError."""
+    """Kafka did not acknowledge every record of a batch."""
 
 
 def kafka_client_options(config: KafkaConfig) -> dict[str, Any]:
@@ -64,28 +57,28 @@ def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
 
 
 class KafkaPublisher:
-    """Sends events to the configured topics, keyed by account, and waits for every ack."""
+    """Sends outbox entries to the configured topics, keyed by account, and waits for every ack."""
 
     def __init__(self, producer: AIOKafkaProducer, config: KafkaConfig) -> None:
         self._producer = producer
         self._topics = {"changes": config.changes_topic, "alerts": config.alerts_topic}
 
-    async def publish(self, events: Sequence[Event]) -> None:
-        if not events:
+    async def send(self, entries: Sequence[OutboxEntry]) -> None:
+        """Send in order (the producer keeps order per partition), then wait for every ack."""
+        if not entries:
             return
         try:
-            # send() queues in order (the producer keeps order per partition); then wait for all acks.
             futures = [
                 await self._producer.send(
-                    self._topics[e.topic], value=e.value(), key=e.key.encode(), headers=e.headers()
+                    self._topics[e.topic], value=e.value, key=e.key.encode(), headers=list(e.headers)
                 )
-                for e in events
+                for e in entries
             ]
             await asyncio.gather(*futures)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise PublishError(f"Kafka did not acknowledge {len(events)} event(s): {exc!r}") from exc
+            raise PublishError(f"Kafka did not acknowledge {len(entries)} event(s): {exc!r}") from exc
 
     async def flush(self) -> None:
         """Wait until everything queued is acknowledged."""

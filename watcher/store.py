@@ -1,13 +1,15 @@
-"""The state store: last known balances, alert states and poll outcomes, in SQLite.
+"""The state store: last known balances, alert states, poll outcomes and the event outbox, in SQLite.
 
 The whole state is loaded into memory when the store opens (reads are dictionary look-ups on the poll
-path); writes go through to SQLite on one worker thread, one transaction per committed poll, so a
-crash leaves either the old state or the new one, never half of it.
+path); writes go through to SQLite on one worker thread. A poll's new state and the events it implies
+are written in ONE transaction (the outbox), so a crash leaves either the old state and no events, or
+the new state and all its events, which the relay then publishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rules.types import AlertState, Balance, BalanceKey, KnownBalance
+from watcher.events import Event
 
 T = TypeVar("T")
 
@@ -47,6 +50,15 @@ CREATE TABLE IF NOT EXISTS alerts (
     started_at TEXT NOT NULL,
     resolved_at TEXT
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    ce_id TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    value BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS polls (
     source TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -75,6 +87,23 @@ class PollRecord:
     last_success_at: datetime | None
 
 
+class OutboxFull(Exception):
+    """The outbox holds as many events as it may; nothing of this poll was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One event waiting in the outbox, in the form it is sent to Kafka. `topic` is "changes" or
+    "alerts": the configured topic name is looked up when it is sent."""
+
+    seq: int
+    topic: str
+    key: str
+    ce_id: str
+    headers: tuple[tuple[str, bytes], ...]
+    value: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class StateUpdate:
     """What one poll changes: the balances to remember and the alert states to write."""
@@ -90,8 +119,10 @@ def _dt(text: str | None) -> datetime | None:
 class StateStore:
     """Last known balances and alert states, in memory and durably in SQLite."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, outbox_limit: int = 1_000_000) -> None:
         self.path = path
+        self.outbox_limit = outbox_limit
+        self.outbox_depth = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         self._db: sqlite3.Connection | None = None
         self._known: dict[BalanceKey, KnownBalance] = {}
@@ -123,6 +154,7 @@ class StateStore:
                 version=row[10],
                 description=row[7],
             )
+        self.outbox_depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         for row in db.execute(
             "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
             " resolved_at FROM alerts"
@@ -163,19 +195,37 @@ class StateStore:
         return [a for by_fp in self._alerts.values() for a in by_fp.values()]
 
     # Writes: durable first, then visible in memory.
-    async def commit(self, update: StateUpdate) -> None:
-        """Write the balances and alert states of one poll in one transaction."""
-        if not update.balances and not update.alerts:
+    async def commit(self, update: StateUpdate, events: Sequence[Event] = ()) -> None:
+        """Write the balances, alert states and events of one poll in one transaction.
+
+        Raises OutboxFull, writing nothing, when the events would not fit in the outbox.
+        """
+        if not update.balances and not update.alerts and not events:
             return
-        await self._call(self._commit_sync, update)
+        if events and self.outbox_depth + len(events) > self.outbox_limit:
+            raise OutboxFull(
+                f"the outbox holds {self.outbox_depth} events (limit {self.outbox_limit});"
+                f" {len(events)} more do not fit"
+            )
+        rows = [
+            (e.topic, e.key, e.id, json.dumps([[k, v.decode()] for k, v in e.headers()]), e.value(),
+             e.time.isoformat())
+            for e in events
+        ]
+        await self._call(self._commit_sync, update, rows)
+        self.outbox_depth += len(rows)
         for key, known in update.balances:
             self._known[key] = known
         for alert in update.alerts:
             self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
 
-    def _commit_sync(self, update: StateUpdate) -> None:
+    def _commit_sync(self, update: StateUpdate, outbox_rows: list[tuple[Any, ...]]) -> None:
         db = self._require()
         with _transaction(db):
+            db.executemany(
+                "INSERT INTO outbox (topic, key, ce_id, headers, value, created_at) VALUES (?,?,?,?,?,?)",
+                outbox_rows,
+            )
             db.executemany(
                 "INSERT OR REPLACE INTO balances VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [
@@ -212,6 +262,32 @@ class StateStore:
                     for a in update.alerts
                 ],
             )
+
+    async def outbox_batch(self, limit: int) -> list[OutboxEntry]:
+        """The oldest events of the outbox, in the order they were written."""
+        rows = await self._call(self._outbox_batch_sync, limit)
+        return [
+            OutboxEntry(r[0], r[1], r[2], r[3], tuple((k, v.encode()) for k, v in json.loads(r[4])), r[5])
+            for r in rows
+        ]
+
+    def _outbox_batch_sync(self, limit: int) -> list[tuple[Any, ...]]:
+        return list(
+            self._require().execute(
+                "SELECT seq, topic, key, ce_id, headers, value FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            )
+        )
+
+    async def outbox_remove(self, seqs: Sequence[int]) -> None:
+        """Forget events Kafka acknowledged."""
+        if seqs:
+            await self._call(self._outbox_remove_sync, list(seqs))
+            self.outbox_depth = max(0, self.outbox_depth - len(seqs))
+
+    def _outbox_remove_sync(self, seqs: list[int]) -> None:
+        db = self._require()
+        with _transaction(db):
+            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     async def record_polls(self, records: Iterable[PollRecord]) -> None:
         """Remember the outcome of calls, for `status` and staleness."""
