@@ -130,3 +130,41 @@ def test_bad_money(value: object) -> None:
     """Floats, non-numbers and non-finite values are refused."""
     with pytest.raises(ValueError, match=r"amount|money"):
         parse_money(value)
+
+
+def test_secrets_from_credentials_directory_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret may come from systemd's $CREDENTIALS_DIRECTORY or from an absolute file path."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mc-key-password").write_text("from-credential\n")
+    (tmp_path / "ck.txt").write_text("from-file")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    text = MC.replace('consumer_key = "ck"', f'consumer_key = {{ file = "{tmp_path / "ck.txt"}" }}').replace(
+        'signing_key_password = "pw"', 'signing_key_password = { credential = "mc-key-password" }'
+    )
+    source = load_settings(write(tmp_path, text)).sources[0]
+    assert isinstance(source, MastercardSendConfig)
+    assert source.consumer_key.get_secret_value() == "from-file"
+    assert source.signing_key_password.get_secret_value() == "from-credential"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{ credential = "missing" }', "cannot read the secret file"),
+        ('{ credential = "../etc/passwd" }', "is not a credential name"),
+        ('{ file = "relative.txt" }', "must be an absolute path"),
+        ('{ path = "/x" }', "a secret is a string"),
+    ],
+)
+def test_bad_secret_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    """A secret that cannot be read is a config error naming the key."""
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, MC.replace('consumer_key = "ck"', f"consumer_key = {value}")))
+    assert "consumer_key" in str(info.value)
+    assert expected in str(info.value)

@@ -5,6 +5,7 @@ Every problem is reported as a ConfigError whose message names the file and the 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -76,6 +77,34 @@ def parse_money(value: object) -> Decimal:
     return result
 
 
+def read_secret(value: object) -> object:
+    """A secret is a string, or read from a file: `{ credential = "name" }` takes the file of that name
+    in systemd's $CREDENTIALS_DIRECTORY (LoadCredential=), `{ file = "/abs/path" }` any file. One trailing
+    newline is dropped."""
+    if not isinstance(value, Mapping):
+        return value
+    if set(value) == {"credential"} and isinstance(value["credential"], str):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError("a { credential = ... } secret needs $CREDENTIALS_DIRECTORY (LoadCredential=)")
+        name = value["credential"]
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a credential name")
+        path = Path(directory) / name
+    elif set(value) == {"file"} and isinstance(value["file"], str):
+        path = Path(value["file"])
+        if not path.is_absolute():
+            raise ValueError(f"secret file {value['file']!r} must be an absolute path")
+    else:
+        raise ValueError("a secret is a string, { credential = \"name\" } or { file = \"/path\" }")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read the secret file {path}: {exc.strerror or exc}") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+Secret = Annotated[SecretStr, BeforeValidator(read_secret)]
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Money = Annotated[Decimal, BeforeValidator(parse_money)]
 
@@ -106,10 +135,10 @@ class KafkaConfig(_Strict):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None
+    ssl_password: Secret | None = None
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None = None
     sasl_plain_username: str | None = None
-    sasl_plain_password: SecretStr | None = None
+    sasl_plain_password: Secret | None = None
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -164,9 +193,9 @@ class MastercardSendConfig(_SourceBase):
     environment: Literal["mtf", "production"] | None = None
     base_url: str | None = None
     partner_id: str = Field(min_length=1)
-    consumer_key: SecretStr
+    consumer_key: Secret
     signing_key_path: Path
-    signing_key_password: SecretStr
+    signing_key_password: Secret
     format: Literal["json", "xml"] = "json"
     non_card_tokens: list[str] = Field(default_factory=list)
 
@@ -190,9 +219,9 @@ class MastercardSendConfig(_SourceBase):
 class MyposPsd2Config(_SourceBase):
     type: Literal["mypos-psd2"]
     base_url: str = "https://mp-psd2-api.mypos.com"
-    api_key: SecretStr
-    consent_id: SecretStr
-    access_token: SecretStr
+    api_key: Secret
+    consent_id: Secret
+    access_token: Secret
     account_numbers: list[str] = Field(min_length=1)
     # myPOS requires a QWAC client certificate in production.
     client_cert_path: Path | None = None
@@ -202,9 +231,9 @@ class MyposPsd2Config(_SourceBase):
     daily_access_budget: int = Field(default=4, ge=0, le=100_000)
     # OAuth2 refresh_token grant, used when the API says the access token expired; absent: no refresh.
     token_url: str | None = Field(default=None, pattern=r"^https?://[^/]+")
-    refresh_token: SecretStr | None = None
+    refresh_token: Secret | None = None
     client_id: str | None = None
-    client_secret: SecretStr | None = None
+    client_secret: Secret | None = None
 
     @field_validator("base_url")
     @classmethod
