@@ -32,7 +32,10 @@ class RedactSecrets:
             return {k: self._scrub(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self._scrub(v) for v in value)
-        return value
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        # Anything else (an exception, a URL object) is rendered as text: scrub that text.
+        return self._scrub(repr(value) if isinstance(value, BaseException) else str(value))
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         if not self._secrets:
