@@ -8,123 +8,34 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from rules.model import (
-    CURRENCY_CODE,
-    RULE_KINDS,
-    RULE_NAME,
-    SEVERITIES,
-    Rule,
-    RuleKind,
-    RuleSet,
-    Scope,
-    Severity,
-)
+from rules.compiled import check_suppressions
+from rules.keys import KIND_KEYS, READERS, REQUIRED_BY_KIND, RULE_KEYS, SPECIFIC_KEYS, choices
+from rules.model import RULE_KINDS, RULE_NAME, Rule, RuleKind, RuleSet, Scope
+
+__all__ = ["RULE_KEYS", "RulesError", "load_rule_files", "parse_rules"]
 
 # The clear-point key of each kind: a `below` rule clears above its threshold, an `above` rule below.
-_CLEAR_KEY: Mapping[RuleKind, str] = {"below": "clear_above", "above": "clear_below"}
-_MONEY_HINT = 'use a decimal string such as "5000.00"'
+_CLEAR_KEY: Mapping[str, str] = {"below": "clear_above", "above": "clear_below"}
+_REQUIRED: Mapping[str, str] = {
+    "name": "every rule needs a unique name",
+    "kind": f"use one of {choices(RULE_KINDS)}",
+}
 
 
 class RulesError(ValueError):
     """A rules file a user can fix; one line per problem, each naming the file, the rule and the key."""
 
 
-def _choices(values: Sequence[str]) -> str:
-    return ", ".join(repr(v) for v in values)
-
-
-def _money(value: object) -> Decimal:
-    # A TOML float is refused: 0.1 is not exactly 0.1, and money must be.
-    if isinstance(value, float):
-        raise ValueError(f"{value!r} is a TOML float, which is not exact: {_MONEY_HINT}")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return Decimal(value)
-    if not isinstance(value, str):
-        raise ValueError(f"invalid amount {value!r}: {_MONEY_HINT}")
-    try:
-        amount = Decimal(value.strip())
-    except InvalidOperation:
-        raise ValueError(f"invalid amount {value!r}: {_MONEY_HINT}") from None
-    if not amount.is_finite():
-        raise ValueError(f"invalid amount {value!r}: {_MONEY_HINT}")
-    return amount
-
-
-def _name(value: object) -> str:
-    if not isinstance(value, str) or not RULE_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid name: use letters, digits, '_', '.' and '-'")
-    return value
-
-
-def _kind(value: object) -> RuleKind:
-    for kind in RULE_KINDS:
-        if value == kind:
-            return kind
-    raise ValueError(f"unknown kind {value!r}: use one of {_choices(RULE_KINDS)}")
-
-
-def _severity(value: object) -> Severity:
-    for severity in SEVERITIES:
-        if value == severity:
-            return severity
-    raise ValueError(f"unknown severity {value!r}: use one of {_choices(SEVERITIES)}")
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, not {value!r}")
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-def _balance_type(value: object) -> str:
-    # "" is a real balance type: Mastercard's, which has none.
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, not {value!r}")
-    return value
-
-
-def _currency(value: object) -> str:
-    if not isinstance(value, str) or not CURRENCY_CODE.fullmatch(value):
-        raise ValueError(f'{value!r} is not an ISO 4217 code such as "GBP" (three capital letters)')
-    return value
-
-
-def _labels(value: object) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f'must be a table of strings such as {{ team = "treasury" }}, not {value!r}')
-    for label, text in value.items():
-        if not isinstance(text, str):
-            raise ValueError(f"the value of {label!r} must be a string, not {text!r}")
-    return tuple(sorted(value.items()))
-
-
-_PARSERS: Mapping[str, Callable[[object], object]] = {
-    "name": _name,
-    "kind": _kind,
-    "threshold": _money,
-    "severity": _severity,
-    "clear_above": _money,
-    "clear_below": _money,
-    "source": _text,
-    "account": _text,
-    "currency": _currency,
-    "balance_type": _balance_type,
-    "description": _text,
-    "labels": _labels,
-}
-RULE_KEYS: tuple[str, ...] = tuple(_PARSERS)
-_REQUIRED: Mapping[str, str] = {
-    "name": "every rule needs a unique name",
-    "kind": f"use one of {_choices(RULE_KINDS)}",
-    "threshold": _MONEY_HINT,
-}
+def _keyed(key: str, exc: ValueError) -> str:
+    message = str(exc)
+    # A reader that names a part of the value ("[0].from: ...") is joined to the key without a space.
+    return f"{key}{message}" if message[:1] in "[." else f"{key}: {message}"
 
 
 def _unknown_key(key: str) -> str:
@@ -141,24 +52,48 @@ def _rule_label(table: Mapping[str, Any], index: int) -> str:
     return f"rules[{index}]"
 
 
-def _clear_side_errors(values: Mapping[str, Any]) -> list[str]:
-    """A clear point must be the one key of its rule's kind, on the safe side of the threshold."""
-    kind: RuleKind | None = values.get("kind")
+def _clear_side_errors(kind: RuleKind, values: Mapping[str, Any]) -> list[str]:
+    """A clear point must be on the safe side of the threshold."""
     threshold: Decimal | None = values.get("threshold")
-    if kind is None:
+    clear: Decimal | None = values.get(_CLEAR_KEY.get(kind, ""))
+    if threshold is None or clear is None:
         return []
+    key = _CLEAR_KEY[kind]
+    if kind == "below" and clear < threshold:
+        return [f"{key}: {clear} is below the threshold {threshold}; it must be at or above it"]
+    if kind == "above" and clear > threshold:
+        return [f"{key}: {clear} is above the threshold {threshold}; it must be at or below it"]
+    return []
+
+
+def _kind_errors(kind: RuleKind, table: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+    """The keys a kind needs and the keys it does not take."""
     errors: list[str] = []
-    own_key = _CLEAR_KEY[kind]
-    for key in ("clear_above", "clear_below"):
-        clear: Decimal | None = values.get(key)
-        if clear is None:
+    own = KIND_KEYS[kind]
+    for key in table:
+        if key not in SPECIFIC_KEYS or key in own:
             continue
-        if key != own_key:
-            errors.append(f"{key}: not for a {kind!r} rule, which clears at {own_key}")
-        elif threshold is not None and kind == "below" and clear < threshold:
-            errors.append(f"{key}: {clear} is below the threshold {threshold}; it must be at or above it")
-        elif threshold is not None and kind == "above" and clear > threshold:
-            errors.append(f"{key}: {clear} is above the threshold {threshold}; it must be at or below it")
+        if kind in _CLEAR_KEY and key in _CLEAR_KEY.values():
+            errors.append(f"{key}: not for a {kind!r} rule, which clears at {_CLEAR_KEY[kind]}")
+        else:
+            errors.append(f"{key}: not for a {kind!r} rule, which takes {', '.join(own)}")
+    errors.extend(
+        f"{key}: missing; {hint}" for key, hint in REQUIRED_BY_KIND[kind].items() if key not in table
+    )
+    if kind == "drop" and "min_drop" not in table and "min_drop_percent" not in table:
+        errors.append(
+            'min_drop: missing; a drop rule needs min_drop (an amount such as "1000.00"), '
+            'min_drop_percent (such as "30") or both'
+        )
+    if kind == "stale":
+        errors.extend(
+            f"{key}: not for a 'stale' rule, which watches polls: scope it by source and account"
+            for key in ("currency", "balance_type")
+            if key in table
+        )
+        if values.get("per") == "source" and "account" in table:
+            errors.append("account: not for a stale rule per source, which watches the whole source")
+    errors.extend(_clear_side_errors(kind, values))
     return errors
 
 
@@ -167,17 +102,19 @@ def _parse_rule(table: Mapping[str, Any]) -> tuple[Rule | None, list[str]]:
     errors: list[str] = []
     values: dict[str, Any] = {}
     for key, raw in table.items():
-        parser = _PARSERS.get(key)
-        if parser is None:
+        reader = READERS.get(key)
+        if reader is None:
             errors.append(f"{key}: {_unknown_key(key)}")
             continue
         try:
-            values[key] = parser(raw)
+            values[key] = reader(raw)
         except ValueError as exc:
-            errors.append(f"{key}: {exc}")
+            errors.append(_keyed(key, exc))
     errors.extend(f"{key}: missing; {hint}" for key, hint in _REQUIRED.items() if key not in table)
-    errors.extend(_clear_side_errors(values))
-    if errors:
+    kind: RuleKind | None = values.get("kind")
+    if kind is not None:
+        errors.extend(_kind_errors(kind, table, values))
+    if errors or kind is None:
         return None, errors
     scope = Scope(
         source=values.get("source"),
@@ -187,16 +124,37 @@ def _parse_rule(table: Mapping[str, Any]) -> tuple[Rule | None, list[str]]:
     )
     rule = Rule(
         name=values["name"],
-        kind=values["kind"],
-        threshold=values["threshold"],
+        kind=kind,
+        threshold=values.get("threshold"),
         severity=values.get("severity", "warning"),
         scope=scope,
         clear_above=values.get("clear_above"),
         clear_below=values.get("clear_below"),
         description=values.get("description"),
         labels=values.get("labels", ()),
+        min_drop=values.get("min_drop"),
+        min_drop_percent=values.get("min_drop_percent"),
+        window=values.get("window"),
+        min_change=values.get("min_change"),
+        state=values.get("state"),
+        after=values.get("after"),
+        per=values.get("per", "account"),
+        for_duration=values.get("for", timedelta(0)),
+        keep_firing_for=values.get("keep_firing_for", timedelta(0)),
+        repeat=values.get("repeat"),
+        suppresses=values.get("suppresses", ()),
+        mute=values.get("mute", ()),
+        annotations=values.get("annotations", ()),
     )
     return rule, []
+
+
+def _reference_errors(rules: Sequence[Rule], labels: Mapping[str, str]) -> list[str]:
+    """`suppresses` problems across a whole rule set, each as "{label}: suppresses: message"."""
+    errors: list[str] = []
+    for rule_name, message in check_suppressions(rules):
+        errors.append(f"{labels[rule_name]}: suppresses: {message}")
+    return errors
 
 
 def parse_rules(data: Mapping[str, Any], origin: str) -> tuple[Rule, ...]:
@@ -253,11 +211,13 @@ def _read(path: Path) -> Mapping[str, Any]:
 def load_rule_files(paths: Sequence[Path]) -> RuleSet:
     """Read, validate and merge rules files in order; raise RulesError with every problem of every file.
 
-    Rule names must be unique across all the files, since alerts are identified by them.
+    Rule names must be unique across all the files, since alerts are identified by them; the names
+    in `suppresses` must exist (in any of the files) and must not form a cycle.
     """
     errors: list[str] = []
     rules: list[Rule] = []
     origins: list[str] = []
+    labels: dict[str, str] = {}
     defined_in: dict[str, str] = {}
     for path in paths:
         origin = str(path)
@@ -274,8 +234,12 @@ def load_rule_files(paths: Sequence[Path]) -> RuleSet:
                 )
                 continue
             defined_in[rule.name] = origin
+            labels[rule.name] = f"{origin}: rule {rule.name!r} (rules[{index}])"
             rules.append(rule)
             origins.append(origin)
+    if not errors:
+        # Only now that every file is read: a rule may suppress one defined in another file.
+        errors = _reference_errors(rules, labels)
     if errors:
         raise RulesError("\n".join(errors))
     return RuleSet(rules=tuple(rules), origins=tuple(origins))

@@ -84,6 +84,12 @@ class KnownBalance:
 
     `version` counts published changes of this key; it makes event ids deterministic: a change that
     is observed again after a failed publish gets the same version, so the same `ce_id`.
+
+    `history` is what `drop` rules look back on: earlier signed amounts, each with the time it stopped
+    being the balance (the next change), oldest first. The engine keeps it short: only amounts still
+    inside the largest `window` of the rules, and only those higher than every later one (a lower
+    earlier amount can never be the peak a drop is measured from). Empty without `drop` rules.
+    It changes only when the balance changes, so storing `known` on every change keeps it.
     """
 
     balance: Balance
@@ -91,17 +97,37 @@ class KnownBalance:
     correlation_id: str
     version: int
     description: str | None = None
+    history: tuple[tuple[datetime, Decimal], ...] = ()
 
 
-AlertStatus = Literal["firing", "resolved"]
+# "inactive": not pending nor firing and never fired since it last was (a pending alert whose
+# condition stopped before its `for` elapsed); "resolved": fired, then resolved.
+AlertStatus = Literal["inactive", "pending", "firing", "resolved"]
+ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "firing"})
 
 
 @dataclass(frozen=True, slots=True)
 class AlertState:
-    """The state of one alert (rule x balance key) as kept in the store.
+    """The state of one alert (rule x balance key) as kept in the store: everything its lifecycle needs,
+    so that a restart neither fires a firing alert again nor forgets a pending one.
 
     `episode` counts how many times this alert has started firing; together with the fingerprint
-    it makes the ids of firing and resolved events deterministic.
+    it makes the ids of firing and resolved events deterministic (and `repeats` those of reminders).
+    `started_at` is when the latest episode started firing; for a pending alert (and an inactive one
+    whose pending lapsed), when it became pending.
+
+    Lifecycle fields (all defaulted, so a state written before they existed reads as a plain one):
+    - `pending_since`: since when the condition holds without a break (the `for` clock);
+    - `cleared_since`: a firing alert whose condition stopped holding then (the `keep_firing_for` clock);
+    - `published`: whether this episode's firing was published; False while it is withheld (muted or
+      suppressed since it fired). A resolve is published only when the firing was;
+    - `muted`, `suppressed_by`: why it is withheld now (a mute window; the name of a firing rule that
+      suppresses it);
+    - `last_sent_at`, `repeats`: when the firing or the latest reminder was published, and how many
+      reminders this episode had;
+    - `reason`: for `stale` alerts, why (the provider's reason when access was revoked);
+    - `kind`, `severity`: of the rule when the state was written, so that an alert whose rule was
+      removed can still be resolved faithfully.
     """
 
     fingerprint: str
@@ -111,3 +137,61 @@ class AlertState:
     episode: int
     started_at: datetime
     resolved_at: datetime | None = None
+    pending_since: datetime | None = None
+    cleared_since: datetime | None = None
+    published: bool = True
+    muted: bool = False
+    suppressed_by: str | None = None
+    last_sent_at: datetime | None = None
+    repeats: int = 0
+    reason: str | None = None
+    kind: str | None = None
+    severity: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Pending or firing: time alone can move it on."""
+        return self.status in ACTIVE_STATUSES
+
+
+# The account key of a whole source, for alerts about the source rather than one account.
+WHOLE_SOURCE = "*"
+
+
+def subject_key(source: str, account: str = WHOLE_SOURCE) -> BalanceKey:
+    """The key of a poll subject: an account of a source (all its balance types), or the whole source."""
+    return BalanceKey(source, account)
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """When a poll subject last answered: an account (`subject_key(source, account)`) or a whole source
+    (`subject_key(source)`). What `stale` rules are judged on; kept by the engine, stored by the daemon.
+
+    `watched_since` is the first poll attempt: a subject that never answered goes stale counting from it.
+    `last_error` is the latest failure's reason while failing (None after a success); `access_revoked`
+    says the provider answered that access is no longer possible (expired consent or token, revoked key).
+    """
+
+    subject: BalanceKey
+    watched_since: datetime
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    access_revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """One call to a balance API as the engine sees it: which source, which accounts, and how it went.
+
+    `accounts` are the accounts the call covered: the one asked for; for a partner-wide listing, those
+    it returned, or when it failed, those known for the source. `reason` is why it failed, in the
+    provider's words where there are any.
+    """
+
+    source: str
+    at: datetime
+    accounts: tuple[str, ...]
+    ok: bool
+    reason: str | None = None
+    access_revoked: bool = False

@@ -170,7 +170,8 @@ async def test_sigkill_at_random_moments_loses_nothing(
     expected: dict[str, list[str]] = defaultdict(list)
     rng = random.Random(7)
     for token in tokens:
-        sandbox_post(sandbox, "mastercard/balance", {"partner": "KILL", "account": token, "amount": "3000.00"})
+        sandbox_post(sandbox, "mastercard/balance",
+                     {"partner": "KILL", "account": token, "amount": "3000.00"})
         expected[f"mc:{token}"].append("3000.00")
     step = 0
     for _ in range(5):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from rules.types import Balance, BalanceKey, Observation
 from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.mastercard import describe_error_body, parse_mastercard_json, parse_mastercard_xml
+from watcher.sources.provider_errors import read_mastercard_error
 
 SEED = Path(__file__).resolve().parent.parent / "watcher" / "sandbox" / "seed"
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
@@ -349,28 +350,84 @@ def test_xml_namespaces_and_comments_are_ignored() -> None:
     assert parse_mastercard_xml(body, **KW) == parse_mastercard_xml(seed("mc_account_balance.xml"), **KW)
 
 
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        (b'{"Errors":{"Error":[{"Source":"OAuth.Signature","ReasonCode":"AUTHENTICATION_FAILED",'
-         b'"Description":"OAuth signature is invalid","Recoverable":"false","Details":null}]}}',
-         "AUTHENTICATION_FAILED: OAuth signature is invalid"),
-        (b'{"Errors":{"Error":{"Source":"x","ReasonCode":"SYSTEM_ERROR","Description":"try later",'
-         b'"Recoverable":true,"Details":{"a":1}}}}', "SYSTEM_ERROR: try later (recoverable)"),
-        (b'{"Errors":{"Error":[{"ReasonCode":"A","Description":"one"},{"ReasonCode":"B","Description":"two"}]}}',
-         "A: one; B: two"),
-        (b"<Errors><Error><Source>x</Source><ReasonCode>INVALID_INPUT</ReasonCode><Description>bad\ntoken"
-         b"</Description><Recoverable>false</Recoverable><Details>text</Details></Error></Errors>",
-         "INVALID_INPUT: bad token"),
-        (b"<html><body>Bad gateway</body></html>", ""),
-        (b'{"message": "nope"}', ""),
-        (b"", ""),
-        (None, ""),
-    ],
-)
-def test_error_bodies_are_described(body: bytes | None, expected: str) -> None:
-    """Mastercard's error format, JSON or XML, gives ReasonCode: Description; anything else gives ""."""
+MC_ERRORS = [
+    # Recoverable as a string, Details null
+    (b'{"Errors":{"Error":[{"Source":"OAuth.Signature","ReasonCode":"AUTHENTICATION_FAILED",'
+     b'"Description":"OAuth signature is invalid","Recoverable":"false","Details":null}]}}',
+     "AUTHENTICATION_FAILED", "AUTHENTICATION_FAILED: OAuth signature is invalid (source OAuth.Signature, "
+     "not recoverable)"),
+    # Recoverable as a boolean, Error one object, Details an object
+    (b'{"Errors":{"Error":{"Source":"x","ReasonCode":"SYSTEM_ERROR","Description":"try later",'
+     b'"Recoverable":true,"Details":{"a":1}}}}',
+     "SYSTEM_ERROR", "SYSTEM_ERROR: try later (source x, recoverable, details: a=1)"),
+    # Details as Mastercard's Name/Value list
+    (b'{"Errors":{"Error":[{"ReasonCode":"DECLINE","Description":"Declined","Recoverable":"False",'
+     b'"Details":{"Detail":[{"Name":"ErrorDetailCode","Value":"092000"},{"Name":"Field","Value":"amount"}]}}]}}',
+     "DECLINE", "DECLINE: Declined (not recoverable, details: ErrorDetailCode=092000; Field=amount)"),
+    # Details as text, several errors
+    (b'{"Errors":{"Error":[{"ReasonCode":"A","Description":"one","Details":"see docs"},'
+     b'{"ReasonCode":"B","Description":"two"}]}}', "A", "A: one (details: see docs); B: two"),
+    # lower-case keys, as some gateways write them
+    (b'{"errors":{"error":[{"reasonCode":"INVALID","description":"bad"}]}}', "INVALID", "INVALID: bad"),
+    # XML, Details as text
+    (b"<Errors><Error><Source>x</Source><ReasonCode>INVALID_INPUT</ReasonCode><Description>bad\ntoken"
+     b"</Description><Recoverable>false</Recoverable><Details>text</Details></Error></Errors>",
+     "INVALID_INPUT", "INVALID_INPUT: bad token (source x, not recoverable, details: text)"),
+    # XML, Details empty and with children, two errors
+    (b"<Errors><Error><ReasonCode>A</ReasonCode><Description>one</Description><Details/></Error>"
+     b"<Error><ReasonCode>B</ReasonCode><Description>two</Description><Recoverable>true</Recoverable>"
+     b"<Details><Detail><Name>Code</Name><Value>7</Value></Detail></Details></Error></Errors>",
+     "A", "A: one; B: two (recoverable, details: Code=7)"),
+    # a code without a description
+    (b'{"Errors":{"Error":{"ReasonCode":"ONLY_CODE"}}}', "ONLY_CODE", "ONLY_CODE"),
+]
+
+
+@pytest.mark.parametrize(("body", "code", "expected"), MC_ERRORS)
+def test_error_bodies_are_described(body: bytes, code: str, expected: str) -> None:
+    """Mastercard's error format in its shapes (Recoverable a string or a boolean; Details null, text or
+    an object; JSON or XML) gives the first ReasonCode and one line with every error."""
+    error = read_mastercard_error(body)
+    assert error is not None
+    assert (error.reason_code, error.text) == (code, expected)
     assert describe_error_body(body) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html><body>Bad gateway</body></html>", b'{"message": "nope"}', b"", None, b"[]", b'{"Errors": 1}',
+     b'{"Errors": {"Error": [1, "x", null]}}', BILLION_LAUGHS],
+)
+def test_other_bodies_are_not_errors(body: bytes | None) -> None:
+    """Anything but Mastercard's error format (an entity bomb included) gives no error and "" ."""
+    assert read_mastercard_error(body) is None
+    assert describe_error_body(body) == ""
+
+
+def test_error_line_is_bounded_and_single_line() -> None:
+    """A hostile error body cannot make a huge or multi-line log entry."""
+    errors = [{"ReasonCode": f"C{i}", "Description": "x\n" * 500, "Details": {"k": "v" * 1000}}
+              for i in range(50)]
+    error = read_mastercard_error(json.dumps({"Errors": {"Error": errors}}).encode())
+    assert error is not None
+    assert len(error.text) <= 503
+    assert "\n" not in error.text
+    assert len(error.codes) == 50
+
+
+def test_no_xml_is_parsed_outside_defusedxml() -> None:
+    """Every XML parse in the code goes through defusedxml: no module imports a stdlib or lxml parser."""
+    root = Path(__file__).resolve().parent.parent
+    unsafe = re.compile(r"^\s*(from|import)\s+(lxml|xml\.dom|xml\.sax(?!\.saxutils)|xml\.parsers)|"
+                        r"ElementTree\s+import\s+.*\b(fromstring|parse|XMLParser|iterparse)\b|"
+                        r"^\s*import\s+xml\.etree|^\s*from\s+xml\.etree\s+import", re.MULTILINE)
+    for text in ("import xml.etree.ElementTree as ET", "from xml.etree import ElementTree",
+                 "from xml.etree.ElementTree import Element, fromstring", "from lxml import etree",
+                 "from xml.dom import minidom", "import xml.sax"):
+        assert unsafe.search(text), text  # the check would catch each way in
+    files = [path for folder in ("watcher", "rules") for path in (root / folder).rglob("*.py")]
+    offenders = [str(p.relative_to(root)) for p in files if unsafe.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
 
 
 @settings(max_examples=300, deadline=None)

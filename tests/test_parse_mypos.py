@@ -167,13 +167,24 @@ def test_malformed_body_is_a_parse_error(body: bytes, message: str) -> None:
         (b'{"tppMessages":[{"category":"ERROR","code":"TOKEN_EXPIRED"},{"code":"X","text":"y"}]}',
          "TOKEN_EXPIRED; X: y"),
         (b'{"tppMessages":{"code":"FORMAT_ERROR","text":"bad\\nheader"}}', "FORMAT_ERROR: bad header"),
+        (b'{"tppMessages":[{"code":"FORMAT_ERROR","path":"X-Request-ID","text":"not a UUID"}]}',
+         "FORMAT_ERROR: not a UUID (at X-Request-ID)"),
+        # problem+json (NextGenPSD2 1.3.x), with additional errors
+        (b'{"type":"https://berlin-group.org/problems/CONSENT_EXPIRED","title":"Consent expired",'
+         b'"code":"CONSENT_EXPIRED","additionalErrors":[{"code":"X","detail":"also"}]}',
+         "CONSENT_EXPIRED: Consent expired; X: also"),
+        # OAuth2 (RFC 6749 5.2, RFC 6750 3.1)
+        (b'{"error":"invalid_token","error_description":"The access token expired"}',
+         "invalid_token: The access token expired"),
+        (b'{"error": "x"}', "x"),
         (b"<html>502</html>", ""),
-        (b'{"error": "x"}', ""),
+        (b'{"message": "x"}', ""),
+        (b'{"tppMessages": "x"}', ""),
         (None, ""),
     ],
 )
 def test_berlin_group_errors_are_described(body: bytes | None, expected: str) -> None:
-    """tppMessages give `code: text` per message; anything else gives ""."""
+    """tppMessages, problem+json and OAuth2 errors give `code: text` per message; anything else gives ""."""
     assert describe_error_body(body) == expected
 
 

@@ -236,8 +236,20 @@ def test_firing_transition_carries_new_state() -> None:
     rule = below("5000")
     observation = observe(gbp("10"))
     (transition,) = run(observation, [rule]).transitions
-    expected_state = AlertState(fingerprint("low", KEY), "low", KEY, "firing", 1, T1)
-    assert transition == AlertTransition("firing", rule, expected_state, observation)
+    expected_state = AlertState(
+        fingerprint("low", KEY),
+        "low",
+        KEY,
+        "firing",
+        1,
+        T1,
+        pending_since=T1,
+        last_sent_at=T1,
+        kind="below",
+        severity="warning",
+    )
+    assert transition == AlertTransition("firing", rule, expected_state, observation, T1, observation.balance)
+    assert transition.observation is observation
 
 
 def test_resolved_transition_keeps_episode_and_start() -> None:
@@ -245,8 +257,13 @@ def test_resolved_transition_keeps_episode_and_start() -> None:
     rule = below("5000")
     observation = observe(gbp("6000"))
     (transition,) = run(observation, [rule], [firing("low", episode=4)]).transitions
-    expected_state = AlertState(fingerprint("low", KEY), "low", KEY, "resolved", 4, T0, T1)
-    assert transition == AlertTransition("resolved", rule, expected_state, observation)
+    expected_state = AlertState(
+        fingerprint("low", KEY), "low", KEY, "resolved", 4, T0, T1, kind="below", severity="warning"
+    )
+    assert transition == AlertTransition(
+        "resolved", rule, expected_state, observation, T1, observation.balance
+    )
+    assert transition.firing_for == T1 - T0
 
 
 @pytest.mark.parametrize(("previous_episode", "new_episode"), [(None, 1), (1, 2), (2, 3), (41, 42)])
@@ -314,7 +331,9 @@ def test_firing_alert_resolves_when_its_rule_no_longer_matches() -> None:
     (transition,) = result.transitions
     assert transition.status == "resolved"
     assert transition.rule == rule
-    assert transition.state == AlertState(fingerprint("low", KEY), "low", KEY, "resolved", 2, T0, T1)
+    assert transition.state == AlertState(
+        fingerprint("low", KEY), "low", KEY, "resolved", 2, T0, T1, kind="below", severity="warning"
+    )
 
 
 def test_firing_alert_resolves_when_the_rule_scope_moved_away() -> None:

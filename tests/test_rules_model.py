@@ -14,6 +14,7 @@ from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey
 
 ROOT = Path(__file__).resolve().parent.parent
 MONEY_HINT = 'use a decimal string such as "5000.00"'
+KINDS = "use one of 'below', 'above', 'drop', 'change', 'state', 'stale'"
 VALID = """
 [[rules]]
 name = "gbp-low"
@@ -88,9 +89,20 @@ labels = { team = "cards", escalation = "on-call" }
         labels=(("escalation", "on-call"), ("team", "cards")),
     )
     assert rule.clear_threshold == Decimal("120.25")
-    # Every key but clear_below, which belongs to `above` rules.
+    # Every key of a `below` rule but the lifecycle ones, which tests/test_rules_kinds.py reads.
     written = {line.split(" = ")[0] for line in text.strip().splitlines()[1:]}
-    assert set(RULE_KEYS) - {"clear_below"} == written
+    lifecycle = {"for", "keep_firing_for", "repeat", "suppresses", "mute", "annotations"}
+    other_kinds = {
+        "clear_below",
+        "min_drop",
+        "min_drop_percent",
+        "window",
+        "min_change",
+        "state",
+        "after",
+        "per",
+    }
+    assert set(RULE_KEYS) - lifecycle - other_kinds == written
 
 
 @pytest.mark.parametrize(
@@ -175,7 +187,7 @@ def test_ruleset_needs_one_origin_per_rule() -> None:
 
 
 def test_example_rules_file_is_valid() -> None:
-    """The rules file the demo ships with loads, and covers both kinds and every scope key."""
+    """The rules file the demo ships with loads, and covers every kind and every scope key."""
     ruleset = load_rule_files([ROOT / "rules.example.toml"])
     names = {rule.name for rule in ruleset}
     assert {"gbp-prefund-low", "gbp-prefund-critical"} <= names
@@ -184,11 +196,11 @@ def test_example_rules_file_is_valid() -> None:
     assert by_name["gbp-prefund-low"].severity == "warning"
     assert by_name["gbp-prefund-critical"].threshold == Decimal("1000.00")
     assert by_name["gbp-prefund-critical"].severity == "critical"
-    assert {rule.kind for rule in ruleset} == {"below", "above"}
+    assert {rule.kind for rule in ruleset} == {"below", "above", "drop", "change", "state", "stale"}
     assert any(rule.scope.currency == "EUR" for rule in ruleset)
     assert any(rule.scope.account is not None for rule in ruleset)
     assert any(rule.scope.balance_type is not None for rule in ruleset)
-    assert all(rule.scope.source is not None for rule in ruleset)
+    assert all(rule.scope.source is not None for rule in ruleset if rule.watches_balances)
 
 
 # -- errors in one rule ----------------------------------------------------------------------------------
@@ -215,10 +227,10 @@ RULE = "rules.toml: rule 'gbp-low' (rules[0])"
             f"{RULE}: threshold: 0.1 is a TOML float, which is not exact: {MONEY_HINT}",
         ),
         ({"threshold": "<absent>"}, f"{RULE}: threshold: missing; {MONEY_HINT}"),
-        ({"kind": "<absent>"}, f"{RULE}: kind: missing; use one of 'below', 'above'"),
-        ({"kind": '"under"'}, f"{RULE}: kind: unknown kind 'under': use one of 'below', 'above'"),
-        ({"kind": '"Below"'}, f"{RULE}: kind: unknown kind 'Below': use one of 'below', 'above'"),
-        ({"kind": "1"}, f"{RULE}: kind: unknown kind 1: use one of 'below', 'above'"),
+        ({"kind": "<absent>"}, f"{RULE}: kind: missing; {KINDS}"),
+        ({"kind": '"under"'}, f"{RULE}: kind: unknown kind 'under': {KINDS}"),
+        ({"kind": '"Below"'}, f"{RULE}: kind: unknown kind 'Below': {KINDS}"),
+        ({"kind": "1"}, f"{RULE}: kind: unknown kind 1: {KINDS}"),
         (
             {"severity": '"high"'},
             f"{RULE}: severity: unknown severity 'high': use one of 'info', 'warning', 'critical'",
@@ -304,7 +316,7 @@ def test_index_counts_from_the_top_of_the_file() -> None:
     """The index in a message is the rule's position among all [[rules]] of its file."""
     text = rule_toml(name='"a"') + rule_toml(name='"b"') + rule_toml(name="<absent>", kind='"sideways"')
     assert parse_error(text).splitlines() == [
-        "rules.toml: rules[2]: kind: unknown kind 'sideways': use one of 'below', 'above'",
+        f"rules.toml: rules[2]: kind: unknown kind 'sideways': {KINDS}",
         "rules.toml: rules[2]: name: missing; every rule needs a unique name",
     ]
 

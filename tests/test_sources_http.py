@@ -118,6 +118,7 @@ def mc_config(base: str, **changes: Any) -> MastercardSendConfig:
         "type": "mastercard-send", "name": "mc-gbp", "base_url": f"{base}/send", "partner_id": "ptnr_1",
         "consumer_key": CONSUMER_KEY, "signing_key_path": "unused.p12", "signing_key_password": "pw",
         "format": "json", "non_card_tokens": [TOKEN], "timeout": "5s",
+        "backoff_base": "1ms", "backoff_max": "5ms",
     }
     return MastercardSendConfig.model_validate({**data, **changes})
 
@@ -126,7 +127,7 @@ def mypos_config(base: str, **changes: Any) -> MyposPsd2Config:
     data: dict[str, Any] = {
         "type": "mypos-psd2", "name": "cards", "base_url": base, "api_key": "apikey-SECRET",
         "consent_id": "consent-SECRET", "access_token": "token-SECRET", "account_numbers": ["50553500971"],
-        "timeout": "5s",
+        "timeout": "5s", "backoff_base": "1ms", "backoff_max": "5ms", "daily_access_budget": 0,
     }
     return MyposPsd2Config.model_validate({**data, **changes})
 
@@ -441,7 +442,10 @@ async def test_mypos_echo_mismatch_is_refused(server: Server, session: aiohttp.C
     [
         (echoing(b'{"tppMessages":[{"category":"ERROR","code":"CONSENT_INVALID",'
                  b'"text":"Consent is not valid"}]}', 401),
-         "http_error", 401, "HTTP 401 Unauthorized: CONSENT_INVALID: Consent is not valid"),
+         "access_revoked", 401, "access revoked: HTTP 401 Unauthorized: CONSENT_INVALID: Consent is not"),
+        (echoing(b'{"tppMessages":[{"category":"ERROR","code":"RESOURCE_UNKNOWN","text":"no such account"}]}',
+                 404),
+         "http_error", 404, "HTTP 404 Not Found: RESOURCE_UNKNOWN: no such account"),
         (echoing(b"", 503), "http_error", 503, "HTTP 503 Service Unavailable"),
         (answer(b"<html/>", "text/html"), "bad_response", 200, "asked for application/json"),
         (echoing(b'{"maskedPan": "x", "balances": [{"amount": NaN'), "bad_response", 200, "not valid JSON"),

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from watcher.sandbox import control, mastercard, mypos
 from watcher.sandbox.faults import FaultBook
+from watcher.sandbox.mypos_auth import TOKEN_PATH, MyposAuth
 from watcher.sandbox.oauth_verify import OAuthVerifier
 from watcher.sandbox.settings import SandboxSettings
 from watcher.sandbox.state import SANDBOX_STATE, SandboxState, SeedPayloads
@@ -84,12 +85,14 @@ def build_sandbox_app(
         ),
         seeds=seeds,
         wall_clock=wall_clock,
+        auth=MyposAuth(settings),
     )
     app = web.Application(middlewares=[mastercard.mastercard_middleware, control.control_errors])
     app[SANDBOX_STATE] = state
     app.router.add_get(mastercard.SINGLE_PATH, mastercard.account_balance)
     app.router.add_get(mastercard.LISTING_PATH, mastercard.account_balances)
     app.router.add_get(mypos.BALANCES_PATH, mypos.card_account_balances)
+    app.router.add_post(TOKEN_PATH, mypos.token_endpoint)
     control.add_control_routes(app)
     return app
 
@@ -116,6 +119,16 @@ class RunningSandbox:
     def faults(self) -> FaultBook:
         """The injected faults: add, clear."""
         return self.state.faults
+
+    @property
+    def auth(self) -> MyposAuth:
+        """The myPOS access tokens and consents: expire, revoke, give."""
+        return self.state.auth
+
+    @property
+    def token_url(self) -> str:
+        """The myPOS OAuth2 token endpoint (refresh_token grant)."""
+        return f"{self.base_url}{TOKEN_PATH}"
 
 
 @asynccontextmanager

@@ -22,16 +22,50 @@ are read exactly too, never through a float). A bad request answers 400 {"error"
     POST   /_sandbox/advance             {"ticks": 3}: move every balance 3 steps now, frozen or not
     GET    /_sandbox/faults              the faults in force
     POST   /_sandbox/faults              {"api": "mastercard" | "mypos", "account": "...", "partner": "P1",
-                                          "kind": "http_500", "count": 1, "delay_seconds": 0}
+                                          "kind": "http_500", "count": 1, "delay_seconds": 0,
+                                          "retry_after": "2"}
                                          -> 201 with the fault. account: the non_card_token, "*" for the
                                          partner-wide account-balances call, or the myPOS account number;
                                          partner (Mastercard only) absent or null: any partner.
-                                         kind: http_500 (error in the API's format), malformed_json,
-                                         malformed_xml (the answer cut in half), wrong_content_type (an
-                                         HTML page, 200), missing_field (the answer without its balance),
-                                         delay (answer normally after delay_seconds).
                                          count: how many requests it spoils (default 1); null: persistent.
     DELETE /_sandbox/faults              remove every fault
+    GET    /_sandbox/mypos/auth          the myPOS access tokens, refresh tokens and consents, and how
+                                         many refresh grants the token endpoint gave
+    POST   /_sandbox/mypos/expire-token  {"token": "..."}: that access token expires (absent: every one);
+                                         the API then answers 401 TOKEN_EXPIRED until the client refreshes
+                                         it at POST /oauth/token (see watcher.sandbox.mypos_auth)
+    POST   /_sandbox/mypos/consent       {"consent_id": "...", "status": "valid" | "expired" | "invalid"}:
+                                         give, expire (401 CONSENT_EXPIRED) or revoke (401 CONSENT_INVALID)
+                                         a consent; consent_id defaults to the configured one
+
+Fault kinds (every kind works on both APIs unless marked; errors are in the API's own format):
+    http_500            500 (Mastercard SYSTEM_ERROR, myPOS INTERNAL_SERVER_ERROR)
+    http_503            503 SERVICE_UNAVAILABLE, with Retry-After when retry_after is given
+    http_429            429 (Mastercard RATE_LIMIT_EXCEEDED, myPOS ACCESS_EXCEEDED) with Retry-After:
+                        retry_after, default "1"; seconds or an HTTP date
+    malformed_json      200, the JSON answer cut in half
+    malformed_xml       200, the XML answer cut in half
+    wrong_content_type  200, an HTML maintenance page as text/html
+    truncated_body      200 announcing the whole body's Content-Length; half is sent, then the
+                        connection drops
+    huge_body           200, a chunked body of 40 MiB: beyond every client limit
+    slow_body           200, the right body trickled 8 bytes every delay_seconds (default 0.25): no read
+                        timeout fires, only the total one
+    xml_entity_bomb     200, a "billion laughs" DTD as application/xml
+    delay               the right answer, after delay_seconds
+    missing_field       200, the answer without its balance (Mastercard) or balances (myPOS)
+    nan_amount          200, the first amount NaN ("NaN" for Mastercard, a bare NaN for myPOS)
+    huge_number         200, the first amount a 30-digit number
+    overflow_amount     200, the first amount 1e400
+    unknown_state       200, the first state IN_LIMBO (Mastercard) / balanceType "sideways" (myPOS)
+    duplicate_accounts  200, the first account (Mastercard) / balance (myPOS) repeated with another amount
+    token_expired       myPOS only: the presented access token expires for good; 401 TOKEN_EXPIRED
+    consent_expired     myPOS only: the presented consent expires for good; 401 CONSENT_EXPIRED
+
+One request can ask for a fault itself, before any set here: the header
+`X-Sandbox-Fault: http_429; retry_after=5` (parameters delay_seconds and retry_after), or the query
+`?fault=slow_body&fault_delay_seconds=0.1` (Mastercard signs the query, so sign the URL with it).
+`balance-watcher sandbox --faults FILE` loads a JSON list of fault objects, as POSTed here, at start.
 """
 
 from __future__ import annotations
@@ -44,9 +78,10 @@ from typing import Any, cast
 from aiohttp import web
 
 from rules.types import IN_CREDIT, IN_DEBIT
-from watcher.sandbox.faults import FAULT_APIS, FAULT_KINDS, FaultApi, FaultKind
+from watcher.sandbox.faults import FaultBook, FaultError, check_delay, check_kind, check_retry_after
 from watcher.sandbox.mastercard import SEED_PARTNER, view_of
 from watcher.sandbox.mypos import number_text
+from watcher.sandbox.mypos_auth import CONSENT_STATUSES, ConsentStatus
 from watcher.sandbox.state import SANDBOX_STATE
 
 PREFIX = "/_sandbox"
@@ -68,6 +103,9 @@ def add_control_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/faults", list_faults)
     app.router.add_post(f"{PREFIX}/faults", add_fault)
     app.router.add_delete(f"{PREFIX}/faults", clear_faults)
+    app.router.add_get(f"{PREFIX}/mypos/auth", mypos_auth)
+    app.router.add_post(f"{PREFIX}/mypos/expire-token", expire_token)
+    app.router.add_post(f"{PREFIX}/mypos/consent", set_consent)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -240,36 +278,65 @@ async def list_faults(request: web.Request) -> web.Response:
     return _json([fault.as_json() for fault in request.app[SANDBOX_STATE].faults.all()])
 
 
+def add_fault_from_json(book: FaultBook, data: dict[str, Any]) -> dict[str, Any]:
+    """Add the fault a control request (or a scenario file's entry) describes; ValueError says why not."""
+    try:
+        api, kind = check_kind(_text(data, "api"), _text(data, "kind"))
+        partner = data.get("partner")
+        if partner is not None and not isinstance(partner, str):
+            raise _BadRequest("partner must be a string or null")
+        count = data.get("count", 1)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise _BadRequest("count must be a whole number of at least 1, or null for a persistent fault")
+        delay = data.get("delay_seconds", 0)
+        fault = book.add(
+            api,
+            _text(data, "account"),
+            kind,
+            partner=partner,
+            count=count,
+            delay_seconds=check_delay(float(delay) if isinstance(delay, Decimal) else delay),
+            retry_after=check_retry_after(data.get("retry_after")),
+        )
+    except FaultError as exc:
+        raise _BadRequest(str(exc)) from None
+    return fault.as_json()
+
+
 async def add_fault(request: web.Request) -> web.Response:
     """Inject a fault."""
     data = await _body(request)
-    api = _text(data, "api")
-    if api not in FAULT_APIS:
-        raise _BadRequest(f"api must be one of {', '.join(FAULT_APIS)}")
-    kind = _text(data, "kind")
-    if kind not in FAULT_KINDS:
-        raise _BadRequest(f"kind must be one of {', '.join(FAULT_KINDS)}")
-    partner = data.get("partner")
-    if partner is not None and not isinstance(partner, str):
-        raise _BadRequest("partner must be a string or null")
-    count = data.get("count", 1)
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise _BadRequest("count must be a whole number of at least 1, or null for a persistent fault")
-    delay = data.get("delay_seconds", 0)
-    if isinstance(delay, bool) or not isinstance(delay, int | Decimal) or not 0 <= delay <= 600:
-        raise _BadRequest("delay_seconds must be a number from 0 to 600")
-    fault = request.app[SANDBOX_STATE].faults.add(
-        cast(FaultApi, api),
-        _text(data, "account"),
-        cast(FaultKind, kind),
-        partner=partner,
-        count=count,
-        delay_seconds=float(delay),
-    )
-    return _json(fault.as_json(), status=201)
+    return _json(add_fault_from_json(request.app[SANDBOX_STATE].faults, data), status=201)
 
 
 async def clear_faults(request: web.Request) -> web.Response:
     """Remove every fault."""
     request.app[SANDBOX_STATE].faults.clear()
     return _json({"faults": []})
+
+
+async def mypos_auth(request: web.Request) -> web.Response:
+    """The myPOS tokens and consents the sandbox accepts."""
+    return _json(request.app[SANDBOX_STATE].auth.as_json())
+
+
+async def expire_token(request: web.Request) -> web.Response:
+    """Expire one myPOS access token, or all."""
+    data = await _body(request)
+    token = data.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise _BadRequest("token must be a non-empty string, or absent for every token")
+    expired = request.app[SANDBOX_STATE].auth.expire_tokens(token)
+    return _json({"expired": expired})
+
+
+async def set_consent(request: web.Request) -> web.Response:
+    """Give, expire or revoke a myPOS consent."""
+    data = await _body(request)
+    state = request.app[SANDBOX_STATE]
+    consent_id = _text(data, "consent_id", state.settings.mypos_consent_id)
+    status = _text(data, "status")
+    if status not in CONSENT_STATUSES:
+        raise _BadRequest(f"status must be one of {', '.join(CONSENT_STATUSES)}")
+    state.auth.set_consent(consent_id, cast(ConsentStatus, status))
+    return _json({"consent_id": consent_id, "status": status})

@@ -12,14 +12,15 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 
 from rules.types import IN_CREDIT, IN_DEBIT
-from watcher.sandbox.faults import LISTING_TARGET, spoiled_response
+from watcher.sandbox.faults import BODY_KINDS, LISTING_TARGET, FaultError, request_fault
+from watcher.sandbox.spoil import spoiled_response
 from watcher.sandbox.state import SANDBOX_STATE, SandboxState
 from watcher.sandbox.world import MastercardAccount
 
@@ -28,6 +29,7 @@ SIMULATED_AMOUNT = "11223344"
 SINGLE_PATH = "/send/v1/partners/{partner_id}/non-card-tokens/{non_card_token}/account-balance"
 LISTING_PATH = "/send/v1/partners/{partner_id}/account-balances"
 _log = logging.getLogger(__name__)
+CORRELATION_ID = web.RequestKey("sandbox_correlation_id", str)  # this answer's correlation-id
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,8 @@ def render_json(views: Sequence[AccountBalanceView], *, listing: bool, with_bala
     if listing:
         document: dict[str, object] = {"account-balances": accounts}
     else:
-        document = {"account_balances": {"account_balance": accounts[0]}}
+        # One account; more only when a duplicate_accounts fault repeats it.
+        document = {"account_balances": {"account_balance": accounts[0] if len(accounts) == 1 else accounts}}
     return (json.dumps(document, indent=3) + "\n").encode("utf-8")
 
 
@@ -123,7 +126,7 @@ def render_xml(views: Sequence[AccountBalanceView], *, listing: bool, with_balan
     """The XML body, in the seed's layout: <account-balances> or <account_balances> around the accounts."""
     root = "account-balances" if listing else "account_balances"
     lines = [f"<{root}>"]
-    for view in views if listing else views[:1]:
+    for view in views:
         lines.extend(_account_xml(view, with_balance))
     lines.append(f"</{root}>")
     return ("\n".join(lines) + "\n").encode("utf-8")
@@ -192,30 +195,74 @@ def _accept(request: web.Request) -> str:
     return request.headers.get("Accept", "")
 
 
+def _error_for(xml: bool) -> Callable[[int], web.Response]:
+    """Mastercard's error answer for an injected status."""
+
+    def error(status: int) -> web.Response:
+        if status == 429:
+            return error_response(429, "Gateway", "RATE_LIMIT_EXCEEDED", "Injected fault: too many requests",
+                                  xml=xml, recoverable=True)
+        if status == 503:
+            return error_response(503, "Gateway", "SERVICE_UNAVAILABLE", "Injected fault: try again later",
+                                  xml=xml, recoverable=True)
+        return error_response(status, "System", "SYSTEM_ERROR", "Injected fault: internal error", xml=xml,
+                              recoverable=True)
+
+    return error
+
+
+def mutated(views: list[AccountBalanceView], kind: str) -> list[AccountBalanceView]:
+    """The views as a body fault has them: the first account's amount or state absurd, or repeated."""
+    if not views:
+        return views
+    first, rest = views[0], views[1:]
+    if kind == "nan_amount":
+        return [replace(first, amount="NaN"), *rest]
+    if kind == "huge_number":
+        return [replace(first, amount="123456789012345678901234567890"), *rest]
+    if kind == "overflow_amount":
+        return [replace(first, amount="1e400"), *rest]
+    if kind == "unknown_state":
+        return [replace(first, state="IN_LIMBO"), *rest]
+    if kind == "duplicate_accounts":
+        return [*views, replace(first, amount="1.00", account_description="Duplicate entry")]
+    return views
+
+
+Render = Callable[[bool, list[AccountBalanceView], bool], bytes]
+
+
 async def _answer(
-    request: web.Request, state: SandboxState, target: str, render: Callable[[bool, bool], bytes]
-) -> web.Response:
-    """Apply any fault for the target, else answer `render(xml, with_balance)`."""
+    request: web.Request, state: SandboxState, target: str, views: list[AccountBalanceView], render: Render
+) -> web.StreamResponse:
+    """Apply any fault for the target (asked by the request, or set by the control API), else answer
+    `render(xml, views, with_balance)`."""
     xml = wants_xml(_accept(request))
-    fault = state.faults.take("mastercard", target, request.match_info["partner_id"])
-    with_balance = True
+    try:
+        fault = request_fault("mastercard", target, request.headers, request.query)
+    except FaultError as exc:
+        return error_response(400, "Sandbox", "INVALID_FAULT", str(exc), xml=xml)
+    if fault is None:
+        fault = state.faults.take("mastercard", target, request.match_info["partner_id"])
+    content_type = "application/xml" if xml else "application/json"
+    shown, with_balance = views, True
     if fault is not None:
         if fault.kind == "delay":
             await asyncio.sleep(fault.delay_seconds)
         elif fault.kind == "missing_field":
             with_balance = False
+        elif fault.kind in BODY_KINDS:
+            shown = mutated(views, fault.kind)
         else:
-            error = error_response(
-                500, "System", "SYSTEM_ERROR", "Injected fault: internal error", xml=xml, recoverable=True
+            return await spoiled_response(
+                request, fault, body=render(xml, views, True), content_type=content_type,
+                json_body=render(False, views, True), xml_body=render(True, views, True),
+                error=_error_for(xml), headers={"correlation-id": request[CORRELATION_ID]},
             )
-            return spoiled_response(
-                fault.kind, json_body=render(False, True), xml_body=render(True, True), error=error
-            )
-    content_type = "application/xml" if xml else "application/json"
-    return web.Response(status=200, body=render(xml, with_balance), content_type=content_type)
+    return web.Response(status=200, body=render(xml, shown, with_balance), content_type=content_type)
 
 
-async def account_balance(request: web.Request) -> web.Response:
+async def account_balance(request: web.Request) -> web.StreamResponse:
     """GET .../non-card-tokens/{non_card_token}/account-balance: one account."""
     state = request.app[SANDBOX_STATE]
     refused = _authenticate(request, state)
@@ -231,15 +278,15 @@ async def account_balance(request: web.Request) -> web.Response:
         account = state.world.mastercard_account(partner, token)
         views = [view_of(account) if account is not None else _simulated(token, state.wall_clock())]
 
-    def render(xml: bool, with_balance: bool) -> bytes:
-        if partner == SEED_PARTNER and with_balance:
+    def render(xml: bool, shown: list[AccountBalanceView], with_balance: bool) -> bytes:
+        if partner == SEED_PARTNER and with_balance and shown is views:
             return seeds.mc_account_balance_xml if xml else seeds.mc_account_balance_json
-        return (render_xml if xml else render_json)(views, listing=False, with_balance=with_balance)
+        return (render_xml if xml else render_json)(shown, listing=False, with_balance=with_balance)
 
-    return await _answer(request, state, token, render)
+    return await _answer(request, state, token, views, render)
 
 
-async def account_balances(request: web.Request) -> web.Response:
+async def account_balances(request: web.Request) -> web.StreamResponse:
     """GET .../partners/{partner_id}/account-balances: every account of the partner."""
     state = request.app[SANDBOX_STATE]
     refused = _authenticate(request, state)
@@ -253,12 +300,12 @@ async def account_balances(request: web.Request) -> web.Response:
     else:
         views = [view_of(account) for account in state.world.mastercard_accounts(partner)]
 
-    def render(xml: bool, with_balance: bool) -> bytes:
-        if partner == SEED_PARTNER and with_balance:
+    def render(xml: bool, shown: list[AccountBalanceView], with_balance: bool) -> bytes:
+        if partner == SEED_PARTNER and with_balance and shown is views:
             return seeds.mc_account_balances_xml if xml else seeds.mc_account_balances_json
-        return (render_xml if xml else render_json)(views, listing=True, with_balance=with_balance)
+        return (render_xml if xml else render_json)(shown, listing=True, with_balance=with_balance)
 
-    return await _answer(request, state, LISTING_TARGET, render)
+    return await _answer(request, state, LISTING_TARGET, views, render)
 
 
 def _simulated(token: str, now: datetime) -> AccountBalanceView:
@@ -281,6 +328,8 @@ async def mastercard_middleware(
     if not request.path.startswith("/send/") and request.path != "/send":
         return await handler(request)
     xml = wants_xml(_accept(request))
+    # Made first: a streamed answer sends its headers before the handler returns.
+    request[CORRELATION_ID] = str(uuid.uuid4())
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -296,5 +345,6 @@ async def mastercard_middleware(
     except Exception:
         _log.exception("sandbox handler failed for %s", request.path)
         response = error_response(500, "System", "SYSTEM_ERROR", "internal error", xml=xml, recoverable=True)
-    response.headers["correlation-id"] = str(uuid.uuid4())
+    if not response.prepared:
+        response.headers["correlation-id"] = request[CORRELATION_ID]
     return response

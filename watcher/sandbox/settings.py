@@ -9,6 +9,10 @@ from pathlib import Path
 SAMPLE_MYPOS_API_KEY = "aGDmxHAmpMWUL1txqCsjEcOS"
 SAMPLE_MYPOS_ACCESS_TOKEN = "oqeeWzoYfqkf1RsfyaB3hyNiLvY7GNAV6Kta7sGa9X"
 SAMPLE_MYPOS_CONSENT_ID = "3c7816ee-3d51-4bf5-8ced-ece2af35d431"
+# The sandbox's own OAuth2 client and refresh token (myPOS's documentation shows none).
+SANDBOX_MYPOS_REFRESH_TOKEN = "sandbox-refresh-token-8Qz1"
+SANDBOX_MYPOS_CLIENT_ID = "sandbox-client"
+SANDBOX_MYPOS_CLIENT_SECRET = "sandbox-client-secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +25,9 @@ class SandboxSettings:
     `random_seed` makes the world reproducible. `accounts_per_partner`: accounts of each Mastercard
     partner; `mypos_accounts`: moving myPOS card accounts besides the seed's 50553500971.
     `timestamp_tolerance_seconds`: how far oauth_timestamp may be from now.
+    `mypos_refresh_token`, `mypos_client_id`, `mypos_client_secret` (None: a public client) are what the
+    token endpoint accepts; `rotate_refresh_tokens`: each grant returns a new refresh token and retires
+    the one presented.
     """
 
     certificate_path: Path
@@ -28,6 +35,10 @@ class SandboxSettings:
     mypos_api_key: str = SAMPLE_MYPOS_API_KEY
     mypos_access_token: str = SAMPLE_MYPOS_ACCESS_TOKEN
     mypos_consent_id: str = SAMPLE_MYPOS_CONSENT_ID
+    mypos_refresh_token: str = SANDBOX_MYPOS_REFRESH_TOKEN
+    mypos_client_id: str = SANDBOX_MYPOS_CLIENT_ID
+    mypos_client_secret: str | None = SANDBOX_MYPOS_CLIENT_SECRET
+    rotate_refresh_tokens: bool = True
     tick_seconds: float = 2.0
     random_seed: int = 0
     accounts_per_partner: int = 5

@@ -10,6 +10,7 @@ from importlib import resources
 from aiohttp import web
 
 from watcher.sandbox.faults import FaultBook
+from watcher.sandbox.mypos_auth import MyposAuth
 from watcher.sandbox.oauth_verify import OAuthVerifier
 from watcher.sandbox.settings import SandboxSettings
 from watcher.sandbox.world import World
@@ -40,7 +41,8 @@ class SeedPayloads:
 
 @dataclass(frozen=True, slots=True)
 class SandboxState:
-    """The settings, the simulated world, the injected faults and the signature checker."""
+    """The settings, the simulated world, the injected faults, the signature checker and the myPOS
+    tokens and consents."""
 
     settings: SandboxSettings
     world: World
@@ -48,6 +50,7 @@ class SandboxState:
     verifier: OAuthVerifier
     seeds: SeedPayloads
     wall_clock: Callable[[], datetime]
+    auth: MyposAuth
 
 
 SANDBOX_STATE = web.AppKey("sandbox_state", SandboxState)

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from watcher.config import MastercardSendConfig, MyposPsd2Config
 from watcher.sources.base import BalanceSource
+from watcher.sources.budget import AccessLedger
 from watcher.sources.mastercard import MastercardSendSource
 from watcher.sources.mypos import MyposPsd2Source
 from watcher.sources.transport import utc_now
@@ -21,10 +22,15 @@ def build_source(
     signing_key: RSAPrivateKey | None = None,
     *,
     clock: Callable[[], datetime] = utc_now,
+    ledger: AccessLedger | None = None,
 ) -> BalanceSource:
-    """The adapter for one configured source. Mastercard needs its signing key, already loaded."""
+    """The adapter for one configured source. Mastercard needs its signing key, already loaded.
+
+    `ledger` keeps a PSD2 source's access budget across restarts (the state store); without it the
+    budget is counted in memory only.
+    """
     if isinstance(config, MastercardSendConfig):
         if signing_key is None:
             raise ValueError(f"source {config.name!r}: a Mastercard Send source needs its signing key")
         return MastercardSendSource(config, session, signing_key, clock=clock)
-    return MyposPsd2Source(config, session, clock=clock)
+    return MyposPsd2Source(config, session, clock=clock, ledger=ledger)

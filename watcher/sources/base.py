@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
 
 from rules.types import Observation
 
-FetchOutcome = Literal["ok", "http_error", "bad_response", "network_error", "timeout"]
+# The last three are calls the source refused to make: "circuit_open" while the source's breaker holds
+# a failing API off, "budget_exhausted" when a PSD2 account's daily access budget is used up,
+# "access_revoked" once the provider said the consent is expired or invalid (until a config reload).
+FetchOutcome = Literal[
+    "ok",
+    "http_error",
+    "bad_response",
+    "network_error",
+    "timeout",
+    "circuit_open",
+    "budget_exhausted",
+    "access_revoked",
+]
 
 
 class ParseError(ValueError):
@@ -46,6 +59,16 @@ class FetchResult:
     http_status: int | None = None
     error: str | None = None
     duration_s: float = 0.0
+    # The provider's own error code: Mastercard's ReasonCode, or the Berlin Group tppMessages code.
+    reason_code: str | None = None
+    # True when the provider withdrew access to this account (consent expired or invalid): the source
+    # no longer polls it until the config is reloaded with a new consent.
+    access_revoked: bool = False
+    # Seconds from the end of the call before another call can help: the server's Retry-After, the
+    # breaker's remaining cool-down, or the wait until the access budget allows one more.
+    retry_after_s: float | None = None
+    # Requests actually sent for this call, retries included; 0 when the source refused to call.
+    attempts: int = 1
 
 
 class BalanceSource(Protocol):
@@ -68,3 +91,14 @@ class BalanceSource(Protocol):
 
     async def fetch(self, target: str) -> FetchResult:
         """Make one call. Never raises for a bad response or a network failure: it is in the result."""
+
+
+@runtime_checkable
+class PacedSource(Protocol):
+    """A source that can tell the scheduler when a call for a target may next be made."""
+
+    def next_allowed(self, target: str, now: datetime) -> datetime | None:
+        """The earliest moment a call for `target` will not be refused (`now` or later).
+
+        None: never, until the source is rebuilt from a reloaded config (access revoked).
+        """

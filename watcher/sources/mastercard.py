@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import quote
 from xml.etree.ElementTree import Element
 
@@ -23,6 +23,8 @@ from watcher.config import MastercardSendConfig
 from watcher.signing import authorization_header
 from watcher.sources import transport
 from watcher.sources.base import FetchOutcome, FetchResult, ParsedBalances, ParseError
+from watcher.sources.guard import CallGuard, Refusal
+from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import (
     EntryError,
     finish,
@@ -215,48 +217,14 @@ def parse_mastercard_xml(
     return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id)
 
 
-def _error_fields(errors: list[dict[str, object]]) -> str:
-    """Mastercard's error objects as `ReasonCode: Description` lines, joined."""
-    parts = []
-    for error in errors:
-        reason = error.get("ReasonCode")
-        text = error.get("Description")
-        recoverable = str(error.get("Recoverable", "")).strip().lower() == "true"
-        part = ": ".join(str(v) for v in (reason, text) if isinstance(v, str) and v)
-        if part:
-            parts.append(part + (" (recoverable)" if recoverable else ""))
-    return "; ".join(parts)
-
-
 def describe_error_body(body: bytes | None) -> str:
-    """The ReasonCode and Description of a Mastercard error body, JSON or XML; "" when it is not one.
+    """Mastercard's error body, JSON or XML, as one line: `ReasonCode: Description (source ...,
+    recoverable or not, details: ...)`, errors joined by "; "; "" when it is not one.
 
-    JSON: `{"Errors": {"Error": [{"Source", "ReasonCode", "Description", "Recoverable", "Details"}]}}`
-    (Error may be one object); XML: `<Errors><Error><ReasonCode>...</ReasonCode>...</Error></Errors>`.
+    See watcher.sources.provider_errors for the shapes read.
     """
-    if not body:
-        return ""
-    errors: list[dict[str, object]] = []
-    if body.lstrip()[:1] == b"<":
-        try:
-            root = _xml_root(body)
-        except ParseError:
-            return ""
-        if _local(root.tag) != "Errors":
-            return ""
-        for item in root:
-            if isinstance(item.tag, str) and _local(item.tag) == "Error":
-                errors.append({_local(c.tag): (c.text or "").strip() for c in item if isinstance(c.tag, str)})
-    else:
-        try:
-            doc = load_json(body)
-        except ParseError:
-            return ""
-        container = doc.get("Errors") if isinstance(doc, dict) else None
-        found = container.get("Error") if isinstance(container, dict) else None
-        items = found if isinstance(found, list) else [found]
-        errors = [item for item in items if isinstance(item, dict)]
-    return transport.clean(_error_fields(errors), 500)
+    error = read_mastercard_error(body)
+    return error.text if error is not None else ""
 
 
 # --- the source --------------------------------------------------------------------------------------
@@ -282,6 +250,8 @@ class MastercardSendSource:
         session: aiohttp.ClientSession,
         signing_key: RSAPrivateKey,
         clock: Clock = transport.utc_now,
+        *,
+        guard: CallGuard | None = None,
     ) -> None:
         if any(not token for token in config.non_card_tokens):
             raise ValueError(f"source {config.name!r}: non_card_tokens contains an empty token")
@@ -291,6 +261,8 @@ class MastercardSendSource:
         self._clock = clock
         self._parse = parse_mastercard_json if config.format == "json" else parse_mastercard_xml
         self._partner_url = f"{config.resolved_base_url}/v1/partners/{_segment(config.partner_id)}"
+        self._timeouts = transport.Timeouts.of(config)
+        self._guard = guard if guard is not None else CallGuard.of(config, clock)
 
     @property
     def name(self) -> str:
@@ -314,24 +286,42 @@ class MastercardSendSource:
             return f"{self._partner_url}/account-balances"
         return f"{self._partner_url}/non-card-tokens/{_segment(target)}/account-balance"
 
+    def next_allowed(self, target: str, now: datetime) -> datetime | None:
+        """`now`, or when the circuit breaker lets calls through again."""
+        return now + timedelta(seconds=self._guard.breaker.wait_s())
+
     async def fetch(self, target: str) -> FetchResult:
-        """One signed GET, its answer checked and parsed."""
+        """One call: signed GETs (a fresh nonce per attempt) through the breaker, rate limit and retries."""
         started = time.monotonic()
         url = self.url_for(target)
         fmt = self._config.format
-        headers = {
-            "Accept": _ACCEPT[fmt],
-            "Authorization": authorization_header(
-                url, "GET", self._config.consumer_key.get_secret_value(), self._key
-            ),
-        }
         limit = _LISTING_BODY_LIMIT if target == LISTING else _ACCOUNT_BODY_LIMIT
-        got = await transport.get(
-            self._session, url, headers=headers, timeout_s=self._config.timeout.total_seconds(), limit=limit
-        )
 
+        async def send() -> transport.Response | transport.Failure:
+            headers = {
+                "Accept": _ACCEPT[fmt],
+                "Authorization": authorization_header(
+                    url, "GET", self._config.consumer_key.get_secret_value(), self._key
+                ),
+            }
+            return await transport.get(
+                self._session, url, headers=headers, timeouts=self._timeouts, limit=limit
+            )
+
+        called = await self._guard.call(send)
+        if isinstance(called, Refusal):
+            return transport.finished(
+                self.name, target, started, called.outcome, error=called.error,
+                retry_after_s=called.retry_after_s, attempts=0,
+            )
+        got = called.got
+        after = f" (after {called.attempts} attempts)" if called.attempts > 1 else ""
+        note = f"; {called.note}" if called.note else ""
         if isinstance(got, transport.Failure):
-            return transport.finished(self.name, target, started, got.outcome, error=got.error)
+            return transport.finished(
+                self.name, target, started, got.outcome, error=got.error + after + note,
+                retry_after_s=called.retry_after_s, attempts=called.attempts,
+            )
         correlation = transport.clean(got.headers.get("correlation-id", ""), 200)
         status = got.status
 
@@ -340,6 +330,7 @@ class MastercardSendSource:
             error: str | None = None,
             observations: tuple[Observation, ...] = (),
             rejected: tuple[str, ...] = (),
+            reason_code: str | None = None,
         ) -> FetchResult:
             return transport.finished(
                 self.name,
@@ -351,12 +342,17 @@ class MastercardSendSource:
                 error=error,
                 observations=observations,
                 rejected=rejected,
+                reason_code=reason_code,
+                retry_after_s=called.retry_after_s,
+                attempts=called.attempts,
             )
 
         if status != 200:
-            detail = describe_error_body(got.body)
+            detail = read_mastercard_error(got.body)
             error = f"HTTP {status} {transport.clean(got.reason, 80)}".rstrip()
-            return done("http_error", f"{error}: {detail}" if detail else error)
+            error += f": {detail.text}" if detail is not None and detail.text else ""
+            code = detail.reason_code if detail is not None else None
+            return done("http_error", error + after + note, reason_code=code)
         if got.body is None:
             return done("bad_response", transport.too_large(limit))
         if not transport.media_type_is(got.content_type, fmt):

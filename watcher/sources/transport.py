@@ -20,6 +20,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from rules.types import Observation
+from watcher.config import MastercardSendConfig, MyposPsd2Config
 from watcher.sources.base import FetchOutcome, FetchResult
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -44,10 +45,36 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A call that produced no response to look at."""
+    """A call that produced no response to look at.
+
+    `retryable`: the request may not have reached the server, or the connection broke: worth another
+    attempt. A slow server (read or total timeout) is not retried: it would only double the wait.
+    """
 
     outcome: FetchOutcome
     error: str
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """The limits of one attempt, in seconds: the whole exchange, the connection set-up, and the longest
+    silence while waiting for the headers or the next bytes of the body (a trickle resets it; the total
+    still ends it)."""
+
+    total_s: float
+    connect_s: float
+    read_s: float
+
+    @classmethod
+    def of(cls, config: MastercardSendConfig | MyposPsd2Config) -> Timeouts:
+        """The configured timeouts of a source; the parts never exceed the total."""
+        total = config.timeout.total_seconds()
+        return cls(
+            total_s=total,
+            connect_s=min(config.connect_timeout.total_seconds(), total),
+            read_s=min(config.read_timeout.total_seconds(), total),
+        )
 
 
 def finished(
@@ -61,6 +88,10 @@ def finished(
     error: str | None = None,
     observations: tuple[Observation, ...] = (),
     rejected: tuple[str, ...] = (),
+    reason_code: str | None = None,
+    access_revoked: bool = False,
+    retry_after_s: float | None = None,
+    attempts: int = 1,
 ) -> FetchResult:
     """The FetchResult of a call that began at `started` (time.monotonic)."""
     return FetchResult(
@@ -73,6 +104,10 @@ def finished(
         http_status=http_status,
         error=error,
         duration_s=time.monotonic() - started,
+        reason_code=reason_code,
+        access_revoked=access_revoked,
+        retry_after_s=retry_after_s,
+        attempts=attempts,
     )
 
 
@@ -109,25 +144,35 @@ async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def get(
+async def request(
     session: aiohttp.ClientSession,
+    method: Literal["GET", "POST"],
     url: str,
     *,
     headers: Mapping[str, str],
-    timeout_s: float,
+    timeouts: Timeouts,
     limit: int,
     ssl: SSLContext | None = None,
+    form: Mapping[str, str] | None = None,
 ) -> Response | Failure:
-    """GET `url` exactly as given (already percent-encoded; it may be what was signed).
+    """One request to `url` exactly as given (already percent-encoded; it may be what was signed).
 
-    The timeout covers connecting, the headers and the whole body. Never raises for a failed call.
+    `form` is sent as application/x-www-form-urlencoded. Never raises for a failed call.
     """
+    # `connect` covers the TCP and TLS set-up (and a wait for a pooled connection), `sock_connect` the
+    # TCP connect alone; `sock_read` restarts with every chunk received.
+    client_timeout = aiohttp.ClientTimeout(
+        total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
+    )
     try:
-        async with asyncio.timeout(timeout_s):
-            async with session.get(
+        async with asyncio.timeout(timeouts.total_s):
+            async with session.request(
+                method,
                 URL(url, encoded=True),
                 headers=dict(headers),
+                data=dict(form) if form is not None else None,
                 ssl=ssl if ssl is not None else True,
+                timeout=client_timeout,
                 allow_redirects=False,  # a redirect would carry signed headers to a URL never signed
                 raise_for_status=False,
             ) as response:
@@ -139,9 +184,28 @@ async def get(
                     content_type=response.headers.get("Content-Type", ""),
                     body=body,
                 )
-    except TimeoutError:  # also aiohttp's own ServerTimeoutError, which is one
-        return Failure("timeout", f"no complete answer within {timeout_s:g}s")
+    # aiohttp's own timeouts are TimeoutErrors too: the specific ones first.
+    except aiohttp.ConnectionTimeoutError:
+        return Failure("timeout", f"could not connect within {timeouts.connect_s:g}s", retryable=True)
+    except aiohttp.SocketTimeoutError:
+        return Failure("timeout", f"no data from the server for {timeouts.read_s:g}s")
+    except TimeoutError:
+        return Failure("timeout", f"no complete answer within {timeouts.total_s:g}s")
     except aiohttp.ClientPayloadError as exc:
-        return Failure("bad_response", clean(f"the response body was cut short or malformed: {exc}"))
+        error = clean(f"the response body was cut short or malformed: {exc}")
+        return Failure("bad_response", error, retryable=True)
     except (aiohttp.ClientError, OSError) as exc:
-        return Failure("network_error", clean(f"{type(exc).__name__}: {exc}"))
+        return Failure("network_error", clean(f"{type(exc).__name__}: {exc}"), retryable=True)
+
+
+async def get(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    limit: int,
+    ssl: SSLContext | None = None,
+) -> Response | Failure:
+    """GET `url` exactly as given; see `request`."""
+    return await request(session, "GET", url, headers=headers, timeouts=timeouts, limit=limit, ssl=ssl)

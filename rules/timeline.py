@@ -1,0 +1,166 @@
+"""What time alone and rules reloads do to alerts: `tick` and `reconcile`. Pure: `now` is an argument.
+
+`tick(now, ...)`, called every few seconds by the daemon, fires pending alerts whose `for` has elapsed,
+makes subjects that stopped answering stale, publishes alerts whose mute window or suppression ended,
+and sends `repeat` reminders. It never resolves anything: resolving needs an observation.
+
+`reconcile(alerts, new_rules, now, old_rules=...)`, called when the rules are (re)loaded, resolves the
+alerts of rules that are gone; alerts of rules that remain keep their state as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from rules.annotations import render_annotations
+from rules.compiled import compile_rules
+from rules.conditions import Reading
+from rules.lifecycle import AlertTransition, Settled, settle, step
+from rules.model import RULE_KINDS, SEVERITIES, Rule, RuleKind, Severity
+from rules.staleness import stale_transition, stale_verdicts
+from rules.types import AlertState, BalanceKey, Freshness, KnownBalance
+
+REMOVED_REASON = "the rule was removed from the rules files"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertUpdate:
+    """Transitions to publish and alert states to store (publish first, then store)."""
+
+    transitions: tuple[AlertTransition, ...] = ()
+    alerts: tuple[AlertState, ...] = ()
+
+
+def _balance_transition(settled: Settled, at: datetime, known: KnownBalance | None) -> AlertTransition:
+    assert settled.status is not None
+    rule, state = settled.rule, settled.after
+    balance = None if known is None else known.balance
+    annotations: tuple[tuple[str, str], ...] = ()
+    if rule.annotations:
+        peak = None
+        if known is not None and rule.kind == "drop" and rule.window is not None:
+            amount = known.balance.signed_amount
+            peak = Reading(known.balance, amount, None, known.history, at).peak_within(rule.window)
+        annotations = render_annotations(
+            rule, state.key, balance=balance, peak=peak, reason=state.reason, started_at=state.started_at
+        )
+    return AlertTransition(settled.status, rule, state, None, at, balance, annotations)
+
+
+def tick(
+    now: datetime,
+    rules: Sequence[Rule],
+    alerts: Iterable[AlertState],
+    freshness: Iterable[Freshness] = (),
+    balances: Mapping[BalanceKey, KnownBalance] | None = None,
+) -> AlertUpdate:
+    """Move every alert on by time alone, up to `now`.
+
+    `alerts` are every stored alert state (resolved ones too: they carry the episode counts),
+    `freshness` every stored Freshness, `balances` the known balances (optional: they fill in the
+    balance and the annotations of the transitions).
+    """
+    compiled = compile_rules(rules)
+    stale_names = {rule.name for rule in compiled if rule.kind == "stale"}
+    stale_states: dict[BalanceKey, dict[str, AlertState]] = {}
+    current: dict[tuple[str, BalanceKey], AlertState] = {}
+    active: list[AlertState] = []
+    for state in alerts:
+        if state.rule in stale_names:
+            stale_states.setdefault(state.key, {})[state.fingerprint] = state
+        if state.active:
+            active.append(state)
+            current[(state.rule, state.key)] = state
+
+    stepped: list[tuple[Rule, AlertState | None, AlertState]] = []
+    subjects: dict[BalanceKey, Freshness] = {}
+    shortest = compiled.shortest_stale_after
+    if stale_names:
+        for record in freshness:
+            subjects[record.subject] = record
+            since = record.last_success_at or record.watched_since
+            if not record.access_revoked and shortest is not None and now - since < shortest:
+                continue  # fresh for every stale rule: the common case, one comparison
+            stepped += stale_verdicts(compiled, record, now, stale_states.get)
+    done = {after.fingerprint for _, _, after in stepped}
+    for state in active:
+        if state.fingerprint in done:
+            continue
+        compiled_rule = compiled.get(state.rule)
+        if compiled_rule is None:
+            continue  # its rule is gone: `reconcile` resolves it
+        if compiled_rule.rule.watches_balances and not compiled_rule.matches_key(state.key):
+            continue  # a reload moved the rule's scope away: the next observation resolves it
+        after = step(state, compiled_rule.rule, state.fingerprint, state.key, None, now)
+        if after is not None and (after is not state or compiled.may_publish(after, now)):
+            stepped.append((compiled_rule.rule, state, after))
+    current.update({(after.rule, after.key): after for _, _, after in stepped})
+
+    def state_of(name: str, key: BalanceKey) -> AlertState | None:
+        return current.get((name, key))
+
+    settled = settle(stepped, now, lambda rule, key: compiled.suppressor(rule, key, now, state_of))
+    settled.sort(key=lambda s: (compiled.order(s.rule.name), s.after.key.source, s.after.key.account))
+    transitions: list[AlertTransition] = []
+    for item in settled:
+        if item.status is None:
+            continue
+        if item.rule.kind == "stale":
+            transitions.append(stale_transition(item, now, subjects.get(item.after.key)))
+        else:
+            known = None if balances is None else balances.get(item.after.key)
+            transitions.append(_balance_transition(item, now, known))
+    return AlertUpdate(tuple(transitions), tuple(s.after for s in settled if s.changed))
+
+
+def _stand_in(state: AlertState) -> Rule:
+    """A rule for the resolve of an alert whose rule is gone and was not given: its kind and severity
+    as the state recorded them."""
+    kind: RuleKind = next((k for k in RULE_KINDS if k == state.kind), "below")
+    severity: Severity = next((s for s in SEVERITIES if s == state.severity), "warning")
+    return Rule(state.rule, kind, severity=severity, description=REMOVED_REASON)
+
+
+def reconcile(
+    alerts: Iterable[AlertState],
+    new_rules: Sequence[Rule],
+    now: datetime,
+    *,
+    old_rules: Sequence[Rule] = (),
+    balances: Mapping[BalanceKey, KnownBalance] | None = None,
+) -> AlertUpdate:
+    """After a rules (re)load: resolve the alerts of rules no longer in `new_rules` (a firing one
+    publishes its resolve if its firing was published; a pending one just stops). Alerts of rules that
+    remain are untouched: they keep firing, pending or resolved as they were, with their clocks.
+
+    `old_rules` are the rules in force before (the resolve events describe the rule from them; else
+    from the kind and severity the state recorded). Call it at start too, with the stored states.
+    """
+    names = {rule.name for rule in new_rules}
+    previous = {rule.name: rule for rule in old_rules}
+    transitions: list[AlertTransition] = []
+    changed: list[AlertState] = []
+    for state in alerts:
+        if state.rule in names or not state.active:
+            continue
+        if state.status == "pending":
+            changed.append(replace(state, status="inactive", pending_since=None))
+            continue
+        resolved = replace(
+            state,
+            status="resolved",
+            resolved_at=now,
+            cleared_since=None,
+            muted=False,
+            suppressed_by=None,
+            reason=REMOVED_REASON,
+        )
+        changed.append(resolved)
+        if state.published:
+            rule = previous.get(state.rule) or _stand_in(state)
+            known = None if balances is None else balances.get(state.key)
+            balance = None if known is None else known.balance
+            transitions.append(AlertTransition("resolved", rule, resolved, None, now, balance))
+    return AlertUpdate(tuple(transitions), tuple(changed))
