@@ -141,13 +141,14 @@ def alert_event(transition: AlertTransition) -> Event:
     obs = transition.observation
     state = transition.state
     rule = transition.rule
-    ce_type = FIRING if transition.status == "firing" else RESOLVED
+    # A reminder ("repeat") is a firing event again, with its own id.
+    ce_type = RESOLVED if transition.status == "resolved" else FIRING
     body: dict[str, Any] = {
         "account": _account_body(obs, obs.description),
         "balance": _balance_body(obs.balance),
         "observed_at": rfc3339(obs.observed_at),
         "correlation_id": obs.correlation_id,
-        "status": transition.status,
+        "status": "resolved" if transition.status == "resolved" else "firing",
         "rule": {
             "name": rule.name,
             "kind": rule.kind,
@@ -163,7 +164,11 @@ def alert_event(transition: AlertTransition) -> Event:
     if state.resolved_at is not None:
         body["resolved_at"] = rfc3339(state.resolved_at)
         body["firing_seconds"] = (state.resolved_at - state.started_at).total_seconds()
-    event_id = uuid.uuid5(_ID_NAMESPACE, f"{ce_type}\x1f{state.fingerprint}\x1f{state.episode}")
+    identity = f"{ce_type}\x1f{state.fingerprint}\x1f{state.episode}"
+    if transition.status == "repeat":
+        body["reminder"] = True
+        identity += f"\x1freminder\x1f{state.repeats}"
+    event_id = uuid.uuid5(_ID_NAMESPACE, identity)
     return Event(
         topic="alerts",
         key=state.key.event_key,
