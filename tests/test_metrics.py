@@ -206,11 +206,6 @@ def test_parse_listen_refuses(listen: str) -> None:
 # --- a real daemon process --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the daemon does not serve watcher.metrics yet (see the lead's wiring list); "
-    "remove this mark once it does",
-)
 async def test_real_daemon_serves_metrics_and_readiness(
     kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:

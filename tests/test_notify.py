@@ -221,13 +221,6 @@ def test_status_line_summarises_each_source() -> None:
 
 # --- a real daemon process --------------------------------------------------------------------------
 
-WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="the daemon does not call watcher.notify yet (see the lead's wiring list); "
-    "remove this mark once it does",
-)
-
-
 LOW_RULE = """
 [[rules]]
 name = "low"
@@ -278,7 +271,6 @@ def collect_until(
         time.sleep(0.05)
 
 
-@WIRED
 def test_real_daemon_notifies_in_order(
     kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:

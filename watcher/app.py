@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from rules.model import Rule
 from watcher.config import MastercardSendConfig, Settings
 from watcher.events import Event, now_utc
+from watcher.metrics import Metrics
 from watcher.poller import EventDelivery, OutboxDelivery, Poller, PrintOnlyDelivery, RulesHolder
 from watcher.publisher import KafkaPublisher, build_producer
 from watcher.relay import OutboxRelay
@@ -39,6 +40,7 @@ class Components:
     relay: OutboxRelay | None
     rules: RulesHolder
     pollers: list[Poller]
+    metrics: Metrics
 
 
 async def load_signing_keys(settings: Settings) -> dict[str, RSAPrivateKey]:
@@ -112,4 +114,11 @@ async def open_components(
             Poller(build_source(cfg, session, keys.get(cfg.name)), store, delivery, holder, clock)
             for cfg in settings.sources
         ]
-        yield Components(settings, store, session, relay, holder, pollers)
+        metrics = Metrics()
+        metrics.declare_sources(cfg.name for cfg in settings.sources)
+        metrics.watch_outbox_depth(lambda: store.outbox_depth)
+        if relay is not None:
+            relay.metrics = metrics
+        for poller in pollers:
+            poller.metrics = metrics
+        yield Components(settings, store, session, relay, holder, pollers, metrics)

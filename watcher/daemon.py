@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rules.loader import RulesError, load_rule_files
 from rules.model import Rule
-from watcher.app import Components
+from watcher.app import Components, StartupError
+from watcher.metrics import MetricsServer, parse_listen
+from watcher.notify import SystemdNotifier, WatchdogGate, feed_watchdog, status_line
 from watcher.poller import Poller, RoundSummary
 
 log = structlog.get_logger("watcher.daemon")
@@ -39,8 +42,12 @@ class Daemon:
         components: Components,
         rule_files: Sequence[Path],
         load_rules: Callable[[Sequence[Path]], Sequence[Rule]] | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self._c = components
+        self._notify = notifier or SystemdNotifier(None)
+        self.gate = WatchdogGate()
+        self.ready = False
         self._rule_files = list(rule_files)
         self._load_rules = load_rules or (lambda paths: load_rule_files(paths).rules)
         self._wake = asyncio.Event()
@@ -87,9 +94,18 @@ class Daemon:
                 max_instances=1,
                 misfire_grace_time=None,
             )
+        # Progress for the watchdog: this job runs on the loop only while APScheduler dispatches jobs.
+        ping = self._notify.watchdog_interval()
+        scheduler.add_job(self._heartbeat, IntervalTrigger(seconds=min(10.0, ping or 10.0), timezone=UTC),
+                          id="heartbeat", coalesce=True, max_instances=1)
+        server = await self._start_metrics_server()
         relay = self._c.relay
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if relay else None
         scheduler.start()
+        watchdog = asyncio.create_task(feed_watchdog(self._notify, self.gate), name="watchdog")
+        self.ready = True
+        self._notify.ready()
+        self._notify.status(status_line([]))
         log.info("daemon started", sources=[p.source.name for p in self._c.pollers],
                  outbox_depth=self._c.store.outbox_depth)
         try:
@@ -100,6 +116,8 @@ class Daemon:
                     self._reload_requested = False
                     await self._reload()
         finally:
+            self.ready = False
+            self._notify.stopping()
             scheduler.shutdown(wait=False)
             started = time.monotonic()
             await self._drain()
@@ -108,8 +126,27 @@ class Daemon:
                 await relay_task
                 grace = self._c.settings.shutdown_grace.total_seconds()
                 await relay.drain(max(1.0, grace - (time.monotonic() - started)))
+            watchdog.cancel()
+            if server is not None:
+                await server.stop()
         log.info("daemon stopped")
         return 0
+
+    async def _heartbeat(self) -> None:
+        self.gate.beat()
+
+    async def _start_metrics_server(self) -> MetricsServer | None:
+        config = self._c.settings.metrics
+        if config is None:
+            return None
+        host, port = parse_listen(config.listen)
+        server = MetricsServer(self._c.metrics, host, port, ready=lambda: self.ready,
+                               alive=lambda: self.gate.stalled_for() < 120)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {config.listen}: {exc.strerror or exc}") from None
+        return server
 
     async def _launch(self, poller: Poller) -> None:
         """The scheduler's job: start a round unless one of this source is still running."""
@@ -124,6 +161,7 @@ class Daemon:
         self._rounds[name] = task
 
     async def _round(self, poller: Poller) -> RoundSummary | None:
+        self.gate.beat()
         try:
             summary = await poller.poll_round()
         except asyncio.CancelledError:
@@ -131,7 +169,15 @@ class Daemon:
         except Exception:
             log.exception("poll round failed", source=poller.source.name)
             return None
+        self.gate.beat()
         self.last_summaries[summary.source] = summary
+        self._notify.status(status_line(list(self.last_summaries.values())))
+        metrics, store = self._c.metrics, self._c.store
+        metrics.observe_round(summary)
+        metrics.record_balances(store.all_known())
+        metrics.set_alerts_firing(Counter(
+            (a.rule, a.severity or "warning") for a in store.all_alerts() if a.status == "firing"
+        ))
         return summary
 
     async def _drain(self) -> None:
@@ -148,18 +194,23 @@ class Daemon:
 
     async def _reload(self) -> None:
         """Load the rules files again; on any error keep the rules in force."""
+        self._notify.reloading()
         try:
             rules = await asyncio.to_thread(self._load_rules, self._rule_files)
+            self._c.rules.replace(rules)
         except RulesError as exc:
             log.error("rules reload rejected; the previous rules stay in force", error=str(exc))
-            return
-        self._c.rules.replace(rules)
-        log.info("rules reloaded", rules=len(rules))
+            self._c.metrics.rules_reloaded(ok=False)
+        else:
+            log.info("rules reloaded", rules=len(rules))
+            self._c.metrics.rules_reloaded(ok=True)
+        finally:
+            self._notify.ready()
 
 
 async def run_daemon(components: Components, rule_files: Sequence[Path]) -> int:
     """Run the daemon with signal handlers installed."""
-    daemon = Daemon(components, rule_files)
+    daemon = Daemon(components, rule_files, notifier=SystemdNotifier.from_environment())
     loop = asyncio.get_running_loop()
     daemon.install_signal_handlers(loop)
     try:

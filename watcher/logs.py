@@ -87,3 +87,5 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(getattr(logging, level.upper()))
+    # APScheduler logs every job run at INFO; the watchdog heartbeat would fill the journal.
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)

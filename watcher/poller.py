@@ -20,6 +20,7 @@ import structlog
 from rules.engine import Assessment, CompiledRules, assess, compile_rules
 from rules.model import Rule
 from watcher.events import Event, events_of
+from watcher.metrics import Metrics
 from watcher.sources.base import BalanceSource, FetchResult
 from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate
 
@@ -106,6 +107,7 @@ class Poller:
         self._rules = rules
         self._clock = clock
         self._log = structlog.get_logger("watcher.poll").bind(source=source.name)
+        self.metrics: Metrics | None = None
 
     async def poll_round(self) -> RoundSummary:
         """Make every call of one round, at most max_concurrency at once, each processed as it lands."""
@@ -148,6 +150,8 @@ class Poller:
                 )
         summary.calls += 1
         summary.outcomes[result.outcome] += 1
+        if self.metrics is not None:
+            self.metrics.observe_call(self.source.name, result.duration_s)
         log = self._log.bind(account=target, correlation_id=result.correlation_id)
         fields = {
             "outcome": result.outcome,

@@ -14,6 +14,7 @@ import time
 
 import structlog
 
+from watcher.metrics import Metrics
 from watcher.publisher import KafkaPublisher, PublishError
 from watcher.store import OutboxEntry, StateStore
 
@@ -40,6 +41,7 @@ class OutboxRelay:
         self._stopping = False
         self.published = 0
         self.failures = 0
+        self.metrics: Metrics | None = None
 
     def wake(self) -> None:
         """New events are in the outbox."""
@@ -57,7 +59,14 @@ class OutboxRelay:
             batch = await self._store.outbox_batch(self._batch_size)
             if not batch:
                 return sent
-            await self._send_watched(batch)
+            try:
+                await self._send_watched(batch)
+            except PublishError:
+                if self.metrics is not None:
+                    self.metrics.events_not_sent(e.topic for e in batch)
+                raise
+            if self.metrics is not None:
+                self.metrics.events_sent(e.topic for e in batch)
             await self._store.outbox_remove([e.seq for e in batch])
             sent += len(batch)
             self.published += len(batch)
