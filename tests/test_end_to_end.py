@@ -83,6 +83,7 @@ consent_id = "3c7816ee-3d51-4bf5-8ced-ece2af35d431"
 access_token = "oqeeWzoYfqkf1RsfyaB3hyNiLvY7GNAV6Kta7sGa9X"
 account_numbers = {accounts}
 interval = "INTERVAL"
+daily_access_budget = 0  # the tests poll every second
 timeout = "5s"
 """
 

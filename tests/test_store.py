@@ -60,3 +60,20 @@ async def test_failed_poll_keeps_the_time_of_the_last_success(tmp_path: Path) ->
     assert record.outcome == "http_error"
     assert record.last_success_at == T0
     await store.close()
+
+
+async def test_access_ledger_survives_reopen_and_forgets_after_a_day(tmp_path: Path) -> None:
+    """PSD2 accesses recorded in the store are there after a restart; older than 24 h they are dropped."""
+    now = datetime.now(UTC)
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    await store.record("cards", "505", now - timedelta(hours=30))
+    await store.record("cards", "505", now - timedelta(hours=2))
+    await store.record("cards", "506", now)
+    await store.close()
+    again = StateStore(tmp_path / "s.db")
+    await again.open()
+    assert again.load("cards", "505", now - timedelta(days=1)) == [now - timedelta(hours=2)]
+    assert again.load("cards", "505", now - timedelta(days=2)) == [now - timedelta(hours=2)]
+    assert again.load("cards", "506", now - timedelta(days=1)) == [now]
+    await again.close()

@@ -111,7 +111,10 @@ async def open_components(
 
         holder = RulesHolder(rules)
         pollers = [
-            Poller(build_source(cfg, session, keys.get(cfg.name)), store, delivery, holder, clock)
+            Poller(
+                # The store is the PSD2 access ledger: the daily budget survives restarts.
+                build_source(cfg, session, keys.get(cfg.name), ledger=store), store, delivery, holder, clock
+            )
             for cfg in settings.sources
         ]
         metrics = Metrics()

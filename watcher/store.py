@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     value BLOB NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS accesses (
+    source TEXT NOT NULL,
+    account TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS accesses_by_account ON accesses (source, account);
 CREATE TABLE IF NOT EXISTS polls (
     source TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -127,6 +133,7 @@ class StateStore:
         self._db: sqlite3.Connection | None = None
         self._known: dict[BalanceKey, KnownBalance] = {}
         self._alerts: dict[BalanceKey, dict[str, AlertState]] = {}
+        self._accesses: dict[tuple[str, str], list[datetime]] = {}
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -155,6 +162,11 @@ class StateStore:
                 description=row[7],
             )
         self.outbox_depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        # PSD2 access budget: only the last 24 hours matter.
+        day_ago = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        db.execute("DELETE FROM accesses WHERE at < ?", (day_ago,))
+        for source, account, at in db.execute("SELECT source, account, at FROM accesses"):
+            self._accesses.setdefault((source, account), []).append(datetime.fromisoformat(at))
         for row in db.execute(
             "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
             " resolved_at FROM alerts"
@@ -288,6 +300,26 @@ class StateStore:
         db = self._require()
         with _transaction(db):
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    # The AccessLedger of PSD2 sources: their daily access budget survives restarts.
+    def load(self, source: str, account: str, since: datetime) -> list[datetime]:
+        """The recorded accesses of one account at or after `since`."""
+        return [at for at in self._accesses.get((source, account), []) if at >= since]
+
+    async def record(self, source: str, account: str, at: datetime) -> None:
+        """Record one access durably (the request is made only after this returns)."""
+        await self._call(self._record_access_sync, source, account, at)
+        recent = [a for a in self._accesses.get((source, account), []) if a >= at - timedelta(days=1)]
+        self._accesses[(source, account)] = [*recent, at]
+
+    def _record_access_sync(self, source: str, account: str, at: datetime) -> None:
+        db = self._require()
+        with _transaction(db):
+            db.execute("INSERT INTO accesses VALUES (?,?,?)", (source, account, at.isoformat()))
+            db.execute(
+                "DELETE FROM accesses WHERE source = ? AND account = ? AND at < ?",
+                (source, account, (at - timedelta(days=1)).isoformat()),
+            )
 
     async def record_polls(self, records: Iterable[PollRecord]) -> None:
         """Remember the outcome of calls, for `status` and staleness."""
