@@ -153,12 +153,19 @@ class Poller:
         if self.metrics is not None:
             self.metrics.observe_call(self.source.name, result.duration_s)
         log = self._log.bind(account=target, correlation_id=result.correlation_id)
-        fields = {
+        fields: dict[str, object] = {
             "outcome": result.outcome,
             "http_status": result.http_status,
             "duration_ms": round(result.duration_s * 1000, 1),
+            "attempts": result.attempts,
         }
         if result.outcome != "ok":
+            if result.reason_code:
+                fields["reason_code"] = result.reason_code
+            if result.retry_after_s is not None:
+                fields["retry_after_s"] = result.retry_after_s
+            if result.access_revoked:
+                fields["access_revoked"] = True
             log.warning("poll failed", error=result.error, **fields)
         else:
             for reason in result.rejected:
