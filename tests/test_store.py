@@ -77,3 +77,28 @@ async def test_access_ledger_survives_reopen_and_forgets_after_a_day(tmp_path: P
     assert again.load("cards", "505", now - timedelta(days=2)) == [now - timedelta(hours=2)]
     assert again.load("cards", "506", now - timedelta(days=1)) == [now]
     await again.close()
+
+
+async def test_alert_lifecycle_history_and_freshness_survive_reopen(tmp_path: Path) -> None:
+    """Every lifecycle field of an alert, a balance's drop history and the freshness of poll subjects
+    read back equal after a restart, so the `for` clock and withheld alerts are not forgotten."""
+    from rules.types import Freshness
+
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    pending = AlertState(
+        "p" * 32, "low", KEY, "pending", 0, T0, pending_since=T0, published=False, muted=True,
+        suppressed_by="critical", last_sent_at=T0 + timedelta(hours=1), repeats=3, reason="consent expired",
+        kind="below", severity="critical", cleared_since=T0 + timedelta(minutes=2),
+    )
+    known = KnownBalance(Balance(Decimal("10.00"), "GBP", "IN_CREDIT"), T0, "c", 2,
+                         history=((T0 - timedelta(minutes=5), Decimal("100.50")),))
+    fresh = Freshness(BalanceKey("mc", "*"), T0, T0 + timedelta(minutes=1), "HTTP 503", True)
+    await store.commit(StateUpdate(balances=[(KEY, known)], alerts=[pending], freshness=[fresh]))
+    await store.close()
+    again = StateStore(tmp_path / "s.db")
+    await again.open()
+    assert again.alerts(KEY) == {"p" * 32: pending}
+    assert again.known(KEY) == known
+    assert again.freshness(BalanceKey("mc", "*")) == fresh
+    await again.close()

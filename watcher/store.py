@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rules.types import AlertState, Balance, BalanceKey, KnownBalance
+from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
 from watcher.events import Event
 
 T = TypeVar("T")
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS balances (
     observed_at TEXT NOT NULL,
     correlation_id TEXT NOT NULL,
     version INTEGER NOT NULL,
+    history TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (source, account, balance_type)
 );
 CREATE TABLE IF NOT EXISTS alerts (
@@ -48,7 +49,17 @@ CREATE TABLE IF NOT EXISTS alerts (
     status TEXT NOT NULL,
     episode INTEGER NOT NULL,
     started_at TEXT NOT NULL,
-    resolved_at TEXT
+    resolved_at TEXT,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS freshness (
+    source TEXT NOT NULL,
+    account TEXT NOT NULL,
+    watched_since TEXT NOT NULL,
+    last_success_at TEXT,
+    last_error TEXT,
+    access_revoked INTEGER NOT NULL,
+    PRIMARY KEY (source, account)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -116,6 +127,7 @@ class StateUpdate:
 
     balances: Sequence[tuple[BalanceKey, KnownBalance]]
     alerts: Sequence[AlertState]
+    freshness: Sequence[Freshness] = ()
 
 
 def _dt(text: str | None) -> datetime | None:
@@ -134,6 +146,7 @@ class StateStore:
         self._known: dict[BalanceKey, KnownBalance] = {}
         self._alerts: dict[BalanceKey, dict[str, AlertState]] = {}
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
+        self._freshness: dict[BalanceKey, Freshness] = {}
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -148,10 +161,11 @@ class StateStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        _add_missing_columns(db)
         self._db = db
         for row in db.execute(
             "SELECT source, account, balance_type, amount, currency, state, provider_balance_type,"
-            " description, observed_at, correlation_id, version FROM balances"
+            " description, observed_at, correlation_id, version, history FROM balances"
         ):
             key = BalanceKey(row[0], row[1], row[2])
             self._known[key] = KnownBalance(
@@ -160,6 +174,7 @@ class StateStore:
                 correlation_id=row[9],
                 version=row[10],
                 description=row[7],
+                history=tuple((datetime.fromisoformat(t), Decimal(a)) for t, a in json.loads(row[11])),
             )
         self.outbox_depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         # PSD2 access budget: only the last 24 hours matter.
@@ -169,7 +184,7 @@ class StateStore:
             self._accesses.setdefault((source, account), []).append(datetime.fromisoformat(at))
         for row in db.execute(
             "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
-            " resolved_at FROM alerts"
+            " resolved_at, detail FROM alerts"
         ):
             key = BalanceKey(row[2], row[3], row[4])
             self._alerts.setdefault(key, {})[row[0]] = AlertState(
@@ -180,6 +195,12 @@ class StateStore:
                 episode=row[6],
                 started_at=datetime.fromisoformat(row[7]),
                 resolved_at=_dt(row[8]),
+                **_alert_detail_from_json(row[9]),
+            )
+        for row in db.execute("SELECT * FROM freshness"):
+            subject = BalanceKey(row[0], row[1])
+            self._freshness[subject] = Freshness(
+                subject, datetime.fromisoformat(row[2]), _dt(row[3]), row[4], bool(row[5])
             )
 
     async def close(self) -> None:
@@ -202,6 +223,14 @@ class StateStore:
         """Every tracked balance."""
         return dict(self._known)
 
+    def freshness(self, subject: BalanceKey) -> Freshness | None:
+        """When this account (or whole source, account "*") last answered, for `stale` rules."""
+        return self._freshness.get(subject)
+
+    def all_freshness(self) -> list[Freshness]:
+        """Every poll subject's freshness."""
+        return list(self._freshness.values())
+
     def all_alerts(self) -> list[AlertState]:
         """Every stored alert state."""
         return [a for by_fp in self._alerts.values() for a in by_fp.values()]
@@ -212,7 +241,7 @@ class StateStore:
 
         Raises OutboxFull, writing nothing, when the events would not fit in the outbox.
         """
-        if not update.balances and not update.alerts and not events:
+        if not update.balances and not update.alerts and not update.freshness and not events:
             return
         if events and self.outbox_depth + len(events) > self.outbox_limit:
             raise OutboxFull(
@@ -230,6 +259,8 @@ class StateStore:
             self._known[key] = known
         for alert in update.alerts:
             self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
+        for fresh in update.freshness:
+            self._freshness[fresh.subject] = fresh
 
     def _commit_sync(self, update: StateUpdate, outbox_rows: list[tuple[Any, ...]]) -> None:
         db = self._require()
@@ -239,7 +270,7 @@ class StateStore:
                 outbox_rows,
             )
             db.executemany(
-                "INSERT OR REPLACE INTO balances VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO balances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         k.source,
@@ -253,12 +284,13 @@ class StateStore:
                         b.observed_at.isoformat(),
                         b.correlation_id,
                         b.version,
+                        json.dumps([[t.isoformat(), str(a)] for t, a in b.history]),
                     )
                     for k, b in update.balances
                 ],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         a.fingerprint,
@@ -270,8 +302,18 @@ class StateStore:
                         a.episode,
                         a.started_at.isoformat(),
                         a.resolved_at.isoformat() if a.resolved_at else None,
+                        _alert_detail_to_json(a),
                     )
                     for a in update.alerts
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO freshness VALUES (?,?,?,?,?,?)",
+                [
+                    (f.subject.source, f.subject.account, f.watched_since.isoformat(),
+                     f.last_success_at.isoformat() if f.last_success_at else None, f.last_error,
+                     int(f.access_revoked))
+                    for f in update.freshness
                 ],
             )
 
@@ -367,6 +409,37 @@ class StateStore:
         if self._db is None:
             raise RuntimeError("the state store is not open")
         return self._db
+
+
+_DETAIL_TIMES = ("pending_since", "cleared_since", "last_sent_at")
+_DETAIL_VALUES = ("published", "muted", "suppressed_by", "repeats", "reason", "kind", "severity")
+
+
+def _alert_detail_to_json(alert: AlertState) -> str:
+    """The lifecycle fields of an alert state, as one JSON column (they grow with the engine)."""
+    detail: dict[str, Any] = {name: getattr(alert, name) for name in _DETAIL_VALUES}
+    for name in _DETAIL_TIMES:
+        moment = getattr(alert, name)
+        detail[name] = moment.isoformat() if moment else None
+    return json.dumps(detail)
+
+
+def _alert_detail_from_json(text: str) -> dict[str, Any]:
+    detail = json.loads(text or "{}")
+    fields = {k: detail[k] for k in _DETAIL_VALUES if k in detail}
+    fields.update({k: _dt(detail.get(k)) for k in _DETAIL_TIMES if k in detail})
+    return fields
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Databases written by an earlier version lack the newer columns."""
+    for table, column, ddl in (
+        ("balances", "history", "TEXT NOT NULL DEFAULT '[]'"),
+        ("alerts", "detail", "TEXT NOT NULL DEFAULT '{}'"),
+    ):
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
 
 class _transaction:
