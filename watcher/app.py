@@ -41,6 +41,9 @@ class Components:
     rules: RulesHolder
     pollers: list[Poller]
     metrics: Metrics
+    delivery: EventDelivery
+    # Evaluation and its commit are one step, whether a poll or the daemon's tick does it.
+    lock: asyncio.Lock
 
 
 async def load_signing_keys(settings: Settings) -> dict[str, RSAPrivateKey]:
@@ -110,10 +113,12 @@ async def open_components(
             raise ValueError("with publish=False, on_event must say where the events go")
 
         holder = RulesHolder(rules)
+        lock = asyncio.Lock()
         pollers = [
             Poller(
                 # The store is the PSD2 access ledger: the daily budget survives restarts.
-                build_source(cfg, session, keys.get(cfg.name), ledger=store), store, delivery, holder, clock
+                build_source(cfg, session, keys.get(cfg.name), ledger=store), store, delivery, holder, clock,
+                lock,
             )
             for cfg in settings.sources
         ]
@@ -124,4 +129,4 @@ async def open_components(
             relay.metrics = metrics
         for poller in pollers:
             poller.metrics = metrics
-        yield Components(settings, store, session, relay, holder, pollers, metrics)
+        yield Components(settings, store, session, relay, holder, pollers, metrics, delivery, lock)

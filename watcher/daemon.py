@@ -21,12 +21,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rules.loader import RulesError, load_rule_files
 from rules.model import Rule
+from watcher.alerting import AlertClock
 from watcher.app import Components, StartupError
+from watcher.events import now_utc
 from watcher.metrics import MetricsServer, parse_listen
 from watcher.notify import SystemdNotifier, WatchdogGate, feed_watchdog, status_line
 from watcher.poller import Poller, RoundSummary
 
 log = structlog.get_logger("watcher.daemon")
+
+TICK_SECONDS = 10.0
 
 
 def default_jitter(interval: timedelta) -> float:
@@ -54,6 +58,7 @@ class Daemon:
         self._stop_requested = False
         self._reload_requested = False
         self._rounds: dict[str, asyncio.Task[RoundSummary | None]] = {}
+        self._alert_clock = AlertClock(components, now_utc)
         self.last_summaries: dict[str, RoundSummary] = {}
 
     # Signal handlers: flags only.
@@ -98,6 +103,11 @@ class Daemon:
         ping = self._notify.watchdog_interval()
         scheduler.add_job(self._heartbeat, IntervalTrigger(seconds=min(10.0, ping or 10.0), timezone=UTC),
                           id="heartbeat", coalesce=True, max_instances=1)
+        # Time moves alerts on too (`for`, `repeat`, mute windows, staleness).
+        scheduler.add_job(self._tick, IntervalTrigger(seconds=TICK_SECONDS, timezone=UTC), id="alert-clock",
+                          coalesce=True, max_instances=1)
+        # Alerts of rules removed while the daemon was stopped resolve now.
+        await self._alert_clock.reconcile()
         server = await self._start_metrics_server()
         relay = self._c.relay
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if relay else None
@@ -131,6 +141,14 @@ class Daemon:
                 await server.stop()
         log.info("daemon stopped")
         return 0
+
+    async def _tick(self) -> None:
+        if self._stop_requested:
+            return
+        try:
+            await self._alert_clock.tick()
+        except Exception:
+            log.exception("alert clock tick failed")
 
     async def _heartbeat(self) -> None:
         self.gate.beat()
@@ -197,6 +215,7 @@ class Daemon:
         self._notify.reloading()
         try:
             rules = await asyncio.to_thread(self._load_rules, self._rule_files)
+            old_rules = tuple(self._c.rules.rules)
             self._c.rules.replace(rules)
         except RulesError as exc:
             log.error("rules reload rejected; the previous rules stay in force", error=str(exc))
@@ -204,6 +223,7 @@ class Daemon:
         else:
             log.info("rules reloaded", rules=len(rules))
             self._c.metrics.rules_reloaded(ok=True)
+            await self._alert_clock.reconcile(old_rules)
         finally:
             self._notify.ready()
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from rules.annotations import threshold_text
 from rules.engine import AlertTransition, Assessment, BalanceChange
 from rules.types import Balance, Observation
 
@@ -136,47 +137,60 @@ def change_event(change: BalanceChange) -> Event:
     )
 
 
-def alert_event(transition: AlertTransition) -> Event:
-    """`balance.alert.firing` / `balance.alert.resolved` for one rule and one balance."""
-    obs = transition.observation
+def alert_event(transition: AlertTransition, provider: str, description: str | None = None) -> Event:
+    """`balance.alert.firing` (also for reminders) / `balance.alert.resolved` for one rule and one
+    balance, or one poll subject for `stale` rules. Transitions that time or a poll caused have no
+    observation: then `provider` and `description` come from the caller and the correlation id is ""."""
+    trigger = transition.trigger
     state = transition.state
     rule = transition.rule
-    # A reminder ("repeat") is a firing event again, with its own id.
+    key = state.key
+    balance = transition.balance or (trigger.balance if trigger is not None else None)
     ce_type = RESOLVED if transition.status == "resolved" else FIRING
+    correlation_id = trigger.correlation_id if trigger is not None else ""
     body: dict[str, Any] = {
-        "account": _account_body(obs, obs.description),
-        "balance": _balance_body(obs.balance),
-        "observed_at": rfc3339(obs.observed_at),
-        "correlation_id": obs.correlation_id,
+        "account": {
+            "source": key.source,
+            "provider": trigger.provider if trigger is not None else provider,
+            "id": key.account,
+            "description": trigger.description if trigger is not None else description,
+        },
+        "balance": _balance_body(balance) if balance is not None else None,
+        "observed_at": rfc3339(transition.at),
+        "correlation_id": correlation_id,
         "status": "resolved" if transition.status == "resolved" else "firing",
         "rule": {
             "name": rule.name,
             "kind": rule.kind,
-            "threshold": str(rule.threshold),
+            "threshold": threshold_text(rule),
             "severity": rule.severity,
         },
         "labels": dict(rule.labels),
+        "annotations": dict(transition.annotations),
         "description": rule.description,
+        "reason": state.reason,
         "fingerprint": state.fingerprint,
         "episode": state.episode,
         "started_at": rfc3339(state.started_at),
     }
-    if state.resolved_at is not None:
+    if transition.status == "resolved" and state.resolved_at is not None:
         body["resolved_at"] = rfc3339(state.resolved_at)
-        body["firing_seconds"] = (state.resolved_at - state.started_at).total_seconds()
+    if transition.status != "firing":
+        body["firing_seconds"] = transition.firing_for.total_seconds()
+    if transition.delayed:
+        body["delayed"] = True
     identity = f"{ce_type}\x1f{state.fingerprint}\x1f{state.episode}"
     if transition.status == "repeat":
         body["reminder"] = True
         identity += f"\x1freminder\x1f{state.repeats}"
-    event_id = uuid.uuid5(_ID_NAMESPACE, identity)
     return Event(
         topic="alerts",
-        key=state.key.event_key,
-        id=str(event_id),
+        key=key.event_key,
+        id=str(uuid.uuid5(_ID_NAMESPACE, identity)),
         type=ce_type,
-        source=ce_source(state.key.source),
-        time=obs.observed_at,
-        correlation_id=obs.correlation_id,
+        source=ce_source(key.source),
+        time=transition.at,
+        correlation_id=correlation_id,
         body=body,
     )
 
@@ -184,7 +198,8 @@ def alert_event(transition: AlertTransition) -> Event:
 def events_of(assessment: Assessment) -> list[Event]:
     """Every event one assessment implies, change first, in the order they happened."""
     events = [change_event(assessment.change)] if assessment.change is not None else []
-    events.extend(alert_event(t) for t in assessment.transitions)
+    provider = assessment.change.observation.provider if assessment.change else ""
+    events.extend(alert_event(t, provider) for t in assessment.transitions)
     return events
 
 

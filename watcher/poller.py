@@ -19,7 +19,9 @@ import structlog
 
 from rules.engine import Assessment, CompiledRules, assess, compile_rules
 from rules.model import Rule
-from watcher.events import Event, events_of
+from rules.staleness import assess_poll
+from rules.types import WHOLE_SOURCE, BalanceKey, Freshness, PollOutcome, subject_key
+from watcher.events import Event, alert_event, events_of
 from watcher.metrics import Metrics
 from watcher.sources.base import BalanceSource, FetchResult
 from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate
@@ -100,14 +102,40 @@ class Poller:
         delivery: EventDelivery,
         rules: RulesHolder,
         clock: Callable[[], datetime],
+        lock: asyncio.Lock | None = None,
     ) -> None:
         self.source = source
+        # Shared by every poller and the daemon's tick: evaluation and its commit are one step.
+        self._lock = lock or asyncio.Lock()
         self._store = store
         self._delivery = delivery
         self._rules = rules
         self._clock = clock
         self._log = structlog.get_logger("watcher.poll").bind(source=source.name)
         self.metrics: Metrics | None = None
+
+    def _poll_outcome(self, result: FetchResult) -> PollOutcome:
+        """The call as the staleness rules see it: which accounts it covered, and how it went."""
+        if result.target != WHOLE_SOURCE:
+            accounts: tuple[str, ...] = (result.target,)
+        elif result.outcome == "ok":
+            accounts = tuple(dict.fromkeys(o.key.account for o in result.observations))
+        else:  # a failed listing leaves every account of the source unanswered
+            accounts = tuple(
+                dict.fromkeys(k.account for k in self._store.all_known() if k.source == self.source.name)
+            )
+        return PollOutcome(
+            source=self.source.name,
+            at=self._clock(),
+            accounts=accounts,
+            ok=result.outcome == "ok",
+            reason=result.error if result.outcome != "ok" else None,
+            access_revoked=result.access_revoked or result.outcome == "access_revoked",
+        )
+
+    def _description(self, key: BalanceKey) -> str | None:
+        known = self._store.known(key)
+        return known.description if known is not None else None
 
     async def poll_round(self) -> RoundSummary:
         """Make every call of one round, at most max_concurrency at once, each processed as it lands."""
@@ -167,6 +195,14 @@ class Poller:
             if result.access_revoked:
                 fields["access_revoked"] = True
             log.warning("poll failed", error=result.error, **fields)
+            if self._rules.rules.has_stale_rules:
+                # A failure never resolves anything, but it can make an account or the source stale.
+                try:
+                    await self._process(result, log)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.error("processing failed", error=repr(exc))
         else:
             for reason in result.rejected:
                 log.warning("entry rejected", error=reason)
@@ -197,16 +233,37 @@ class Poller:
         )
 
     async def _process(self, result: FetchResult, log: structlog.typing.FilteringBoundLogger) -> int | None:
-        """Assess and deliver. Returns the number of events delivered, None when delivery failed."""
+        """Assess and deliver. Returns the number of events delivered, None when delivery failed.
+
+        Under the evaluation lock: alert states read here must not change before this call's new
+        states are stored (another call of a whole-source listing, or the daemon's tick)."""
+        async with self._lock:
+            return await self._assess_and_deliver(result, log)
+
+    async def _assess_and_deliver(
+        self, result: FetchResult, log: structlog.typing.FilteringBoundLogger
+    ) -> int | None:
         rules = self._rules.rules
+        store = self._store
+        source_alerts = store.alerts(subject_key(self.source.name))
         assessments: list[Assessment] = [
-            assess(obs, self._store.known(obs.key), rules, self._store.alerts(obs.key))
+            assess(obs, store.known(obs.key), rules, {**source_alerts, **store.alerts(obs.key)})
             for obs in result.observations
         ]
         events: list[Event] = [e for a in assessments for e in events_of(a)]
+        alerts = [alert for a in assessments for alert in a.alerts]
+        freshness: tuple[Freshness, ...] = ()
+        if rules.has_stale_rules:
+            polled = self._poll_outcome(result)
+            stale = assess_poll(polled, rules, store.freshness, store.alerts)
+            freshness = stale.freshness
+            alerts += stale.alerts
+            provider = self.source.provider
+            events += [alert_event(t, provider, self._description(t.state.key)) for t in stale.transitions]
         update = StateUpdate(
             balances=[(a.key, a.known) for a in assessments if a.change is not None],
-            alerts=[alert for a in assessments for alert in a.alerts],
+            alerts=alerts,
+            freshness=freshness,
         )
         try:
             await self._delivery.deliver(update, events)
