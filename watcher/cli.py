@@ -145,6 +145,12 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return run_sandbox(args)
 
 
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from watcher.rulestest import main_rules_test
+
+    return main_rules_test(args.files, sys.stdout)
+
+
 def cmd_devkey(args: argparse.Namespace) -> int:
     from watcher.devkeys import generate_dev_key
 
@@ -187,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sandbox_arguments(p)
     p.set_defaults(func=cmd_sandbox)
+    p = sub.add_parser("rules", help="work with rules files")
+    rules_sub = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    t = rules_sub.add_parser(
+        "test", help="run rules tests: observed balances over time in, expected alert events out",
+        description="Run each TOML rules test file through the real engine; print a diff on failure.",
+    )
+    t.add_argument("files", type=Path, nargs="+", help="rules test files (TOML)")
+    t.set_defaults(func=cmd_rules_test)
     p = sub.add_parser("devkey", help="generate a development signing key and certificate for the sandbox")
     p.add_argument("--dir", type=Path, default=Path(".devkeys"), help="where to write them")
     p.add_argument("--password", default="devpassword", help="the PKCS#12 password")
