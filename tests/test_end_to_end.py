@@ -335,3 +335,46 @@ def _wait_for_event(daemon: DaemonProcess, event: str, timeout: float = 15) -> N
             return
         time.sleep(0.1)
     raise AssertionError(f"no {event!r} in the daemon's log: {daemon.lines()[-5:]}")
+
+
+STALE_RULES = """
+[[rules]]
+name = "cards-access"
+kind = "stale"
+after = "1h"
+source = "cards"
+severity = "critical"
+annotations = { summary = "no balance for {account}" }
+"""
+
+
+async def test_revoked_consent_raises_a_stale_alert_with_the_providers_reason(
+    kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path,
+    start_daemon: Callable[[Path], DaemonProcess],
+) -> None:
+    """When myPOS answers that the consent expired, a `stale` alert fires at once with the provider's
+    reason (no balance in the event), it validates against the schema, and a restart does not fire it
+    again."""
+    config = write_config(tmp_path, broker=kafka_broker, sources=mypos(sandbox, '["50553500971"]'),
+                          rules=STALE_RULES, topic_prefix="stale")
+    daemon = start_daemon(config)
+    daemon.wait_for_rounds({"cards"})
+    sandbox_post(sandbox, "mypos/consent", {"status": "expired"})
+    rounds = sum(1 for line in daemon.lines() if line.get("event") == "poll round")
+    daemon.wait_for_rounds({"cards"}, rounds=rounds + 2)
+    assert daemon.stop() == 0
+    again = start_daemon(config)
+    again.wait_for_rounds({"cards"}, rounds=2)
+    assert again.stop() == 0
+
+    alerts = await read_topics(kafka_broker, ["stale-alerts"])
+    assert len(alerts) >= 1
+    for record in alerts:
+        assert_cloudevent(record)
+    firing = [r for r in alerts if r.headers["ce_type"] == "balance.alert.firing"]
+    assert len({r.headers["ce_id"] for r in firing}) == len(firing) == len({r.key for r in firing})
+    account = next(r for r in firing if r.key == "cards:50553500971")
+    assert "CONSENT_EXPIRED" in str(account.body["reason"])
+    assert account.body["rule"]["kind"] == "stale"  # type: ignore[index]
+    assert account.body["balance"] is None
+    assert account.body["annotations"] == {"summary": "no balance for 50553500971"}
