@@ -126,7 +126,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from watcher.tail import tail
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(settings, args.from_beginning, as_json=args.json, types=args.type or ()))
+        asyncio.run(
+            tail(settings, args.from_beginning, as_json=args.json, types=args.type or (),
+                 sources=args.source or (), accounts=args.account or ())
+        )
     return EX_OK
 
 
@@ -184,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest event kept")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
     p.add_argument("--type", action="append", help="only events of this ce_type (repeatable)")
+    p.add_argument("--source", action="append", help="only events of this source (repeatable)")
+    p.add_argument("--account", action="append", help="only accounts matching this glob (repeatable)")
     p.set_defaults(func=cmd_tail)
     p = with_config("status", "every account in the state store: balance, last poll, alert state")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,8 @@ from aiokafka import AIOKafkaConsumer
 from watcher.config import Settings
 from watcher.publisher import kafka_client_options
 
+# Colour by type, and alerts by severity: critical stands out from a warning.
+_SEVERITY_COLOURS = {"critical": "\x1b[1;31m", "warning": "\x1b[33m", "info": "\x1b[34m"}
 _COLOURS = {
     "balance.changed": "\x1b[36m",
     "balance.alert.firing": "\x1b[31m",
@@ -53,6 +56,8 @@ async def tail(
     out: TextIO = sys.stdout,
     as_json: bool = False,
     types: Sequence[str] = (),
+    sources: Sequence[str] = (),
+    accounts: Sequence[str] = (),
     stop: asyncio.Event | None = None,
 ) -> int:
     """Print events until stopped (Ctrl-C, or `stop` set)."""
@@ -75,6 +80,11 @@ async def tail(
                     headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
                     if types and headers.get("ce_type") not in types:
                         continue
+                    source, _, account = (record.key or b"").decode("utf-8", "replace").partition(":")
+                    if sources and source not in sources:
+                        continue
+                    if accounts and not any(fnmatch.fnmatchcase(account, a) for a in accounts):
+                        continue
                     try:
                         body = json.loads(record.value or b"{}")
                     except ValueError:
@@ -87,7 +97,10 @@ async def tail(
                     else:
                         line = describe(headers, body)
                         if colour:
-                            line = _COLOURS.get(headers.get("ce_type", ""), "") + line + _RESET
+                            ce_type = headers.get("ce_type", "")
+                            severity = str(body.get("rule", {}).get("severity", ""))
+                            tint = (_SEVERITY_COLOURS.get(severity) if ce_type.endswith("firing") else None)
+                            line = (tint or _COLOURS.get(ce_type, "")) + line + _RESET
                     print(line, file=out, flush=True)
     finally:
         await consumer.stop()
