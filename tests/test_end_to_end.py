@@ -378,3 +378,37 @@ async def test_revoked_consent_raises_a_stale_alert_with_the_providers_reason(
     assert account.body["rule"]["kind"] == "stale"  # type: ignore[index]
     assert account.body["balance"] is None
     assert account.body["annotations"] == {"summary": "no balance for 50553500971"}
+
+
+async def test_removing_a_rule_on_sighup_resolves_its_alerts(
+    kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path,
+    start_daemon: Callable[[Path], DaemonProcess],
+) -> None:
+    """A SIGHUP whose rules files no longer hold a firing rule resolves its alert (same fingerprint),
+    while the alerts of rules that remain keep their state and fire nothing again."""
+    token = "non_card_token:gone"
+    set_mc(sandbox, "GONE", token, "500.00")
+    two_rules = RULES + '\n[[rules]]\nname = "gbp-very-low"\nkind = "below"\nthreshold = "1000.00"\n'
+    sources = mastercard("mc", sandbox, dev_key, "GONE", "json", json.dumps([token]))
+    config = write_config(tmp_path, broker=kafka_broker, sources=sources, rules=two_rules,
+                          topic_prefix="gone")
+    daemon = start_daemon(config)
+    daemon.wait_for_rounds({"mc"})
+    (tmp_path / "rules.toml").write_text(RULES)
+    daemon.process.send_signal(signal.SIGHUP)
+    _wait_for_event(daemon, "rules reloaded")
+    rounds = sum(1 for line in daemon.lines() if line.get("event") == "poll round")
+    daemon.wait_for_rounds({"mc"}, rounds=rounds + 1)
+    assert daemon.stop() == 0
+    alerts = await read_topics(kafka_broker, ["gone-alerts"])
+    seen = [(r.headers["ce_type"], r.body["rule"]["name"]) for r in alerts]  # type: ignore[index]
+    assert sorted(seen) == [
+        ("balance.alert.firing", "gbp-low"),
+        ("balance.alert.firing", "gbp-very-low"),
+        ("balance.alert.resolved", "gbp-very-low"),
+    ]
+    very_low = [r for r in alerts if r.body["rule"]["name"] == "gbp-very-low"]  # type: ignore[index]
+    fired, resolved = sorted(very_low, key=lambda r: r.headers["ce_type"])
+    assert resolved.body["fingerprint"] == fired.body["fingerprint"]
+    assert resolved.body["reason"]
+    assert_cloudevent(resolved)
