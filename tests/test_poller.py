@@ -105,3 +105,33 @@ async def test_failed_call_changes_nothing_and_never_resolves(tmp_path: Path) ->
     (record,) = await store.poll_records()
     assert record.outcome == "ok"
     await store.close()
+
+
+class PacedScriptedSource(ScriptedSource):
+    """A scripted source whose budget allows the next call only at `allowed`."""
+
+    def __init__(self, amounts: list[str | None], allowed: datetime) -> None:
+        super().__init__(amounts)
+        self.allowed = allowed
+
+    def next_allowed(self, target: str, now: datetime) -> datetime | None:
+        return self.allowed
+
+
+async def test_calls_beyond_the_access_budget_are_deferred_not_made(tmp_path: Path) -> None:
+    """A paced (PSD2) source is not called while its budget forbids it: the round defers the call
+    (no failure, nothing stored); once allowed, the call is made."""
+    from datetime import timedelta
+
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    source = PacedScriptedSource(["4000.00"], allowed=T0 + timedelta(hours=6))
+    delivery = OutboxDelivery(store, wake=lambda: None)
+    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    summary = await poller.poll_round()
+    assert (source.calls, summary.deferred, summary.ok) == (0, 1, True)
+    source.allowed = T0
+    await poller.poll_round()
+    assert source.calls == 1
+    assert store.known(BalanceKey("mc", "tok")) is not None
+    await store.close()

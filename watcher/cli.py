@@ -73,6 +73,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         asyncio.run(load_signing_keys(settings))
     except StartupError as exc:
         raise CliError(f"{args.config}: {exc}", EX_CONFIG) from None
+    for source in settings.sources:
+        budget = getattr(source, "daily_access_budget", 0)
+        if budget and source.interval.total_seconds() * budget < 86400:
+            print(
+                f"{args.config}: warning: sources ({source.name}): interval {source.interval} polls more"
+                f" often than daily_access_budget = {budget} allows; calls beyond it are deferred",
+                file=sys.stderr,
+            )
     print(
         f"{args.config}: OK: {len(settings.sources)} source(s), {len(rules)} rule(s) "
         f"from {len(settings.rules.files)} file(s)"

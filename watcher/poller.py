@@ -23,7 +23,7 @@ from rules.staleness import assess_poll
 from rules.types import WHOLE_SOURCE, BalanceKey, Freshness, PollOutcome, subject_key
 from watcher.events import Event, alert_event, events_of
 from watcher.metrics import Metrics
-from watcher.sources.base import BalanceSource, FetchResult
+from watcher.sources.base import BalanceSource, FetchResult, PacedSource
 from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate
 
 
@@ -64,6 +64,10 @@ class PrintOnlyDelivery:
             self._on_event(event)
 
 
+# The longest a call waits for its PSD2 budget inside a round, rather than skip the round.
+MAX_PACING_WAIT_S = 60.0
+
+
 class RulesHolder:
     """The rules in force; SIGHUP swaps them between poll calls, never during one."""
 
@@ -85,11 +89,12 @@ class RoundSummary:
     observations: int = 0
     events: int = 0
     delivery_failures: int = 0
+    deferred: int = 0
     duration_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.calls > 0 and self.outcomes["ok"] == self.calls and self.delivery_failures == 0
+        return self.outcomes["ok"] == self.calls and self.delivery_failures == 0
 
 
 class Poller:
@@ -160,13 +165,36 @@ class Poller:
             observations=summary.observations,
             events=summary.events,
             delivery_failures=summary.delivery_failures,
+            deferred=summary.deferred,
             duration_ms=round(summary.duration_s * 1000, 1),
         )
         return summary
 
+    async def _paced(self, target: str) -> bool:
+        """PSD2 sources have a daily access budget: a call that would exceed it is deferred to a later
+        round (a few seconds early, as jitter may make it, it waits instead). Never refused by the API."""
+        if not isinstance(self.source, PacedSource):
+            return True
+        now = self._clock()
+        allowed = self.source.next_allowed(target, now)
+        if allowed is None:  # access revoked: fetch answers that at once, without a request
+            return True
+        wait = (allowed - now).total_seconds()
+        if wait <= 0:
+            return True
+        if wait <= MAX_PACING_WAIT_S:
+            await asyncio.sleep(wait)
+            return True
+        self._log.info("call deferred to stay inside the daily access budget", account=target,
+                       correlation_id="", next_allowed=allowed.isoformat())
+        return False
+
     async def _call(
         self, target: str, limit: asyncio.Semaphore, summary: RoundSummary, records: list[PollRecord]
     ) -> None:
+        if not await self._paced(target):
+            summary.deferred += 1
+            return
         async with limit:
             try:
                 result = await self.source.fetch(target)
