@@ -412,3 +412,31 @@ async def test_removing_a_rule_on_sighup_resolves_its_alerts(
     assert resolved.body["fingerprint"] == fired.body["fingerprint"]
     assert resolved.body["reason"]
     assert_cloudevent(resolved)
+
+
+async def test_new_consent_on_sighup_resumes_polling_and_resolves_the_stale_alert(
+    kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path,
+    start_daemon: Callable[[Path], DaemonProcess],
+) -> None:
+    """After a consent expired (stale alert firing), a config reload with a new consent rebuilds the
+    source: polling resumes and the stale alert resolves."""
+    config = write_config(tmp_path, broker=kafka_broker, sources=mypos(sandbox, '["50553500971"]'),
+                          rules=STALE_RULES, topic_prefix="consent")
+    daemon = start_daemon(config)
+    daemon.wait_for_rounds({"cards"})
+    sandbox_post(sandbox, "mypos/consent", {"status": "expired"})
+    rounds = sum(1 for line in daemon.lines() if line.get("event") == "poll round")
+    daemon.wait_for_rounds({"cards"}, rounds=rounds + 2)
+    new_consent = "6f0b8f5e-2a57-4c8e-9d59-9a3f0f1f2c11"
+    sandbox_post(sandbox, "mypos/consent", {"consent_id": new_consent, "status": "valid"})
+    config.write_text(config.read_text().replace("3c7816ee-3d51-4bf5-8ced-ece2af35d431", new_consent))
+    daemon.process.send_signal(signal.SIGHUP)
+    _wait_for_event(daemon, "source rebuilt from the reloaded config")
+    rounds = sum(1 for line in daemon.lines() if line.get("event") == "poll round")
+    daemon.wait_for_rounds({"cards"}, rounds=rounds + 2)
+    assert daemon.stop() == 0
+    alerts = await read_topics(kafka_broker, ["consent-alerts"])
+    account = [r.headers["ce_type"] for r in alerts if r.key == "cards:50553500971"]
+    assert account == ["balance.alert.firing", "balance.alert.resolved"]
+    secret_free = daemon.log_path.read_text()
+    assert new_consent not in secret_free

@@ -15,7 +15,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from rules.model import Rule
-from watcher.config import MastercardSendConfig, Settings
+from watcher.config import MastercardSendConfig, Settings, SourceConfig
 from watcher.events import Event, now_utc
 from watcher.metrics import Metrics
 from watcher.poller import EventDelivery, OutboxDelivery, Poller, PrintOnlyDelivery, RulesHolder
@@ -23,6 +23,7 @@ from watcher.publisher import KafkaPublisher, build_producer
 from watcher.relay import OutboxRelay
 from watcher.signing import SigningKeyError, load_signing_key
 from watcher.sources import build_source
+from watcher.sources.base import BalanceSource
 from watcher.store import StateStore
 
 
@@ -44,12 +45,16 @@ class Components:
     delivery: EventDelivery
     # Evaluation and its commit are one step, whether a poll or the daemon's tick does it.
     lock: asyncio.Lock
+    # Builds a source like the ones above (same session, same ledger): for a config reload.
+    make_source: Callable[[SourceConfig, RSAPrivateKey | None], BalanceSource]
 
 
-async def load_signing_keys(settings: Settings) -> dict[str, RSAPrivateKey]:
+async def load_signing_keys(
+    settings: Settings, sources: Sequence[SourceConfig] | None = None
+) -> dict[str, RSAPrivateKey]:
     """Load every Mastercard signing key once, off the event loop (it is blocking file I/O)."""
     keys: dict[str, RSAPrivateKey] = {}
-    for source in settings.sources:
+    for source in settings.sources if sources is None else sources:
         if isinstance(source, MastercardSendConfig):
             try:
                 keys[source.name] = await asyncio.to_thread(
@@ -114,12 +119,13 @@ async def open_components(
 
         holder = RulesHolder(rules)
         lock = asyncio.Lock()
+
+        def make_source(cfg: SourceConfig, key: RSAPrivateKey | None) -> BalanceSource:
+            # The store is the PSD2 access ledger: the daily budget survives restarts and reloads.
+            return build_source(cfg, session, key, ledger=store)
+
         pollers = [
-            Poller(
-                # The store is the PSD2 access ledger: the daily budget survives restarts.
-                build_source(cfg, session, keys.get(cfg.name), ledger=store), store, delivery, holder, clock,
-                lock,
-            )
+            Poller(make_source(cfg, keys.get(cfg.name)), store, delivery, holder, clock, lock)
             for cfg in settings.sources
         ]
         metrics = Metrics()
@@ -129,4 +135,6 @@ async def open_components(
             relay.metrics = metrics
         for poller in pollers:
             poller.metrics = metrics
-        yield Components(settings, store, session, relay, holder, pollers, metrics, delivery, lock)
+        yield Components(
+            settings, store, session, relay, holder, pollers, metrics, delivery, lock, make_source
+        )

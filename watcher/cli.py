@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with open_components(settings, rules) as components:
-            return await run_daemon(components, settings.rules.files)
+            return await run_daemon(components, settings.rules.files, args.config)
 
     try:
         return asyncio.run(main())

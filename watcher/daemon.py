@@ -27,6 +27,7 @@ from watcher.events import now_utc
 from watcher.metrics import MetricsServer, parse_listen
 from watcher.notify import SystemdNotifier, WatchdogGate, feed_watchdog, status_line
 from watcher.poller import Poller, RoundSummary
+from watcher.reload import reload_sources
 
 log = structlog.get_logger("watcher.daemon")
 
@@ -47,7 +48,9 @@ class Daemon:
         rule_files: Sequence[Path],
         load_rules: Callable[[Sequence[Path]], Sequence[Rule]] | None = None,
         notifier: SystemdNotifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
+        self._config_path = config_path
         self._c = components
         self._notify = notifier or SystemdNotifier(None)
         self.gate = WatchdogGate()
@@ -211,8 +214,13 @@ class Daemon:
                 await asyncio.gather(*late, return_exceptions=True)
 
     async def _reload(self) -> None:
-        """Load the rules files again; on any error keep the rules in force."""
+        """Reload the config's sources (when the config path is known) and the rules files; on any
+        error keep what is in force."""
         self._notify.reloading()
+        if self._config_path is not None:
+            settings = await reload_sources(self._c, self._config_path)
+            if settings is not None:
+                self._rule_files = list(settings.rules.files)
         try:
             rules = await asyncio.to_thread(self._load_rules, self._rule_files)
             old_rules = tuple(self._c.rules.rules)
@@ -228,9 +236,13 @@ class Daemon:
             self._notify.ready()
 
 
-async def run_daemon(components: Components, rule_files: Sequence[Path]) -> int:
+async def run_daemon(
+    components: Components, rule_files: Sequence[Path], config_path: Path | None = None
+) -> int:
     """Run the daemon with signal handlers installed."""
-    daemon = Daemon(components, rule_files, notifier=SystemdNotifier.from_environment())
+    daemon = Daemon(
+        components, rule_files, notifier=SystemdNotifier.from_environment(), config_path=config_path
+    )
     loop = asyncio.get_running_loop()
     daemon.install_signal_handlers(loop)
     try:
