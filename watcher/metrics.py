@@ -79,6 +79,11 @@ class Metrics:
             "events_failed", "Events Kafka did not acknowledge, by topic (they stay in the outbox).",
             ["topic"], namespace=NAMESPACE, registry=r,
         )
+        self.delivery_failures = Counter(
+            "delivery_failures",
+            "Calls whose state and events could not be written (outbox full, store failure); retried.",
+            ["source"], namespace=NAMESPACE, registry=r,
+        )
         self.outbox_depth = Gauge(
             "outbox_depth", "Events waiting in the outbox for Kafka.", namespace=NAMESPACE, registry=r,
         )
@@ -108,6 +113,8 @@ class Metrics:
             if count:
                 self.polls.labels(source=summary.source, outcome=outcome).inc(count)
         self.round_duration.labels(source=summary.source).observe(summary.duration_s)
+        if summary.delivery_failures:
+            self.delivery_failures.labels(source=summary.source).inc(summary.delivery_failures)
         if summary.outcomes["ok"] > 0:
             self.last_success.labels(source=summary.source).set(
                 time.time() if finished_at is None else finished_at
