@@ -7,6 +7,9 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.table import Table
+
 from watcher.config import Settings
 from watcher.events import rfc3339
 from watcher.store import StateStore
@@ -37,6 +40,10 @@ async def collect_status(store: StateStore) -> list[dict[str, Any]]:
                 "last_outcome": poll.outcome if poll else None,
                 "last_success_at": _when(poll.last_success_at) if poll else None,
                 "alerts_firing": sorted(a.rule for a in alerts.values() if a.status == "firing"),
+                "alerts_pending": sorted(a.rule for a in alerts.values() if a.status == "pending"),
+                "alerts_withheld": sorted(
+                    a.rule for a in alerts.values() if a.status == "firing" and (a.muted or a.suppressed_by)
+                ),
             }
         )
     return rows
@@ -53,22 +60,21 @@ async def print_status(settings: Settings, as_json: bool = False, out: TextIO = 
         json.dump(rows, out, indent=2)
         out.write("\n")
         return 0
-    headers = ["source", "account", "type", "balance", "last poll", "outcome", "firing"]
-    table = [
-        [
+    table = Table(title=f"balance-watcher: {len(rows)} balance(s) in {settings.state.path}")
+    for header in ("source", "account", "type", "balance", "last poll", "outcome", "alerts"):
+        table.add_column(header, justify="right" if header == "balance" else "left")
+    for r in rows:
+        alerts = [f"[red]{name}[/red]" for name in r["alerts_firing"]]
+        alerts += [f"[yellow]{name} (pending)[/yellow]" for name in r["alerts_pending"]]
+        outcome = r["last_outcome"] or "-"
+        table.add_row(
             r["source"],
             r["account"],
             r["balance_type"] or "",
             f"{r['amount']} {r['currency']} {r['state'] or ''}".strip(),
             r["last_poll_at"] or "never",
-            r["last_outcome"] or "-",
-            ", ".join(r["alerts_firing"]) or "-",
-        ]
-        for r in rows
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *table, strict=False)]
-    for line in [headers, *table]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), file=out)
-    if not rows:
-        print("no accounts tracked yet", file=out)
+            outcome if outcome == "ok" else f"[red]{outcome}[/red]",
+            ", ".join(alerts) or "-",
+        )
+    Console(file=out, width=200 if not out.isatty() else None).print(table)
     return 0
