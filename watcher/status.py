@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from watcher.config import Settings
@@ -68,8 +69,8 @@ async def print_status(settings: Settings, as_json: bool = False, out: TextIO = 
         alerts += [f"[yellow]{name} (pending)[/yellow]" for name in r["alerts_pending"]]
         outcome = r["last_outcome"] or "-"
         table.add_row(
-            r["source"],
-            r["account"],
+            escape(r["source"]),
+            escape(r["account"]),  # provider ids are data, never markup
             r["balance_type"] or "",
             f"{r['amount']} {r['currency']} {r['state'] or ''}".strip(),
             r["last_poll_at"] or "never",
