@@ -21,73 +21,10 @@ from typing import Any, TypeVar
 
 from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
 from watcher.events import Event
+from watcher.store_schema import SCHEMA, add_missing_columns, alert_detail_from_json, alert_detail_to_json
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS balances (
-    source TEXT NOT NULL,
-    account TEXT NOT NULL,
-    balance_type TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    state TEXT,
-    provider_balance_type TEXT,
-    description TEXT,
-    observed_at TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    history TEXT NOT NULL DEFAULT '[]',
-    PRIMARY KEY (source, account, balance_type)
-);
-CREATE TABLE IF NOT EXISTS alerts (
-    fingerprint TEXT PRIMARY KEY,
-    rule TEXT NOT NULL,
-    source TEXT NOT NULL,
-    account TEXT NOT NULL,
-    balance_type TEXT NOT NULL,
-    status TEXT NOT NULL,
-    episode INTEGER NOT NULL,
-    started_at TEXT NOT NULL,
-    resolved_at TEXT,
-    detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS freshness (
-    source TEXT NOT NULL,
-    account TEXT NOT NULL,
-    watched_since TEXT NOT NULL,
-    last_success_at TEXT,
-    last_error TEXT,
-    access_revoked INTEGER NOT NULL,
-    PRIMARY KEY (source, account)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    key TEXT NOT NULL,
-    ce_id TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    value BLOB NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS accesses (
-    source TEXT NOT NULL,
-    account TEXT NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS accesses_by_account ON accesses (source, account);
-CREATE TABLE IF NOT EXISTS polls (
-    source TEXT NOT NULL,
-    target TEXT NOT NULL,
-    polled_at TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    http_status INTEGER,
-    correlation_id TEXT NOT NULL,
-    error TEXT,
-    last_success_at TEXT,
-    PRIMARY KEY (source, target)
-);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +98,7 @@ class StateStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
-        _add_missing_columns(db)
+        add_missing_columns(db)
         self._db = db
         for row in db.execute(
             "SELECT source, account, balance_type, amount, currency, state, provider_balance_type,"
@@ -195,7 +132,7 @@ class StateStore:
                 episode=row[6],
                 started_at=datetime.fromisoformat(row[7]),
                 resolved_at=_dt(row[8]),
-                **_alert_detail_from_json(row[9]),
+                **alert_detail_from_json(row[9]),
             )
         for row in db.execute("SELECT * FROM freshness"):
             subject = BalanceKey(row[0], row[1])
@@ -302,7 +239,7 @@ class StateStore:
                         a.episode,
                         a.started_at.isoformat(),
                         a.resolved_at.isoformat() if a.resolved_at else None,
-                        _alert_detail_to_json(a),
+                        alert_detail_to_json(a),
                     )
                     for a in update.alerts
                 ],
@@ -409,37 +346,6 @@ class StateStore:
         if self._db is None:
             raise RuntimeError("the state store is not open")
         return self._db
-
-
-_DETAIL_TIMES = ("pending_since", "cleared_since", "last_sent_at")
-_DETAIL_VALUES = ("published", "muted", "suppressed_by", "repeats", "reason", "kind", "severity")
-
-
-def _alert_detail_to_json(alert: AlertState) -> str:
-    """The lifecycle fields of an alert state, as one JSON column (they grow with the engine)."""
-    detail: dict[str, Any] = {name: getattr(alert, name) for name in _DETAIL_VALUES}
-    for name in _DETAIL_TIMES:
-        moment = getattr(alert, name)
-        detail[name] = moment.isoformat() if moment else None
-    return json.dumps(detail)
-
-
-def _alert_detail_from_json(text: str) -> dict[str, Any]:
-    detail = json.loads(text or "{}")
-    fields = {k: detail[k] for k in _DETAIL_VALUES if k in detail}
-    fields.update({k: _dt(detail.get(k)) for k in _DETAIL_TIMES if k in detail})
-    return fields
-
-
-def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Databases written by an earlier version lack the newer columns."""
-    for table, column, ddl in (
-        ("balances", "history", "TEXT NOT NULL DEFAULT '[]'"),
-        ("alerts", "detail", "TEXT NOT NULL DEFAULT '{}'"),
-    ):
-        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in columns:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
 
 class _transaction:
