@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
 from watcher.events import Event
-from watcher.store_schema import SCHEMA, add_missing_columns, alert_detail_from_json, alert_detail_to_json
+from watcher.store_schema import (
+    SCHEMA,
+    add_missing_columns,
+    alert_detail_from_json,
+    alert_detail_to_json,
+    parse_time,
+)
 
 T = TypeVar("T")
 
@@ -65,10 +71,6 @@ class StateUpdate:
     balances: Sequence[tuple[BalanceKey, KnownBalance]]
     alerts: Sequence[AlertState]
     freshness: Sequence[Freshness] = ()
-
-
-def _dt(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 class StateStore:
@@ -131,13 +133,13 @@ class StateStore:
                 status=row[5],
                 episode=row[6],
                 started_at=datetime.fromisoformat(row[7]),
-                resolved_at=_dt(row[8]),
+                resolved_at=parse_time(row[8]),
                 **alert_detail_from_json(row[9]),
             )
         for row in db.execute("SELECT * FROM freshness"):
             subject = BalanceKey(row[0], row[1])
             self._freshness[subject] = Freshness(
-                subject, datetime.fromisoformat(row[2]), _dt(row[3]), row[4], bool(row[5])
+                subject, datetime.fromisoformat(row[2]), parse_time(row[3]), row[4], bool(row[5])
             )
 
     async def close(self) -> None:
@@ -335,7 +337,7 @@ class StateStore:
         """Every (source, target)'s latest call."""
         rows = await self._call(self._poll_rows_sync)
         return [
-            PollRecord(r[0], r[1], datetime.fromisoformat(r[2]), r[3], r[4], r[5], r[6], _dt(r[7]))
+            PollRecord(r[0], r[1], datetime.fromisoformat(r[2]), r[3], r[4], r[5], r[6], parse_time(r[7]))
             for r in rows
         ]
 

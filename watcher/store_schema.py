@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS polls (
 """
 
 
-def _dt(text: str | None) -> datetime | None:
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO time as stored, or None."""
     return datetime.fromisoformat(text) if text else None
 
 
@@ -95,7 +96,7 @@ def alert_detail_to_json(alert: AlertState) -> str:
 def alert_detail_from_json(text: str) -> dict[str, Any]:
     detail = json.loads(text or "{}")
     fields = {k: detail[k] for k in _DETAIL_VALUES if k in detail}
-    fields.update({k: _dt(detail.get(k)) for k in _DETAIL_TIMES if k in detail})
+    fields.update({k: parse_time(detail.get(k)) for k in _DETAIL_TIMES if k in detail})
     return fields
 
 
