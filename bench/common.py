@@ -340,15 +340,14 @@ def parse_log_time(stamp: str) -> float:
 class Daemon:
     """`python -m watcher run -c CONFIG` as its own process; its JSON log lines read from a file."""
 
-    def __init__(self, config: Path, *, metrics_port: int | None = None, command: str = "run",
-                 wrapper: Sequence[str] = ()) -> None:
+    def __init__(self, config: Path, *, metrics_port: int | None = None, command: str = "run") -> None:
         self.config = config
         self.metrics_port = metrics_port
         self.log_path = config.parent / f"daemon-{command}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.started_at = time.time()
         self.process = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "watcher", command, "-c", str(config)],
+            [sys.executable, "-m", "watcher", command, "-c", str(config)],
             stdout=self._log, stderr=self._log, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self._offset = 0
@@ -566,15 +565,102 @@ def dump(result: dict[str, Any], path: Path | None) -> None:
         path.write_text(text + "\n")
 
 
-def profile_wrapper(kind: str | None, out: Path) -> list[str]:
-    """A command prefix that profiles the daemon: py-spy (sampling, native-free) or nothing."""
-    if kind is None:
-        return []
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if kind == "py-spy":
-        return [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(out), "--"]
-    raise ValueError(f"unknown profiler {kind!r}")
-
-
 def main_guard(fn: Callable[[], int]) -> None:
     sys.exit(fn())
+
+
+class PublishedSampler:
+    """Polls the daemon's /metrics on a thread: (wall time, events acknowledged so far)."""
+
+    def __init__(self, daemon: Daemon, period: float = 0.02) -> None:
+        self.daemon = daemon
+        self.period = period
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.time(), self.daemon.events_published()))
+            except OSError:
+                pass
+            self._stop.wait(self.period)
+
+    def when_reached(self, count: int) -> float | None:
+        for at, published in self.samples:
+            if published >= count:
+                return at
+        return None
+
+    def wait_for(self, count: int, timeout: float = 600) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            at = self.when_reached(count)
+            if at is not None:
+                return at
+            if self.daemon.process.poll() is not None:
+                raise RuntimeError("the daemon exited")
+            time.sleep(self.period)
+        raise RuntimeError(f"{count} events not acknowledged within {timeout}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- profiles -------------------------------------------------------------------------------------
+
+
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def start_profile(pid: int, out: Path, duration: float, rate: int = 250) -> subprocess.Popen[bytes]:
+    """py-spy attached to a running process (sampling; --nonblocking: it never pauses the process),
+    writing collapsed stacks to `out`."""
+    return subprocess.Popen(
+        [py_spy(), "record", "--pid", str(pid), "--duration", str(max(1, round(duration))), "--rate",
+         str(rate), "--nonblocking", "--format", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """Collapsed stacks ("f1;f2;f3 count") to the top functions by own samples and by inclusive samples."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        leaf = _frame(frames[-1])
+        if "select" in leaf and ("selectors" in frames[-1] or "epoll" in leaf):
+            idle += count
+        own[leaf] = own.get(leaf, 0) + count
+        for name in {_frame(f) for f in frames}:
+            inclusive[name] = inclusive.get(name, 0) + count
+
+    def table(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, round(100 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "idle_pct": round(100 * idle / max(total, 1), 1),
+            "own_pct": table(own), "inclusive_pct": table(inclusive)}
+
+
+def _frame(frame: str) -> str:
+    """`function (path/to/file.py:123)` -> `function (file.py)`; paths shortened to the package."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    file = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    return f"{name} ({file})"

@@ -1,0 +1,167 @@
+"""Per-account signed polls: the real daemon against the real sandbox and broker, and the floor.
+
+    .venv/bin/python bench/per_account.py --accounts 1000 10000 [100000] [--profile] [--out FILE]
+
+For each N: a sandbox with N accounts (balances move every --tick seconds, so every poll of a steady
+round sees a change and publishes an event: the heavy case), then
+  1. the floor: a bare loop of signed aiohttp GETs of the same N URLs, 64 in flight, signing in the
+     event loop, no parsing, no rules, no Kafka (and, for reference, signing on 2 threads);
+  2. the daemon (`python -m watcher run`), one Mastercard source with non_card_tokens = the N tokens,
+     max_concurrency 64, rate limit 10,000/s, the example rules; rounds back to back (interval 1s).
+     Round 1 sees every account for the first time; rounds 2.. are the steady state.
+Per round: calls / round duration (the round's log line: request, parse, compare, rules, state write
+into the outbox), the time until Kafka acknowledged the round's last event (/metrics,
+events_published_total, sampled every 20 ms), CPU seconds of the daemon per 1,000 polls (from
+/proc/PID/stat, sampled every 50 ms), and the daemon's peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    Daemon,
+    Env,
+    PublishedSampler,
+    account_urls,
+    dump,
+    free_port,
+    load_key,
+    log,
+    mastercard_source,
+    round_window,
+    signed_floor,
+    start_profile,
+    summarise_profile,
+    tokens,
+    write_config,
+)
+
+
+def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str, profile: bool,
+            floor_threads: bool = True) -> dict[str, Any]:
+    sandbox = env.sandbox(accounts, tick)
+    try:
+        names = tokens(accounts)
+        urls = account_urls(sandbox, names)
+        key = load_key(env)
+        log(f"N={accounts}: floor (signed, 64 in flight, signing in the event loop)")
+        floor = asyncio.run(signed_floor(urls, key))
+        floor_threads_result = None
+        if floor_threads:
+            log(f"N={accounts}: floor with signing on 2 threads")
+            floor_threads_result = asyncio.run(signed_floor(urls, key, sign_in_threads=2))
+        folder = env.folder(f"per-account-{accounts}")
+        port = free_port()
+        config, _topics = write_config(
+            folder, env,
+            mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64),
+            log_level=log_level, metrics_port=port,
+        )
+        log(f"N={accounts}: daemon, {rounds} rounds")
+        daemon = Daemon(config, metrics_port=port)
+        try:
+            published = None
+            profiler = None
+            prof_path = folder / "profile.txt"
+            while True:
+                try:
+                    daemon.events_published()
+                    break
+                except OSError:
+                    if daemon.process.poll() is not None:
+                        raise RuntimeError(f"daemon exited: {daemon.lines()[-5:]}") from None
+                    time.sleep(0.05)
+            published = PublishedSampler(daemon)
+            lines = daemon.wait_for_rounds(1, timeout=3600)
+            if profile:
+                # The steady rounds: from now for about one round's duration.
+                duration = float(lines[0]["duration_ms"]) / 1000
+                profiler = start_profile(daemon.pid, prof_path, max(5.0, duration))
+            lines = daemon.wait_for_rounds(rounds, timeout=3600)[:rounds]
+            total_events = sum(int(line["events"]) for line in lines)
+            last_ack = published.wait_for(total_events, timeout=3600)
+            if profiler is not None:
+                profiler.wait(timeout=600)
+            peak_rss = daemon.peak_rss_mib()
+            per_round = []
+            cumulative = 0
+            for line in lines:
+                start, end = round_window(line)
+                cumulative += int(line["events"])
+                acked = published.when_reached(cumulative) or last_ack
+                calls = int(line["calls"])
+                cpu = daemon.sampler.cpu_between(start, end)
+                per_round.append({
+                    "calls": calls,
+                    "outcomes": line["outcomes"],
+                    "events": int(line["events"]),
+                    "round_s": round(end - start, 3),
+                    "polls_per_s": round(calls / (end - start), 1),
+                    "acked_after_round_end_s": round(max(0.0, acked - end), 3),
+                    "polls_per_s_to_last_ack": round(calls / (max(acked, end) - start), 1),
+                    "cpu_s_per_1000_polls": round(1000 * cpu / calls, 3),
+                })
+            steady = per_round[1:] or per_round
+            best = max(r["polls_per_s"] for r in steady)
+            mean = sum(r["polls_per_s"] for r in steady) / len(steady)
+            result: dict[str, Any] = {
+                "accounts": accounts,
+                "tick_s": tick,
+                "log_level": log_level,
+                "floor": floor,
+                "floor_sign_2_threads": floor_threads_result,
+                "rounds": per_round,
+                "steady_polls_per_s": round(mean, 1),
+                "steady_polls_per_s_best": best,
+                "first_sight_polls_per_s": per_round[0]["polls_per_s"],
+                "ratio_to_floor": round(mean / floor["per_s"], 3),
+                "cpu_s_per_1000_polls": round(sum(r["cpu_s_per_1000_polls"] for r in steady) / len(steady), 3),
+                "floor_cpu_s_per_1000_calls": round(1000 * floor["cpu_s"] / floor["calls"], 3),
+                "peak_rss_mib": round(peak_rss, 1),
+            }
+            if profiler is not None and prof_path.exists():
+                result["profile"] = summarise_profile(prof_path)
+                result["profile_file"] = str(prof_path)
+        finally:
+            if published is not None:
+                published.stop()
+            daemon.stop()
+        return result
+    finally:
+        sandbox.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accounts", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per N (the first is first sight)")
+    parser.add_argument("--tick", type=float, default=1.0, help="sandbox seconds between balance moves")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--profile", action="store_true", help="py-spy the steady rounds")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with Env.start() as env:
+        results = [
+            measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level, profile=args.profile)
+            for n in args.accounts
+        ]
+    dump({"per_account": results}, args.out)
+    for r in results:
+        print(f"N={r['accounts']:>7}: daemon {r['steady_polls_per_s']:>7.1f} polls/s (first sight "
+              f"{r['first_sight_polls_per_s']:.1f}), floor {r['floor']['per_s']:.1f}/s, ratio "
+              f"{r['ratio_to_floor']:.2f}, {r['cpu_s_per_1000_polls']:.2f} CPU s/1000 polls, "
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
