@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import shutil
 import signal
@@ -95,9 +96,15 @@ def proc_status(pid: int) -> dict[str, int]:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 class CpuSampler:
@@ -306,7 +313,7 @@ def write_config(
 ) -> tuple[Path, list[str]]:
     """config.toml (and a copy of the rules) in `folder`; returns it and the two topics."""
     shutil.copy(rules, folder / "rules.toml")
-    prefix = topic_prefix or folder.name
+    prefix = re.sub(r"[^A-Za-z0-9._-]", "_", topic_prefix or folder.name)
     topics = [f"{prefix}-changes", f"{prefix}-alerts"]
     metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
     config = folder / "config.toml"
@@ -340,14 +347,17 @@ def parse_log_time(stamp: str) -> float:
 class Daemon:
     """`python -m watcher run -c CONFIG` as its own process; its JSON log lines read from a file."""
 
-    def __init__(self, config: Path, *, metrics_port: int | None = None, command: str = "run") -> None:
+    def __init__(self, config: Path, *, metrics_port: int | None = None, command: str = "run",
+                 patches: Sequence[str] = ()) -> None:
         self.config = config
         self.metrics_port = metrics_port
         self.log_path = config.parent / f"daemon-{command}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.started_at = time.time()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "watcher", command, "-c", str(config)],
+            [sys.executable, "-m", "watcher", command, "-c", str(config)] if not patches else
+            [sys.executable, str(ROOT / "bench" / "patched_daemon.py"), ",".join(patches), command, "-c",
+             str(config)],
             stdout=self._log, stderr=self._log, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self._offset = 0
@@ -420,6 +430,10 @@ class Daemon:
         return cpu_seconds(self.pid)
 
     def stop(self) -> int | None:
+        try:
+            self.cpu_user_s, self.cpu_sys_s = cpu_split(self.pid)
+        except OSError:
+            pass
         self.sampler.stop()
         try:
             return stop_process(self.process, timeout=90)
@@ -572,7 +586,7 @@ def main_guard(fn: Callable[[], int]) -> None:
 class PublishedSampler:
     """Polls the daemon's /metrics on a thread: (wall time, events acknowledged so far)."""
 
-    def __init__(self, daemon: Daemon, period: float = 0.02) -> None:
+    def __init__(self, daemon: Daemon, period: float = 0.2) -> None:
         self.daemon = daemon
         self.period = period
         self.samples: list[tuple[float, int]] = []

@@ -11,7 +11,7 @@ round sees a change and publishes an event: the heavy case), then
      Round 1 sees every account for the first time; rounds 2.. are the steady state.
 Per round: calls / round duration (the round's log line: request, parse, compare, rules, state write
 into the outbox), the time until Kafka acknowledged the round's last event (/metrics,
-events_published_total, sampled every 20 ms), CPU seconds of the daemon per 1,000 polls (from
+events_published_total, sampled every 200 ms), CPU seconds of the daemon per 1,000 polls (from
 /proc/PID/stat, sampled every 50 ms), and the daemon's peak RSS (VmHWM).
 """
 
@@ -47,27 +47,29 @@ from common import (  # noqa: E402
 
 
 def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str, profile: bool,
-            floor_threads: bool = True) -> dict[str, Any]:
+            floor_threads: bool = True, patches: tuple[str, ...] = (), floor: dict[str, Any] | None = None,
+            ) -> dict[str, Any]:
     sandbox = env.sandbox(accounts, tick)
     try:
         names = tokens(accounts)
         urls = account_urls(sandbox, names)
         key = load_key(env)
-        log(f"N={accounts}: floor (signed, 64 in flight, signing in the event loop)")
-        floor = asyncio.run(signed_floor(urls, key))
+        if floor is None:
+            log(f"N={accounts}: floor (signed, 64 in flight, signing in the event loop)")
+            floor = asyncio.run(signed_floor(urls, key))
         floor_threads_result = None
         if floor_threads:
             log(f"N={accounts}: floor with signing on 2 threads")
             floor_threads_result = asyncio.run(signed_floor(urls, key, sign_in_threads=2))
-        folder = env.folder(f"per-account-{accounts}")
+        folder = env.folder(f"per-account-{accounts}" + ("-" + "+".join(patches) if patches else ""))
         port = free_port()
         config, _topics = write_config(
             folder, env,
             mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64),
             log_level=log_level, metrics_port=port,
         )
-        log(f"N={accounts}: daemon, {rounds} rounds")
-        daemon = Daemon(config, metrics_port=port)
+        log(f"N={accounts}: daemon, {rounds} rounds, patches: {', '.join(patches) or 'none'}")
+        daemon = Daemon(config, metrics_port=port, patches=patches)
         try:
             published = None
             profiler = None
@@ -115,6 +117,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             mean = sum(r["polls_per_s"] for r in steady) / len(steady)
             result: dict[str, Any] = {
                 "accounts": accounts,
+                "patches": list(patches),
                 "tick_s": tick,
                 "log_level": log_level,
                 "floor": floor,
@@ -135,6 +138,8 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             if published is not None:
                 published.stop()
             daemon.stop()
+        result["daemon_cpu_user_s"] = getattr(daemon, "cpu_user_s", None)
+        result["daemon_cpu_sys_s"] = getattr(daemon, "cpu_sys_s", None)
         return result
     finally:
         sandbox.stop()
@@ -147,16 +152,23 @@ def main() -> int:
     parser.add_argument("--tick", type=float, default=1.0, help="sandbox seconds between balance moves")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--profile", action="store_true", help="py-spy the steady rounds")
+    parser.add_argument("--patch", action="append", default=[],
+                        help="also run the daemon with these bench/patched_daemon.py patches "
+                             "(comma-separated; repeatable: one extra run each)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
-        results = [
-            measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level, profile=args.profile)
-            for n in args.accounts
-        ]
+        results = []
+        for n in args.accounts:
+            results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
+                                   profile=args.profile))
+            for patch in args.patch:
+                results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
+                                       profile=args.profile, floor_threads=False,
+                                       patches=tuple(patch.split(",")), floor=results[-1]["floor"]))
     dump({"per_account": results}, args.out)
     for r in results:
-        print(f"N={r['accounts']:>7}: daemon {r['steady_polls_per_s']:>7.1f} polls/s (first sight "
+        print(f"N={r['accounts']:>7} {'+'.join(r['patches']) or 'as is':<30}: daemon {r['steady_polls_per_s']:>7.1f} polls/s (first sight "
               f"{r['first_sight_polls_per_s']:.1f}), floor {r['floor']['per_s']:.1f}/s, ratio "
               f"{r['ratio_to_floor']:.2f}, {r['cpu_s_per_1000_polls']:.2f} CPU s/1000 polls, "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
