@@ -42,6 +42,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 RULES_FILE = ROOT / "rules.example.toml"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def log(*parts: object) -> None:
     print("[bench]", *parts, file=sys.stderr, flush=True)
 
@@ -221,6 +225,8 @@ class Env:
 
     @classmethod
     def start(cls, root: Path | None = None) -> Env:
+        # SIGTERM unwinds like Ctrl-C, so every process started here is stopped on the way out.
+        signal.signal(signal.SIGTERM, _interrupt)
         root = root or WORK / time.strftime("%Y%m%d-%H%M%S")
         if root.exists():
             shutil.rmtree(root)
@@ -348,7 +354,7 @@ class Daemon:
     """`python -m watcher run -c CONFIG` as its own process; its JSON log lines read from a file."""
 
     def __init__(self, config: Path, *, metrics_port: int | None = None, command: str = "run",
-                 patches: Sequence[str] = ()) -> None:
+                 patches: Sequence[str] = (), extra_env: dict[str, str] | None = None) -> None:
         self.config = config
         self.metrics_port = metrics_port
         self.log_path = config.parent / f"daemon-{command}.log"
@@ -358,7 +364,8 @@ class Daemon:
             [sys.executable, "-m", "watcher", command, "-c", str(config)] if not patches else
             [sys.executable, str(ROOT / "bench" / "patched_daemon.py"), ",".join(patches), command, "-c",
              str(config)],
-            stdout=self._log, stderr=self._log, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=self._log, stderr=self._log, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
         )
         self._offset = 0
         self._lines: list[dict[str, Any]] = []

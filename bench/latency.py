@@ -1,0 +1,132 @@
+"""Latency from the moment a response arrives to the Kafka acknowledgement of its events, p50 and p99.
+
+    .venv/bin/python bench/latency.py [--rates 250 500] [--seconds 20] [--patch P] [--out FILE]
+
+The daemon polls N = rate x seconds accounts one by one, its rate limit set to `rate` polls per second
+(max_requests_per_second), 64 in flight; the sandbox moves every balance each second, so every poll
+publishes a `balance.changed` event (and some alerts). Two rounds: first sight, then steady.
+
+Method. An event's `ce_time` is the observation time: the daemon's clock read right after the
+response body arrived, before it is parsed (watcher/sources/mastercard.py, `observed_at`). The end is
+the Kafka acknowledgement (acks=all) of that record:
+  ack      the daemon runs with bench/patched_daemon.py's `trace-latency` hook, which adds a callback to
+           the producer's per-record delivery future and writes `ce_id ce_time ack_time` for every
+           record; this changes nothing in the daemon's behaviour (one line written per record).
+  append   cross-check from outside: every record is read back from the broker, and its record
+           timestamp (CreateTime, stamped by the producer when the record is appended to its batch;
+           the broker keeps it) minus ce_time is the part up to the producer, without the broker's
+           round trip.
+Same host, same clock: no clock skew. Also reported: the polls per second actually reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    Daemon,
+    Env,
+    dump,
+    free_port,
+    log,
+    mastercard_source,
+    percentile,
+    read_topics,
+    round_window,
+    tokens,
+    write_config,
+)
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def stats_ms(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {"count": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p90_ms": round(percentile(ms, 90), 2),
+            "p99_ms": round(percentile(ms, 99), 2), "max_ms": round(max(ms), 2) if ms else float("nan")}
+
+
+def measure(env: Env, rate: int, seconds: float, patches: tuple[str, ...] = ()) -> dict[str, Any]:
+    accounts = max(100, int(rate * seconds))
+    sandbox = env.sandbox(accounts, 1.0)
+    try:
+        folder = env.folder(f"latency-{rate}" + ("-" + "+".join(patches) if patches else ""))
+        trace = folder / "latency.txt"
+        port = free_port()
+        source = mastercard_source(env, sandbox, accounts=tokens(accounts), interval="1s",
+                                   max_concurrency=64, max_requests_per_second=rate)
+        config, topics = write_config(folder, env, source, metrics_port=port)
+        log(f"latency at {rate} polls/s: {accounts} accounts, patches {patches or 'none'}")
+        daemon = Daemon(config, metrics_port=port, patches=("trace-latency", *patches),
+                        extra_env={"BENCH_LATENCY_FILE": str(trace)})
+        try:
+            lines = daemon.wait_for_rounds(2, timeout=1800)[:2]
+            total = sum(int(line["events"]) for line in lines)
+            daemon.wait_published(total, timeout=600, period=0.2)
+            peak = daemon.peak_rss_mib()
+        finally:
+            daemon.stop()
+        steady_start, steady_end = round_window(lines[1])
+        acks: list[float] = []
+        acks_steady: list[float] = []
+        for row in trace.read_text().splitlines():
+            _ce_id, ce_time, acked = row.split()
+            delta = float(acked) - _ts(ce_time)
+            acks.append(delta)
+            if _ts(ce_time) >= steady_start:
+                acks_steady.append(delta)
+        records = asyncio.run(read_topics(env.broker.bootstrap_servers, topics, expected=total))
+        appends = [r.timestamp_ms / 1000 - _ts(r.headers["ce_time"]) for r in records
+                   if _ts(r.headers["ce_time"]) >= steady_start]
+        achieved = [int(line["calls"]) / (round_window(line)[1] - round_window(line)[0]) for line in lines]
+        return {
+            "rate_asked": rate,
+            "accounts": accounts,
+            "patches": list(patches),
+            "polls_per_s_reached": [round(a, 1) for a in achieved],
+            "events": total,
+            "records_read_back": len(records),
+            "ack_all_rounds": stats_ms(acks),
+            "ack_steady_round": stats_ms(acks_steady),
+            "producer_append_steady_round": stats_ms(appends),
+            "timestamp_types": sorted({r.timestamp_type for r in records}),
+            "peak_rss_mib": round(peak, 1),
+            "steady_window": [steady_start, steady_end],
+        }
+    finally:
+        sandbox.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", type=int, nargs="+", default=[250, 500])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of one round")
+    parser.add_argument("--patch", action="append", default=[], help="also run with these patches")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with Env.start() as env:
+        results = []
+        for rate in args.rates:
+            results.append(measure(env, rate, args.seconds))
+            for patch in args.patch:
+                results.append(measure(env, rate, args.seconds, tuple(patch.split(","))))
+    dump({"latency": results}, args.out)
+    for r in results:
+        a = r["ack_steady_round"]
+        print(f"{r['rate_asked']:>5}/s asked {'+'.join(r['patches']) or 'as is':<30} reached "
+              f"{r['polls_per_s_reached']}: response->ack p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms "
+              f"(to producer append p99 {r['producer_append_steady_round']['p99_ms']} ms)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
