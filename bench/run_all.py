@@ -1,0 +1,192 @@
+"""Every benchmark, one after another (never two at once: they share two cores), then
+bench/results.json, bench/results.png and a table of the figures against the targets of issue 6.
+
+    .venv/bin/python bench/run_all.py            # 1,000 and 10,000 accounts; listing of 100,000 (~20 min)
+    .venv/bin/python bench/run_all.py --full     # per-account polls of 100,000 accounts too (+~15 min)
+    .venv/bin/python bench/run_all.py --quick    # 1,000 accounts, listing of 20,000: a smoke run
+    .venv/bin/python bench/run_all.py --report   # only redraw the chart and table from results.json
+
+Each script runs as its own process with its own broker and sandbox; their JSON lands in bench/.work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results.json"
+CHART = BENCH / "results.png"
+OUT = BENCH / ".work" / "json"
+# The patches of bench/patched_daemon.py measured as experiments, one at a time and together.
+EXPERIMENTS = ["sign-threads", "sync-normal", "unlocked", "sign-threads,sync-normal,unlocked"]
+
+
+def run(script: str, *args: str) -> dict[str, Any]:
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / f"{script.removesuffix('.py')}-{time.strftime('%H%M%S')}.json"
+    command = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
+    print("$", " ".join(command), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    counts = ["1000"] if args.quick else ["1000", "10000"] + (["100000"] if args.full else [])
+    listing_accounts = "20000" if args.quick else "100000"
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
+    results.update(run("per_account.py", "--accounts", *counts, "--profile"))
+    if not args.no_experiments:
+        experiments = run("per_account.py", "--accounts", "1000", *[a for p in EXPERIMENTS
+                                                                    for a in ("--patch", p)])
+        results["experiments"] = experiments["per_account"]
+    results.update(run("listing.py", "--accounts", listing_accounts, "--profile"))
+    results.update(run("latency.py", "--rates", "250", "500", "--patch", "sign-threads,sync-normal,unlocked"))
+    results.update(run("naive.py", "--patch", "sign-threads,sync-normal,unlocked"))
+    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+def machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+
+
+def chart(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 5))
+    per = [r for r in results.get("per_account", []) if not r.get("patches")]
+    xs = [r["accounts"] for r in per]
+    ax1.plot(xs, [r["floor"]["per_s"] for r in per], "k--o", label="floor: bare signed GETs")
+    ax1.plot(xs, [r["steady_polls_per_s"] for r in per], "b-o", label="daemon, steady rounds")
+    ax1.plot(xs, [r["first_sight_polls_per_s"] for r in per], "c-o", label="daemon, first sight")
+    best = [r for r in results.get("experiments", []) if len(r.get("patches", [])) > 1]
+    if best:
+        ax1.plot([r["accounts"] for r in best], [r["steady_polls_per_s"] for r in best], "g*", markersize=12,
+                 label="daemon + " + "+".join(best[0]["patches"]))
+    ax1.axhline(2000, color="r", linestyle=":", label="target 2,000/s")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("accounts (per-account polls)")
+    ax1.set_ylabel("polls per second")
+    ax1.set_title("Per-account signed polls")
+    ax1.legend(fontsize=8)
+
+    lat = results.get("latency", [])
+    for patches, style in (([], "b"), (["sign-threads", "sync-normal", "unlocked"], "g")):
+        rows = [r for r in lat if r.get("patches", []) == patches]
+        if rows:
+            label = "+".join(patches) or "as is"
+            xs2 = [r["accounts"] for r in rows]
+            ax2.plot(xs2, [r["ack_steady_round"]["p50_ms"] for r in rows], f"{style}-o", label=f"p50 {label}")
+            ax2.plot(xs2, [r["ack_steady_round"]["p99_ms"] for r in rows], f"{style}--s", label=f"p99 {label}")
+            for r in rows:
+                ax2.annotate(f"{r['rate_asked']}/s asked", (r["accounts"], r["ack_steady_round"]["p99_ms"]),
+                             fontsize=7)
+    ax2.axhline(50, color="r", linestyle=":", label="target p99 50 ms")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("accounts (rate x 20 s)")
+    ax2.set_ylabel("response -> Kafka ack, ms")
+    ax2.set_title("Latency")
+    ax2.legend(fontsize=8)
+
+    listing = results.get("listing", [])
+    labels = [r["format"] for r in listing]
+    first = [r["first_sight"]["to_last_ack_s"] for r in listing]
+    steady = [r["steady_round_s"] for r in listing]
+    processing = [r["steady_processing_s"] for r in listing]
+    pos = range(len(labels))
+    ax3.bar([p - 0.27 for p in pos], first, 0.27, label="first sight, to last ack")
+    ax3.bar(list(pos), steady, 0.27, label="steady round (with fetch)")
+    ax3.bar([p + 0.27 for p in pos], processing, 0.27, label="steady: parse+compare+evaluate")
+    ax3.axhline(20, color="r", linestyle=":", label="target first sight 20 s")
+    ax3.axhline(3, color="m", linestyle=":", label="target steady 3 s")
+    ax3.set_xticks(list(pos), labels)
+    ax3.set_ylabel("seconds")
+    n = listing[0]["accounts"] if listing else 0
+    ax3.set_title(f"Partner-wide listing of {n:,} accounts")
+    ax3.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(CHART, dpi=100)
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(what: str, figure: str, target: str, met: bool | None) -> None:
+        rows.append((what, figure, target, "yes" if met else "no" if met is not None else "-"))
+
+    for r in results.get("per_account", []):
+        if r.get("patches"):
+            continue
+        n = f"{r['accounts']:,}"
+        add(f"per-account polls/s, N={n}", f"{r['steady_polls_per_s']:.0f} (first sight "
+            f"{r['first_sight_polls_per_s']:.0f})", ">= 2,000", r["steady_polls_per_s"] >= 2000)
+        add(f"  floor (signed GETs), N={n}", f"{r['floor']['per_s']:.0f}", "", None)
+        add(f"  daemon / floor, N={n}", f"{r['ratio_to_floor']:.2f}", ">= 1.0", r["ratio_to_floor"] >= 1.0)
+        add(f"  CPU s per 1,000 polls, N={n}", f"{r['cpu_s_per_1000_polls']:.2f} (floor "
+            f"{r['floor_cpu_s_per_1000_calls']:.2f})", "", None)
+        add(f"  peak RSS, N={n}", f"{r['peak_rss_mib']:.0f} MiB", "< 200 MiB at 100,000",
+            r["peak_rss_mib"] < 200 if r["accounts"] >= 100_000 else None)
+    for r in results.get("experiments", []):
+        if r.get("patches"):
+            add(f"  experiment N={r['accounts']:,} +{'+'.join(r['patches'])}",
+                f"{r['steady_polls_per_s']:.0f}/s, {r['ratio_to_floor']:.2f}x floor", "", None)
+    for r in results.get("listing", []):
+        add(f"listing {r['format']} {r['accounts']:,}: steady", f"{r['steady_round_s']:.2f} s (fetch "
+            f"{r['fetch_s']:.2f}, processing {r['steady_processing_s']:.2f})", "< 3 s",
+            r["steady_processing_s"] < 3)
+        add(f"listing {r['format']} {r['accounts']:,}: first sight", f"{r['first_sight']['to_last_ack_s']:.2f} s "
+            f"to last ack", "< 20 s", r["first_sight"]["to_last_ack_s"] < 20)
+        add(f"listing {r['format']} {r['accounts']:,}: peak RSS", f"{r['peak_rss_mib']:.0f} MiB", "< 200 MiB",
+            r["peak_rss_mib"] < 200)
+    for r in results.get("latency", []):
+        a = r["ack_steady_round"]
+        label = "+".join(r["patches"]) or "as is"
+        add(f"latency at {r['rate_asked']}/s asked ({label})",
+            f"p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms (reached "
+            f"{'/'.join(str(round(x)) for x in r['polls_per_s_reached'])}/s)", "p99 < 50 ms at 500/s",
+            a["p99_ms"] < 50 and min(r["polls_per_s_reached"]) >= 475 if r["rate_asked"] == 500 else None)
+    for r in results.get("naive", []):
+        label = "+".join(r["patches"]) or "as is"
+        add(f"vs naive, {r['latency_s'] * 1000:.0f} ms latency ({label})",
+            f"{r['ratio']:.1f}x ({r['daemon_polls_per_s']:.0f} vs {r['naive']['polls_per_s']:.1f}/s)", ">= 20x",
+            r["ratio"] >= 20)
+    widths = [max(len(row[i]) for row in rows + [("what", "measured", "target", "met")]) for i in range(4)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(("what", "measured", "target", "met"), widths, strict=True))]
+    lines.append("-|-".join("-" * w for w in widths))
+    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--no-experiments", action="store_true", help="skip the patched-daemon experiments")
+    parser.add_argument("--report", action="store_true", help="redraw from bench/results.json only")
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if args.report else collect(args)
+    chart(results)
+    print(table(results))
+    print(f"\nresults: {RESULTS}\nchart:   {CHART}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
