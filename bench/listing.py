@@ -59,9 +59,15 @@ def fetch_time(sandbox: Sandbox, env: Env, fmt: str, times: int = 3) -> float:
     return min(seconds)
 
 
-def changes_for(accounts: int, round_no: int) -> list[tuple[str, str]]:
-    """1 % of the accounts: every 100th (index % 5 == 0: "Main prefunding", about 24,000 GBP)."""
-    return [(token(i), f"{24000 + round_no * 7 + (i % 97) / 100:.2f}") for i in range(0, accounts, 100)]
+_generation = 0
+
+
+def changes_for(accounts: int) -> list[tuple[str, str]]:
+    """1 % of the accounts: every 100th (index % 5 == 0: "Main prefunding", about 24,000 GBP), each time
+    to amounts not used before."""
+    global _generation
+    _generation += 1
+    return [(token(i), f"{24000 + _generation * 7 + (i % 97) / 100:.2f}") for i in range(0, accounts, 100)]
 
 
 def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: float, rounds: int,
@@ -86,6 +92,9 @@ def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: fl
                 time.sleep(0.05)
         published = PublishedSampler(daemon)
         first = daemon.wait_for_rounds(1, timeout=1800)[0]
+        # The next round's changes go in at once, well before its start (--interval is long enough).
+        changed = changes_for(accounts)
+        asyncio.run(sandbox.set_balances(changed))
         start, end = round_window(first)
         acked = published.wait_for(int(first["events"]), timeout=1800)
         result: dict[str, Any] = {
@@ -108,16 +117,18 @@ def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: fl
         prof_path = folder / "profile.txt"
         cumulative = int(first["events"])
         for round_no in range(2, rounds + 1):
-            changed = changes_for(accounts, round_no)
-            asyncio.run(sandbox.set_balances(changed))
             if profile and profiler is None:
-                profiler = start_profile(daemon.pid, prof_path, interval + 10)
+                profiler = start_profile(daemon.pid, prof_path, interval)
             line = daemon.wait_for_rounds(round_no, timeout=1800)[round_no - 1]
+            now_changed = len(changed)
+            if round_no < rounds:
+                changed = changes_for(accounts)
+                asyncio.run(sandbox.set_balances(changed))
             start, end = round_window(line)
             cumulative += int(line["events"])
             acked = published.wait_for(cumulative, timeout=600)
             steady.append({
-                "changed": len(changed),
+                "changed": now_changed,
                 "events": int(line["events"]),
                 "round_s": round(end - start, 3),
                 "processing_s": round(end - start - fetch_s, 3),
@@ -145,7 +156,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--formats", nargs="+", default=["json", "xml"])
-    parser.add_argument("--interval", type=float, default=25.0, help="seconds between the daemon's rounds")
+    parser.add_argument("--interval", type=float, default=45.0,
+                        help="seconds between the daemon's rounds: more than a first-sight round takes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per format, the first is first sight")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--patch", default="listing-limit",
