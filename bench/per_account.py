@@ -9,9 +9,10 @@ round sees a change and publishes an event: the heavy case), then
   2. the daemon (`python -m watcher run`), one Mastercard source with non_card_tokens = the N tokens,
      max_concurrency 64, rate limit 10,000/s, the example rules; rounds back to back (interval 1s).
      Round 1 sees every account for the first time; rounds 2.. are the steady state.
-Per round (acked_after_round_end_s is approximate: the alert clock's own events count too): calls / round duration (the round's log line: request, parse, compare, rules, state write
+Per round: calls / round duration (the round's log line: request, parse, compare, rules, state write
 into the outbox), the time until Kafka acknowledged the round's last event (/metrics,
-events_published_total, sampled every 200 ms), CPU seconds of the daemon per 1,000 polls (from
+events_published_total, sampled every 200 ms; approximate, as the alert clock's own events count
+there too), CPU seconds of the daemon per 1,000 polls (from
 /proc/PID/stat, sampled every 50 ms), and the daemon's peak RSS (VmHWM).
 """
 
