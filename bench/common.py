@@ -10,9 +10,11 @@ Processes are started with their own process ids and stopped by those ids only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,7 +153,7 @@ class CpuSampler:
             return 0.0
         if wall <= s[0][0]:
             return s[0][1]
-        for (t0, c0), (t1, c1) in zip(s, s[1:], strict=False):
+        for (t0, c0), (t1, c1) in itertools.pairwise(s):
             if t0 <= wall <= t1:
                 return c0 + (c1 - c0) * (wall - t0) / (t1 - t0 or 1)
         return s[-1][1]
@@ -437,10 +439,8 @@ class Daemon:
         return cpu_seconds(self.pid)
 
     def stop(self) -> int | None:
-        try:
+        with contextlib.suppress(OSError):
             self.cpu_user_s, self.cpu_sys_s = cpu_split(self.pid)
-        except OSError:
-            pass
         self.sampler.stop()
         try:
             return stop_process(self.process, timeout=90)
@@ -467,8 +467,10 @@ class KafkaRecord:
     timestamp_type: int  # 0 CreateTime, 1 LogAppendTime
 
 
-async def read_topics(bootstrap: str, topics: Sequence[str], expected: int | None = None,
-                      idle: float = 2.0, timeout: float = 300) -> list[KafkaRecord]:
+async def read_topics(
+    bootstrap: str, topics: Sequence[str], expected: int | None = None, idle: float = 2.0,
+    give_up_s: float = 300,
+) -> list[KafkaRecord]:
     """Every record of the topics from the beginning: until `expected` arrived (then `idle` more
     seconds of quiet is not waited for), or until none arrives for `idle` seconds."""
     from aiokafka import AIOKafkaConsumer
@@ -482,7 +484,7 @@ async def read_topics(bootstrap: str, topics: Sequence[str], expected: int | Non
     started = time.monotonic()
     try:
         quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < idle and time.monotonic() - started < timeout:
+        while time.monotonic() - quiet_since < idle and time.monotonic() - started < give_up_s:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for batch in batches.values():
                 for r in batch:
@@ -519,9 +521,9 @@ async def signed_floor(
     """GET every URL once, `concurrency` in flight, each OAuth1-signed with Mastercard's signer in the
     event loop (or on `sign_in_threads` threads); the body is read and dropped. No parsing, no rules, no
     Kafka. Returns calls/s, CPU seconds of this process and the non-200 count."""
-    import aiohttp
     from concurrent.futures import ThreadPoolExecutor
 
+    import aiohttp
     from yarl import URL
 
     from watcher.signing import authorization_header
@@ -603,10 +605,8 @@ class PublishedSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 self.samples.append((time.time(), self.daemon.events_published()))
-            except OSError:
-                pass
             self._stop.wait(self.period)
 
     def when_reached(self, count: int) -> float | None:

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     Daemon,
     Env,
     dump,
@@ -107,7 +107,9 @@ def measure(env: Env, rate: int, seconds: float, patches: tuple[str, ...] = ()) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rates", type=int, nargs="+", default=[250, 500])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of one round")
     parser.add_argument("--patch", action="append", default=[], help="also run with these patches")

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     Daemon,
     Env,
     PublishedSampler,
@@ -150,7 +150,9 @@ def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--formats", nargs="+", default=["json", "xml"])
     parser.add_argument("--interval", type=float, default=45.0,

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     CONSUMER_KEY,
     Daemon,
     Env,
@@ -102,7 +102,8 @@ def naive_script(urls: list[str], key: Any, bootstrap: str, topic: str) -> dict[
     cpu = time.process_time() - cpu0
     producer.close()
     return {"polls": len(urls), "events": events, "seconds": round(elapsed, 3),
-            "polls_per_s": round(len(urls) / elapsed, 2), "cpu_s_per_1000_polls": round(1000 * cpu / len(urls), 3)}
+            "polls_per_s": round(len(urls) / elapsed, 2),
+            "cpu_s_per_1000_polls": round(1000 * cpu / len(urls), 3)}
 
 
 def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds: int = 3,
@@ -148,7 +149,9 @@ def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, default=1000, help="accounts the daemon polls")
     parser.add_argument("--naive-accounts", type=int, default=300, help="accounts the script polls")
     parser.add_argument("--latency", type=float, default=0.02)

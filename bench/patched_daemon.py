@@ -126,8 +126,13 @@ def patch_listing_limit() -> None:
     mastercard._LISTING_BODY_LIMIT = 512 * 1024 * 1024
 
 
-PATCHES = {"listing-limit": patch_listing_limit, "sign-threads": patch_sign_threads, "sync-normal": patch_sync_normal, "unlocked": patch_unlocked,
-           "trace-latency": patch_trace_latency}
+PATCHES = {
+    "listing-limit": patch_listing_limit,
+    "sign-threads": patch_sign_threads,
+    "sync-normal": patch_sync_normal,
+    "unlocked": patch_unlocked,
+    "trace-latency": patch_trace_latency,
+}
 
 
 def main() -> int:

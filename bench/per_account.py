@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     Daemon,
     Env,
     PublishedSampler,
@@ -128,7 +127,9 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                 "steady_polls_per_s_best": best,
                 "first_sight_polls_per_s": per_round[0]["polls_per_s"],
                 "ratio_to_floor": round(mean / floor["per_s"], 3),
-                "cpu_s_per_1000_polls": round(sum(r["cpu_s_per_1000_polls"] for r in steady) / len(steady), 3),
+                "cpu_s_per_1000_polls": round(
+                    sum(r["cpu_s_per_1000_polls"] for r in steady) / len(steady), 3
+                ),
                 "floor_cpu_s_per_1000_calls": round(1000 * floor["cpu_s"] / floor["calls"], 3),
                 "peak_rss_mib": round(peak_rss, 1),
             }
@@ -147,7 +148,9 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per N (the first is first sight)")
     parser.add_argument("--tick", type=float, default=1.0, help="sandbox seconds between balance moves")
@@ -169,7 +172,9 @@ def main() -> int:
                                        patches=tuple(patch.split(",")), floor=results[-1]["floor"]))
     dump({"per_account": results}, args.out)
     for r in results:
-        print(f"N={r['accounts']:>7} {'+'.join(r['patches']) or 'as is':<30}: daemon {r['steady_polls_per_s']:>7.1f} polls/s (first sight "
+        label = "+".join(r["patches"]) or "as is"
+        print(f"N={r['accounts']:>7} {label:<30}: daemon {r['steady_polls_per_s']:>7.1f} polls/s "
+              f"(first sight "
               f"{r['first_sight_polls_per_s']:.1f}), floor {r['floor']['per_s']:.1f}/s, ratio "
               f"{r['ratio_to_floor']:.2f}, {r['cpu_s_per_1000_polls']:.2f} CPU s/1000 polls, "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)

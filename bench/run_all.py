@@ -12,6 +12,7 @@ Each script runs as its own process with its own broker and sandbox; their JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -57,10 +58,8 @@ def machine() -> dict[str, Any]:
     import platform
 
     model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version()}
 
 
@@ -94,7 +93,8 @@ def chart(results: dict[str, Any]) -> None:
             label = "+".join(patches) or "as is"
             xs2 = [r["accounts"] for r in rows]
             ax2.plot(xs2, [r["ack_steady_round"]["p50_ms"] for r in rows], f"{style}-o", label=f"p50 {label}")
-            ax2.plot(xs2, [r["ack_steady_round"]["p99_ms"] for r in rows], f"{style}--s", label=f"p99 {label}")
+            ax2.plot(xs2, [r["ack_steady_round"]["p99_ms"] for r in rows], f"{style}--s",
+                     label=f"p99 {label}")
             for r in rows:
                 ax2.annotate(f"{r['rate_asked']}/s asked", (r["accounts"], r["ack_steady_round"]["p99_ms"]),
                              fontsize=7)
@@ -151,8 +151,9 @@ def table(results: dict[str, Any]) -> str:
         add(f"listing {r['format']} {r['accounts']:,}: steady", f"{r['steady_round_s']:.2f} s (fetch "
             f"{r['fetch_s']:.2f}, processing {r['steady_processing_s']:.2f})", "< 3 s",
             r["steady_processing_s"] < 3)
-        add(f"listing {r['format']} {r['accounts']:,}: first sight", f"{r['first_sight']['to_last_ack_s']:.2f} s "
-            f"to last ack", "< 20 s", r["first_sight"]["to_last_ack_s"] < 20)
+        add(f"listing {r['format']} {r['accounts']:,}: first sight",
+            f"{r['first_sight']['to_last_ack_s']:.2f} s to last ack", "< 20 s",
+            r["first_sight"]["to_last_ack_s"] < 20)
         add(f"listing {r['format']} {r['accounts']:,}: peak RSS", f"{r['peak_rss_mib']:.0f} MiB", "< 200 MiB",
             r["peak_rss_mib"] < 200)
     for r in results.get("latency", []):
@@ -165,17 +166,20 @@ def table(results: dict[str, Any]) -> str:
     for r in results.get("naive", []):
         label = "+".join(r["patches"]) or "as is"
         add(f"vs naive, {r['latency_s'] * 1000:.0f} ms latency ({label})",
-            f"{r['ratio']:.1f}x ({r['daemon_polls_per_s']:.0f} vs {r['naive']['polls_per_s']:.1f}/s)", ">= 20x",
-            r["ratio"] >= 20)
-    widths = [max(len(row[i]) for row in rows + [("what", "measured", "target", "met")]) for i in range(4)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(("what", "measured", "target", "met"), widths, strict=True))]
+            f"{r['ratio']:.1f}x ({r['daemon_polls_per_s']:.0f} vs {r['naive']['polls_per_s']:.1f}/s)",
+            ">= 20x", r["ratio"] >= 20)
+    widths = [max(len(row[i]) for row in [*rows, ("what", "measured", "target", "met")]) for i in range(4)]
+    header = ("what", "measured", "target", "met")
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("-|-".join("-" * w for w in widths))
     lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--no-experiments", action="store_true", help="skip the patched-daemon experiments")
