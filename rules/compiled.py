@@ -14,14 +14,17 @@ from decimal import Decimal
 from fnmatch import translate
 from typing import overload
 
-from rules.conditions import Predicate, judge_of
+from rules.conditions import History, Predicate, judge_of
 from rules.model import CONDITIONS, UNBOUNDED, Rule
 from rules.schedule import is_muted
-from rules.types import WHOLE_SOURCE, AlertState, BalanceKey, subject_key
+from rules.types import IN_DEBIT, WHOLE_SOURCE, AlertState, Balance, BalanceKey, subject_key
 
 # Past this many distinct keys a per-key cache starts over, so a churn of accounts cannot grow it forever.
 _KEY_CACHE_LIMIT = 500_000
 _GLOB_SPECIALS = frozenset("*?[")
+# The stored last success of a poll subject may lag the true one by up to this fraction of the
+# shortest `after` of the stale rules (rules.staleness.assess_poll).
+FRESHNESS_FRACTION = 10
 
 
 def fingerprint(rule_name: str, key: BalanceKey) -> str:
@@ -107,6 +110,11 @@ class KeyWatch:
     quiet_low: Decimal
     quiet_high: Decimal
     others: tuple[Watch, ...]
+    # For `CompiledRules.quiet_when_unchanged`: the Mastercard states at which a `state` rule is
+    # breached, and the longest window of the `drop` rules (None without any). `change` rules need
+    # nothing: an unchanged balance has moved by zero, and their min_change is positive.
+    breach_states: frozenset[str | None] = frozenset()
+    drop_window: timedelta | None = None
 
     @classmethod
     def of(cls, rules: Sequence[CompiledRule]) -> KeyWatch:
@@ -117,7 +125,17 @@ class KeyWatch:
                 low, high = max(low, compiled.quiet[0]), min(high, compiled.quiet[1])
         watches = tuple((c.rule, c.breached, c.cleared) for c in rules)
         others = tuple(w for w, c in zip(watches, rules, strict=True) if c.quiet is None)
-        return cls(watches, frozenset(c.rule.name for c in rules), low, high, others)
+        states = frozenset(c.rule.state for c in rules if c.rule.kind == "state")
+        windows = [c.rule.window for c in rules if c.rule.kind == "drop" and c.rule.window is not None]
+        return cls(
+            watches,
+            frozenset(c.rule.name for c in rules),
+            low,
+            high,
+            others,
+            states,
+            max(windows) if windows else None,
+        )
 
 
 # A look-up of the firing (or any) state of a rule on a key, as the caller keeps them.
@@ -195,9 +213,19 @@ class CompiledRules(Sequence[Rule]):
         self.history_window: timedelta | None = max(windows) if windows else None
         self._order = {rule.name: index for index, rule in enumerate(self._rules)}
         self.stale_names = frozenset(c.rule.name for c in self._stale_rules)
+        # The rules judged on balances: only their active alerts can move on an observation.
+        self.balance_names = frozenset(rule.name for rule in self._rules if rule.watches_balances)
         # Below this long without an answer, no subject is stale (revocations aside).
         self.shortest_stale_after: timedelta | None = min(
             (c.rule.after for c in self._stale_rules if c.rule.after is not None), default=None
+        )
+        # How stale a stored last success may be allowed to get while a subject keeps answering: a
+        # success this soon after the stored one, with nothing else new, is not stored (see
+        # rules.staleness.assess_poll). A tenth of the shortest `after`; zero without stale rules.
+        self.freshness_resolution: timedelta = (
+            self.shortest_stale_after / FRESHNESS_FRACTION
+            if self.shortest_stale_after is not None
+            else timedelta(0)
         )
         # Per key, which rules watch it; the values are shared between keys (one per set of rules).
         self._watches: dict[tuple[str, str, str, str], KeyWatch] = {}
@@ -252,6 +280,27 @@ class CompiledRules(Sequence[Rule]):
                 self._shared_watches[in_scope] = found
             self._watches[cache_key] = found
         return found
+
+    def quiet_when_unchanged(self, key: BalanceKey, balance: Balance, history: History, at: datetime) -> bool:
+        """True when no rule watching the key is breached by `balance` observed again, unchanged, at `at`
+        with the key's drop `history` as stored with it (alert states aside: see
+        rules.engine.quiet_when_unchanged). Exact for `below` / `above` (the quiet range) and `state`
+        (the breaching states): their verdict is a function of the balance; and for `change`: an
+        unchanged balance moved by zero, and min_change is positive. Conservative for `drop`: False
+        whenever an amount of the history higher than the balance is still inside the longest window,
+        whether or not the fall meets the rule. One call on the engine's fast path, so the watch's
+        look-up is written out here."""
+        currency = balance.currency
+        watch = self._watches.get((key.source, key.account, key.balance_type, currency))
+        if watch is None:
+            watch = self.watching(key, currency)
+        amount = -balance.amount if balance.state == IN_DEBIT else balance.amount
+        if not watch.quiet_low <= amount <= watch.quiet_high or balance.state in watch.breach_states:
+            return False
+        window = watch.drop_window
+        # The history falls in amount and rises in time: its first amount is its highest, its last
+        # entry the latest to leave a window. Either bound alone puts every window's peak at `amount`.
+        return window is None or not history or history[0][1] <= amount or history[-1][0] <= at - window
 
     def stale_watching(self, subject: BalanceKey) -> tuple[Rule, ...]:
         """The `stale` rules watching a poll subject (an account, or a whole source), in rule order."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from rules.annotations import render_annotations
 from rules.compiled import CompiledRule, CompiledRules, KeyWatch, compile_rules, fingerprint
 from rules.conditions import History, Reading, remember
 from rules.lifecycle import AlertTransition, Settled, TransitionStatus, settle, step
 from rules.model import Rule
-from rules.types import AlertState, BalanceKey, KnownBalance, Observation
+from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey, KnownBalance, Observation
 
 __all__ = [
     "AlertTransition",
@@ -28,9 +29,11 @@ __all__ = [
     "KeyWatch",
     "TransitionStatus",
     "assess",
+    "assess_in_full",
     "compile_rules",
     "fingerprint",
     "order_settled",
+    "quiet_when_unchanged",
 ]
 
 _STATUS_ORDER: Mapping[str | None, int] = {"resolved": 0, "firing": 1, "repeat": 2, None: 3}
@@ -180,6 +183,57 @@ def _transition(
     return AlertTransition(status, rule, state, observation, observation.observed_at, balance, annotations)
 
 
+def quiet_when_unchanged(
+    key: BalanceKey,
+    known: KnownBalance,
+    at: datetime,
+    rules: Sequence[Rule],
+    alerts: Mapping[str, AlertState],
+) -> bool:
+    """True when observing `known.balance` again at `at` (same amount, currency, state and balance
+    type; no new description) is sure to lead to nothing: no change, no alert state, no transition.
+    `assess` then returns `known` and nothing else without evaluating a single rule.
+
+    What it relies on, checked here on every call (nothing is assumed about earlier calls, so it stays
+    exact across rules reloads, restarts and lost deliveries):
+    - no alert of the key is pending or firing under a rule judged on balances: only an active alert
+      can move on an unchanged balance (a pending one fires once `for` has elapsed; a firing one sends
+      reminders, ends its mute window or suppression, resolves once `keep_firing_for` has passed, or
+      resolves outright: a `change` alert on the next unchanged balance, a `drop` alert whose peak left
+      the window). Active `stale` alerts (judged on polls) and alerts of removed rules do not count:
+      `assess` leaves them alone;
+    - no rule watching the key is breached now, which would create a pending or firing alert:
+      `below` / `above` by the amount (the key's quiet range), `state` by the Mastercard state,
+      `change` never (it moved by zero), `drop` only while an amount of the history higher than the
+      balance is inside the longest window (this check is conservative: it may say False for a fall
+      that does not meet the rule, and then `assess` evaluates the rules in full).
+
+    With these rules unchanged since the key's last observation and no alert of the key active, an
+    unchanged observation always passes, as far as `below`, `above`, `state` and `change` rules go
+    (time-driven work, `for` and reminders of active alerts, is what rules.timeline.tick does every few
+    seconds). A caller that skips unchanged observations before building them (a listing parser) must
+    still assess the keys for which this says False, and all keys after a rules reload.
+    `alerts` is as for `assess`.
+    """
+    compiled = rules if type(rules) is CompiledRules else compile_rules(rules)
+    return _quiet_when_unchanged(compiled, key, known, at, alerts)
+
+
+def _quiet_when_unchanged(
+    rules: CompiledRules,
+    key: BalanceKey,
+    known: KnownBalance,
+    at: datetime,
+    alerts: Mapping[str, AlertState],
+) -> bool:
+    if alerts:
+        balance_rules = rules.balance_names
+        for state in alerts.values():
+            if state.status in ACTIVE_STATUSES and state.rule in balance_rules and state.key == key:
+                return False
+    return rules.quiet_when_unchanged(key, known.balance, known.history, at)
+
+
 def assess(
     observation: Observation,
     known: KnownBalance | None,
@@ -196,7 +250,41 @@ def assess(
     source-wide alert's suppression applies. Pass a `CompiledRules`, or the same tuple of rules every
     time (its compiled form is reused); any other sequence is compiled on every call.
     Transitions list resolves first, then firings, then reminders, each in rule order.
+
+    Fast path: an observation equal to the known balance, for which `quiet_when_unchanged` holds,
+    returns at once (the steady state of a listing, where nearly every balance is as last seen). Its
+    result is the one `assess_in_full` computes.
     """
+    compiled = rules if type(rules) is CompiledRules else compile_rules(rules)
+    if known is not None:
+        balance, last = observation.balance, known.balance
+        description = observation.description
+        # Balance.same_as written out: this is the one test every observation of a listing goes through.
+        if (
+            (
+                balance is last
+                or (
+                    balance.amount == last.amount
+                    and balance.currency == last.currency
+                    and balance.state == last.state
+                    and balance.balance_type == last.balance_type
+                )
+            )
+            and (description is None or description == known.description)
+            and _quiet_when_unchanged(compiled, observation.key, known, observation.observed_at, alerts)
+        ):
+            return Assessment(observation.key, None, known, (), ())
+    return assess_in_full(observation, known, compiled, alerts)
+
+
+def assess_in_full(
+    observation: Observation,
+    known: KnownBalance | None,
+    rules: Sequence[Rule],
+    alerts: Mapping[str, AlertState],
+) -> Assessment:
+    """`assess` without its fast path for unchanged observations: every observation is compared and
+    every rule watching the key is judged. The reference the fast path is tested against."""
     compiled = rules if isinstance(rules, CompiledRules) else compile_rules(rules)
     stored = _stored(observation, known, compiled)
     change = None

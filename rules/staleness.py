@@ -126,30 +126,64 @@ def assess_poll(
 
     `freshness_of` and `alerts_of` look up what is stored (a dict's `get` will do). Store the returned
     `freshness` and `alerts` after publishing the `transitions`.
+
+    Only the freshness records that must be stored are returned: a new subject, a failure that
+    changed what is known (its reason, a revocation), a success after a failure, and a success at
+    least `freshness_resolution` (a tenth of the shortest stale `after`) after the stored one. A
+    success sooner than that after a stored success is not returned, so a listing of 100,000 accounts
+    polled every few seconds rewrites each account's record once per resolution rather than per poll.
+    The price, and the bound: a stored last success lags the true one by less than the resolution, so a
+    subject that stops answering goes stale after at least nine tenths of `after` (and at most
+    `after`), and the "no successful poll since" of its reason may name a time up to that much early.
+    Without stale rules every record is returned (the resolution is zero).
     """
     compiled = compile_rules(rules)
     at = outcome.at
-    subjects = [subject_key(outcome.source)]
-    subjects += [subject_key(outcome.source, account) for account in dict.fromkeys(outcome.accounts)]
+    ok = outcome.ok
+    has_stale_rules = compiled.has_stale_rules
+    resolution = compiled.freshness_resolution
+    source = outcome.source
+    subjects = [subject_key(source)]
+    subjects += [subject_key(source, account) for account in dict.fromkeys(outcome.accounts)]
     records: list[Freshness] = []
     stepped: list[tuple[Rule, AlertState | None, AlertState]] = []
     for subject in subjects:
         previous = freshness_of(subject)
-        record = _refreshed(outcome, previous, subject)
-        if outcome.ok or record != previous:
-            records.append(record)
-        if not compiled.has_stale_rules:
+        if (
+            ok
+            and previous is not None
+            and previous.last_error is None
+            and not previous.access_revoked
+            and previous.last_success_at is not None
+            and previous.last_success_at <= at < previous.last_success_at + resolution
+        ):
+            # Answered again, soon after a stored success: nothing to store. (Its stale alerts, if any,
+            # still resolve below: a reload may have made one fire in between.)
+            record = None
+        else:
+            record = _refreshed(outcome, previous, subject)
+            if ok or record != previous:
+                records.append(record)
+        if not has_stale_rules:
             continue
-        if not outcome.ok:
+        if not ok:
+            assert record is not None
             stepped += stale_verdicts(compiled, record, at, alerts_of)
             continue
         # A success: whatever stale alert the subject has stops holding, in scope or not any more.
-        for state in (alerts_of(subject) or {}).values():
+        found = alerts_of(subject)
+        if not found:
+            continue
+        for state in found.values():
             stale_rule = compiled.get(state.rule) if state.active and state.key == subject else None
             if stale_rule is not None and state.rule in compiled.stale_names:
                 after = step(state, stale_rule.rule, None, subject, False, at)
                 if after is not None:
                     stepped.append((stale_rule.rule, state, after))
+                    if record is None:
+                        # A transition names the last success: this one, so store it too.
+                        record = _refreshed(outcome, previous, subject)
+                        records.append(record)
     if not stepped:
         return PollAssessment(tuple(records), (), ())
     settled = _settle(compiled, stepped, at, alerts_of)
