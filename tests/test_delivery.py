@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import signal
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -22,9 +23,9 @@ from watcher.config import KafkaConfig
 from watcher.devbroker import Broker, free_port, start_broker
 from watcher.devkeys import DevKey
 from watcher.events import Event, change_event
-from watcher.publisher import KafkaPublisher, build_producer
+from watcher.publisher import KafkaPublisher, PublishError, build_producer
 from watcher.relay import OutboxRelay
-from watcher.store import StateStore, StateUpdate
+from watcher.store import OutboxEntry, StateStore, StateUpdate
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
 
@@ -68,6 +69,56 @@ async def test_relay_publishes_the_outbox_in_order_and_empties_it(
     records = await read_topics(kafka_broker, ["relay-changes"])
     assert [r.headers["ce_id"] for r in records] == [e.id for e in written]
     await store.close()
+
+
+class RecordingPublisher:
+    """Stands in for Kafka: acknowledges every batch (or refuses while `down`), and keeps what it got."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[OutboxEntry]] = []
+        self.down = False
+
+    async def send(self, entries: list[OutboxEntry]) -> None:
+        await asyncio.sleep(0)
+        if self.down:
+            raise PublishError("broker away")
+        self.batches.append(list(entries))
+
+
+async def test_relay_takes_batches_from_memory_and_deletes_each_as_a_range(tmp_path: Path) -> None:
+    """The relay publishes committed events in order without a SELECT of the outbox per batch, and
+    forgets each acknowledged batch with one range delete; a batch Kafka refused is sent again, whole,
+    and nothing is deleted before it is acknowledged."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    written = []
+    for version in range(1, 21):
+        events = change(f"acct-{version % 3}", version, f"{version}.00")
+        written += events
+        await store.commit(StateUpdate([], []), events)
+    statements: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(statements.append)
+    publisher = RecordingPublisher()
+    relay = OutboxRelay(store, publisher, batch_size=7)  # type: ignore[arg-type]
+    publisher.down = True
+    with pytest.raises(PublishError):
+        await relay.publish_pending()
+    await store.flush()
+    assert store.outbox_depth == 20
+    assert not [s for s in statements if s.startswith("DELETE")]
+    publisher.down = False
+    assert await relay.drain(5)
+    assert [len(b) for b in publisher.batches] == [7, 7, 6]
+    assert [e.ce_id for b in publisher.batches for e in b] == [e.id for e in written]
+    assert not [s for s in statements if s.startswith("SELECT")]
+    deletes = [s for s in statements if s.startswith("DELETE")]
+    assert deletes
+    assert all(s.startswith("DELETE FROM outbox WHERE seq <=") for s in deletes)
+    assert deletes[-1] == "DELETE FROM outbox WHERE seq <= 20"
+    await store.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
 
 
 def _mastercard(sandbox: SandboxProcess, key: DevKey, partner: str, tokens: list[str]) -> str:

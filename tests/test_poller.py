@@ -1,20 +1,26 @@
 """One poll round with a scripted source (a unit test of the poller, the real store and the outbox;
 the real sources and broker are exercised end to end elsewhere): a poll's state and events are
-written together or not at all, and a retry derives the same event ids."""
+written together or not at all, and a retry derives the same event ids; a round runs max_concurrency
+workers, and a big listing lets the event loop run between its slices."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
+import watcher.poller as poller_module
 from rules.loader import parse_rules
 from rules.types import Balance, BalanceKey, Observation
 from watcher.events import Event
 from watcher.poller import OutboxDelivery, Poller, RulesHolder
 from watcher.sources.base import FetchResult
-from watcher.store import StateStore
+from watcher.store import StateStore, StateUpdate
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
 RULES = parse_rules(
@@ -83,7 +89,7 @@ async def test_full_outbox_leaves_state_and_the_retry_has_the_same_ids(tmp_path:
     summary = await poller.poll_round()
     assert summary.delivery_failures == 1
     assert store.known(BalanceKey("mc", "tok")).balance.amount == Decimal("1.00")  # type: ignore[union-attr]
-    await store.outbox_remove([e.seq for e in await store.outbox_batch(10)])
+    store.acknowledge(await store.outbox_batch(10))
     await poller.poll_round()
     outbox = await store.outbox_batch(10)
     assert len(outbox) == 1
@@ -121,8 +127,6 @@ class PacedScriptedSource(ScriptedSource):
 async def test_calls_beyond_the_access_budget_are_deferred_not_made(tmp_path: Path) -> None:
     """A paced (PSD2) source is not called while its budget forbids it: the round defers the call
     (no failure, nothing stored); once allowed, the call is made."""
-    from datetime import timedelta
-
     store = StateStore(tmp_path / "s.db")
     await store.open()
     source = PacedScriptedSource(["4000.00"], allowed=T0 + timedelta(hours=6))
@@ -134,4 +138,183 @@ async def test_calls_beyond_the_access_budget_are_deferred_not_made(tmp_path: Pa
     await poller.poll_round()
     assert source.calls == 1
     assert store.known(BalanceKey("mc", "tok")) is not None
+    await store.close()
+
+
+class ManyAccountsSource:
+    """Answers every account with its own balance, after yielding to the loop; counts calls in flight."""
+
+    name = "mc"
+    provider = "mastercard-send"
+
+    def __init__(self, accounts: int, max_concurrency: int) -> None:
+        self.max_concurrency = max_concurrency
+        self._targets = [f"tok-{n}" for n in range(accounts)]
+        self.called: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.tasks: set[asyncio.Task[object]] = set()
+
+    def targets(self) -> Sequence[str]:
+        return self._targets
+
+    async def fetch(self, target: str) -> FetchResult:
+        self.called.append(target)
+        self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.001)
+        self.in_flight -= 1
+        obs = Observation(
+            key=BalanceKey(self.name, target), provider=self.provider,
+            balance=Balance(Decimal("9000.00"), "GBP", "IN_CREDIT"), observed_at=T0, correlation_id=target,
+        )
+        return FetchResult(self.name, target, "ok", target, observations=(obs,), http_status=200)
+
+
+async def test_round_of_many_accounts_runs_max_concurrency_workers(tmp_path: Path) -> None:
+    """A round of 500 accounts makes every call exactly once through max_concurrency worker tasks (not
+    one task per account): at most that many calls in flight, and every result stored and recorded."""
+    store = StateStore(tmp_path / "s.db", outbox_limit=10_000)
+    await store.open()
+    source = ManyAccountsSource(500, max_concurrency=8)
+    delivery = OutboxDelivery(store, wake=lambda: None)
+    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    summary = await poller.poll_round()
+    assert sorted(source.called) == sorted(source.targets())
+    assert source.most_in_flight == 8
+    assert len(source.tasks) == 8
+    assert (summary.calls, summary.outcomes["ok"], summary.events) == (500, 500, 500)
+    assert summary.delivery_failures == 0
+    assert len(await store.poll_records()) == 500
+    assert store.outbox_depth == 500
+    assert store.group_commits < 500, "calls landing together share a transaction"
+    await store.close()
+
+
+class PacedAccountsSource(ManyAccountsSource):
+    """Accounts whose budget allows a call now, in a moment, or only in hours."""
+
+    def __init__(self, waits: dict[str, float]) -> None:
+        super().__init__(len(waits), max_concurrency=1)
+        self._targets = list(waits)
+        self._waits = waits
+
+    def next_allowed(self, target: str, now: datetime) -> datetime | None:
+        return now + timedelta(seconds=self._waits[target])
+
+
+async def test_a_call_waiting_for_its_budget_does_not_hold_a_worker(tmp_path: Path) -> None:
+    """With one worker, an account that may be called in a moment is set aside while the others are
+    called, then called once due; one beyond MAX_PACING_WAIT_S is deferred to a later round."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    source = PacedAccountsSource({"soon": 0.2, "now-1": 0, "later": 3600, "now-2": 0})
+    delivery = OutboxDelivery(store, wake=lambda: None)
+    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    summary = await poller.poll_round()
+    assert source.called == ["now-1", "now-2", "soon"]
+    assert (summary.calls, summary.deferred, summary.ok) == (3, 1, True)
+    await store.close()
+
+
+class ListingSource:
+    """One partner-wide listing of `accounts` balances."""
+
+    name = "mc"
+    provider = "mastercard-send"
+    max_concurrency = 1
+
+    def __init__(self, accounts: int, amount: str = "9000.00") -> None:
+        self.accounts = accounts
+        self.amount = amount
+
+    def targets(self) -> Sequence[str]:
+        return ["*"]
+
+    async def fetch(self, target: str) -> FetchResult:
+        observations = tuple(
+            Observation(
+                key=BalanceKey(self.name, f"tok-{n}"), provider=self.provider,
+                balance=Balance(Decimal(self.amount), "GBP", "IN_CREDIT"), observed_at=T0, correlation_id="c",
+            )
+            for n in range(self.accounts)
+        )
+        return FetchResult(self.name, "*", "ok", "c", observations=observations, http_status=200)
+
+
+async def test_a_big_listing_is_processed_in_slices_between_which_the_loop_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing is assessed and staged a slice at a time: other tasks run, and the evaluation lock is
+    free, between slices; all of it is stored, and the call's staleness is assessed once."""
+    monkeypatch.setattr(poller_module, "SLICE_SIZE", 10)
+    rules = parse_rules(
+        {"rules": [{"name": "low", "kind": "below", "threshold": "5000.00", "currency": "GBP"},
+                   {"name": "quiet", "kind": "stale", "after": "1h"}]},
+        "test.toml",
+    )
+    store = StateStore(tmp_path / "s.db", outbox_limit=10_000)
+    await store.open()
+    lock = asyncio.Lock()
+    poller = Poller(ListingSource(35), store, OutboxDelivery(store, wake=lambda: None), RulesHolder(rules),
+                    clock=lambda: T0, lock=lock)
+    ticks = 0
+    lock_taken = 0
+    staged_at: list[tuple[int, int]] = []
+    real_stage = store.stage
+
+    def stage(update: StateUpdate, events: Sequence[Event] = ()) -> object:
+        staged_at.append((ticks, len(update.freshness)))
+        return real_stage(update, events)
+
+    monkeypatch.setattr(store, "stage", stage)
+
+    async def heartbeat() -> None:
+        nonlocal ticks, lock_taken
+        while True:
+            ticks += 1
+            if not lock.locked():
+                async with lock:
+                    lock_taken += 1
+            await asyncio.sleep(0)
+
+    beating = asyncio.create_task(heartbeat())
+    summary = await poller.poll_round()
+    beating.cancel()
+    assert (summary.observations, summary.events, summary.delivery_failures) == (35, 35, 0)
+    assert len(staged_at) == 4, "35 observations in slices of 10"
+    assert len({t for t, _ in staged_at}) == 4, "the loop ran between every two slices"
+    assert [bool(f) for _, f in staged_at] == [False, False, False, True], "staleness once, with the last"
+    assert lock_taken >= 3
+    assert len(store.all_known()) == 35
+    await store.close()
+
+
+async def test_failed_write_changes_nothing_and_the_retry_has_the_same_ids(tmp_path: Path) -> None:
+    """When the disk refuses a poll's write, the call counts as a delivery failure, memory is reloaded
+    to what is on disk, and the next poll derives the same events, with the same ids, as a poll that
+    never failed."""
+    reference, reference_store, reference_events = await make(tmp_path / "reference", ["4000.00"])
+    await reference.poll_round()
+    await reference_store.close()
+
+    poller, store, delivered = await make(tmp_path, ["4000.00", "4000.00"])
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("CREATE TABLE refuse (n INTEGER)")
+        db.execute("INSERT INTO refuse VALUES (1)")
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON outbox WHEN (SELECT COUNT(*) FROM refuse) > 0"
+                   " BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END")
+    failed = await poller.poll_round()
+    assert failed.delivery_failures == 1
+    await store.flush()  # the reload after the failure is done
+    assert store.known(BalanceKey("mc", "tok")) is None
+    assert store.outbox_depth == 0
+    assert delivered == []
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("DELETE FROM refuse")
+    retried = await poller.poll_round()
+    assert (retried.delivery_failures, retried.events) == (0, 2)
+    assert [e.id for e in delivered] == [e.id for e in reference_events]
+    assert [e.ce_id for e in await store.outbox_batch(10)] == [e.id for e in reference_events]
     await store.close()

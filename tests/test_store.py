@@ -1,13 +1,22 @@
-"""The SQLite state store: what is committed survives a restart, exactly, and nothing else does."""
+"""The SQLite state store: what is committed survives a restart, exactly, and nothing else does; commits
+are written in groups, a failed group leaves memory equal to disk, and the outbox reaches the relay in
+order, from memory or from the table."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from rules.types import AlertState, Balance, BalanceKey, KnownBalance
-from watcher.store import PollRecord, StateStore, StateUpdate
+import pytest
+
+from rules.engine import BalanceChange
+from rules.types import AlertState, Balance, BalanceKey, KnownBalance, Observation
+from watcher.events import Event, change_event
+from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate, StateWriteError
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
 KEY = BalanceKey("mc", "non_card_token:abc", "")
@@ -102,3 +111,204 @@ async def test_alert_lifecycle_history_and_freshness_survive_reopen(tmp_path: Pa
     assert again.known(KEY) == known
     assert again.freshness(BalanceKey("mc", "*")) == fresh
     await again.close()
+
+
+# --- group commit -----------------------------------------------------------------------------------
+
+def _events(account: str, version: int) -> list[Event]:
+    balance = Balance(Decimal(f"{version}.00"), "GBP", "IN_CREDIT")
+    obs = Observation(BalanceKey("src", account), "mastercard-send", balance, T0, f"c-{account}-{version}")
+    return [change_event(BalanceChange(obs, None, version))]
+
+
+def _known(amount: str) -> KnownBalance:
+    return KnownBalance(Balance(Decimal(amount), "GBP", "IN_CREDIT"), T0, "c", 1)
+
+
+def _hold_the_store_thread(store: StateStore) -> threading.Event:
+    """Park the store's one worker thread until the returned event is set: jobs queue behind it."""
+    gate = threading.Event()
+    store._executor.submit(gate.wait, 10)
+    return gate
+
+
+async def test_concurrent_commits_are_written_in_one_transaction(tmp_path: Path) -> None:
+    """Commits staged while the writer is idle or busy go to disk together: ten concurrent commits
+    cost one transaction (one executor hop, one sync), and every one of them is durable after."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    keys = [BalanceKey("src", f"a{n}") for n in range(10)]
+    await asyncio.gather(
+        *(store.commit(StateUpdate([(key, _known(f"{n}.00"))], []), _events(key.account, 1))
+          for n, key in enumerate(keys))
+    )
+    assert store.group_commits == 1
+    batch = await store.outbox_batch(100)
+    assert [e.seq for e in batch] == list(range(1, 11)), "one seq per event, in staging order"
+    await store.close()
+    again = StateStore(tmp_path / "s.db")
+    await again.open()
+    assert [again.known(k).balance.amount for k in keys] == [Decimal(n) for n in range(10)]  # type: ignore[union-attr]
+    assert again.outbox_depth == 10
+    await again.close()
+
+
+async def test_stage_is_visible_at_once_and_durable_when_awaited(tmp_path: Path) -> None:
+    """`stage` applies the update to memory synchronously (what the evaluation lock protects) and
+    queues it; commits staged while a batch is being written form the next batch."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    gate = _hold_the_store_thread(store)
+    first = store.stage(StateUpdate([(KEY, _known("1.00"))], []))
+    assert store.known(KEY) == _known("1.00"), "in memory before it is durable"
+    await asyncio.sleep(0)  # the writer takes the first batch; it waits behind the gate
+    second = store.stage(StateUpdate([(CARD, _known("2.00"))], []))
+    third = store.stage(StateUpdate([(KEY, _known("3.00"))], []))
+    assert not first.done()
+    gate.set()
+    await first
+    await second
+    await third
+    assert store.group_commits == 2, "the ones staged during a write share the next transaction"
+    await store.close()
+    again = StateStore(tmp_path / "s.db")
+    await again.open()
+    assert again.known(KEY) == _known("3.00"), "the later update of the same row wins on disk too"
+    assert again.known(CARD) == _known("2.00")
+    await again.close()
+
+
+async def test_failed_batch_fails_its_updates_and_those_after_it_and_reloads_memory(tmp_path: Path) -> None:
+    """A batch that cannot be written fails every update in it and every update queued after it
+    (they were derived from memory that had the failed ones); nothing can be staged until memory is
+    reloaded from disk, after which memory equals disk again and writing goes on."""
+    path = tmp_path / "s.db"
+    store = StateStore(path)
+    await store.open()
+    await store.commit(StateUpdate([(KEY, _known("1.00"))], []), _events("a", 1))
+    with sqlite3.connect(path) as db:  # the disk refuses one account, inside the real transaction
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON balances WHEN NEW.account = 'poison'"
+                   " BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END")
+    poison = BalanceKey("mc", "poison")
+    held = _hold_the_store_thread(store)
+    failing = store.stage(StateUpdate([(poison, _known("9.00"))], []), _events("poison", 1))
+    await asyncio.sleep(0)  # the writer takes the failing batch; it waits behind the gate
+    after = store.stage(StateUpdate([(KEY, _known("2.00"))], []), _events("a", 2))
+    reload_held = threading.Event()
+    store._executor.submit(reload_held.wait, 10)  # the reload, after the failed write, waits for this
+    assert store.known(poison) is not None
+    assert store.known(KEY) == _known("2.00")
+    assert store.outbox_depth == 3
+    held.set()
+    with pytest.raises(StateWriteError):
+        await failing
+    with pytest.raises(StateWriteError):
+        await after
+    with pytest.raises(StateWriteError):  # memory is not yet reloaded: nothing may be derived from it
+        store.stage(StateUpdate([(CARD, _known("5.00"))], []))
+    reload_held.set()
+    await store.flush()  # the reload is done
+    assert store.known(poison) is None
+    assert store.known(KEY) == _known("1.00"), "memory is back to what is on disk"
+    assert store.outbox_depth == 1
+    await store.commit(StateUpdate([(CARD, _known("5.00"))], []), _events("card", 1))
+    expected = [_events("a", 1)[0].id, _events("card", 1)[0].id]
+    assert [e.ce_id for e in await store.outbox_batch(10)] == expected
+    await store.close()
+    again = StateStore(path)
+    await again.open()
+    assert again.known(poison) is None
+    assert again.known(KEY) == _known("1.00")
+    assert again.known(CARD) == _known("5.00")
+    assert again.outbox_depth == 2
+    await again.close()
+
+
+async def test_full_outbox_counts_staged_events(tmp_path: Path) -> None:
+    """The outbox bound holds for events staged but not yet written: OutboxFull changes nothing."""
+    store = StateStore(tmp_path / "s.db", outbox_limit=2)
+    await store.open()
+    gate = _hold_the_store_thread(store)
+    staged = store.stage(StateUpdate([], []), _events("a", 1) + _events("b", 1))
+    with pytest.raises(OutboxFull):
+        store.stage(StateUpdate([(KEY, _known("1.00"))], []), _events("c", 1))
+    assert store.known(KEY) is None
+    gate.set()
+    await staged
+    await store.close()
+
+
+def test_alerts_view_is_read_only_and_shared_when_empty(tmp_path: Path) -> None:
+    """The poll path's alert look-up copies nothing: keys without alerts share one empty mapping."""
+    store = StateStore(tmp_path / "s.db")
+    assert store.alerts_view(KEY) is store.alerts_view(CARD)
+    assert dict(store.alerts_view(KEY)) == {}
+
+
+# --- the outbox in memory, and its range delete -------------------------------------------------------
+
+async def test_acknowledged_events_are_deleted_as_one_range(tmp_path: Path) -> None:
+    """The relay's batches come from memory (no SELECT of the outbox), and acknowledging one deletes
+    its rows with one `DELETE ... WHERE seq <= ?`, in the next group commit; the rest stay durable."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    for n in range(5):
+        await store.commit(StateUpdate([], []), _events(f"a{n}", 1))
+    statements: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(statements.append)
+    batch = await store.outbox_batch(3)
+    assert [e.seq for e in batch] == [1, 2, 3]
+    store.acknowledge(batch)
+    assert store.outbox_depth == 2
+    assert [e.seq for e in await store.outbox_batch(10)] == [4, 5]
+    await store.flush()
+    deletes = [s for s in statements if s.startswith("DELETE")]
+    assert deletes == ["DELETE FROM outbox WHERE seq <= 3"]
+    assert not [s for s in statements if "FROM outbox" in s and s.startswith("SELECT")]
+    await store.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert [r[0] for r in db.execute("SELECT seq FROM outbox ORDER BY seq")] == [4, 5]
+
+
+async def test_outbox_batches_stay_in_order_across_restart_and_memory_overflow(tmp_path: Path) -> None:
+    """Events left from a previous run are read from the table, then memory takes over; when memory
+    overflows, the table is read again: every unacknowledged event comes out once, in commit order."""
+    path = tmp_path / "s.db"
+    store = StateStore(path)
+    await store.open()
+    written: list[str] = []
+    for n in range(4):
+        events = _events(f"old{n}", 1)
+        written += [e.id for e in events]
+        await store.commit(StateUpdate([], []), events)
+    await store.close()
+
+    store = StateStore(path, outbox_memory_limit=3)
+    await store.open()
+    assert store.outbox_depth == 4
+    sent: list[str] = []
+
+    async def relay_step(limit: int) -> None:
+        batch = await store.outbox_batch(limit)
+        sent.extend(e.ce_id for e in batch)
+        store.acknowledge(batch)
+
+    await relay_step(3)  # from the table (written before the restart)
+    for n in range(2):
+        events = _events(f"new{n}", 1)
+        written += [e.id for e in events]
+        await store.commit(StateUpdate([], []), events)
+    await relay_step(3)  # the last old one from the table, then memory
+    await relay_step(3)
+    for n in range(5):  # more than memory holds: it overflows, the table has them
+        events = _events(f"many{n}", 1)
+        written += [e.id for e in events]
+        await store.commit(StateUpdate([], []), events)
+    while store.outbox_depth:
+        await relay_step(2)
+    assert sent == written
+    assert await store.outbox_batch(10) == []
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0

@@ -1,6 +1,13 @@
 """One poll round of one source: fetch, compare and evaluate, then hand the new state and its events
 to the delivery, which writes both in one transaction (the outbox) for the relay to publish.
 
+A round runs `max_concurrency` workers that pull the round's calls from one iterator. Each call's
+result is assessed under the evaluation lock (shared with the alert clock) and staged with the store,
+which applies it to memory at once; durability is awaited outside the lock, so that calls are not
+serialised behind each other's disk writes (the store writes them in groups). A big listing is
+processed in slices, the lock taken per slice, so that the event loop (heartbeats, the relay) runs
+during a round of 100,000 accounts.
+
 If that write fails (the outbox is full, the disk is), the state stays as it was and the next poll
 derives the same events again, with the same ids: nothing is dropped silently.
 """
@@ -8,34 +15,65 @@ derives the same events again, with the same ids: nothing is dropped silently.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
 import structlog
 
-from rules.engine import Assessment, CompiledRules, assess, compile_rules
+from rules.engine import CompiledRules, assess, compile_rules
 from rules.model import Rule
 from rules.staleness import assess_poll
-from rules.types import WHOLE_SOURCE, BalanceKey, Freshness, PollOutcome, subject_key
+from rules.types import (
+    WHOLE_SOURCE,
+    AlertState,
+    BalanceKey,
+    Freshness,
+    KnownBalance,
+    Observation,
+    PollOutcome,
+    subject_key,
+)
 from watcher.events import Event, alert_event, events_of
 from watcher.metrics import Metrics
 from watcher.sources.base import BalanceSource, FetchResult, PacedSource
 from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate
 
+# Observations of one result assessed and staged under one hold of the evaluation lock: a listing of
+# 100,000 accounts lets the loop run between its slices.
+SLICE_SIZE = 2_000
+
 
 class EventDelivery(Protocol):
     """Where a poll's new state and events go."""
 
+    def stage(self, update: StateUpdate, events: Sequence[Event]) -> Awaitable[None]:
+        """Take the state and the events now: call it under the evaluation lock, in the same synchronous
+        step as the reads they were derived from. Await the result outside the lock: it completes once
+        both are durable together, or raises, and then nothing of them is kept. Raises OutboxFull at
+        once, taking nothing."""
+
     async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
-        """Make the state and the events durable together, or raise and change nothing."""
+        """`stage`, then await it: make the state and the events durable together, or raise and change
+        nothing."""
+
+
+class _Done:
+    """An awaitable that is complete already."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield from ()
 
 
 class OutboxDelivery:
-    """The daemon's delivery: state and events in one transaction, then the relay is woken."""
+    """The daemon's delivery: state and events in one transaction (group-committed), then, once durable,
+    the relay is woken and `on_event` sees the events."""
 
     def __init__(
         self, store: StateStore, wake: Callable[[], None], on_event: Callable[[Event], None] | None = None
@@ -44,13 +82,20 @@ class OutboxDelivery:
         self._wake = wake
         self._on_event = on_event
 
-    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
-        await self._store.commit(update, events)
+    def stage(self, update: StateUpdate, events: Sequence[Event]) -> Awaitable[None]:
+        staged = self._store.stage(update, events)
         if events:
-            self._wake()
+            staged.on_durable(partial(self._durable, tuple(events)))
+        return staged
+
+    def _durable(self, events: tuple[Event, ...]) -> None:
+        self._wake()
         if self._on_event is not None:
             for event in events:
                 self._on_event(event)
+
+    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
+        await self.stage(update, events)
 
 
 class PrintOnlyDelivery:
@@ -59,9 +104,13 @@ class PrintOnlyDelivery:
     def __init__(self, on_event: Callable[[Event], None]) -> None:
         self._on_event = on_event
 
-    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
+    def stage(self, update: StateUpdate, events: Sequence[Event]) -> Awaitable[None]:
         for event in events:
             self._on_event(event)
+        return _Done()
+
+    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
+        await self.stage(update, events)
 
 
 # The longest a call waits for its PSD2 budget inside a round, rather than skip the round.
@@ -110,7 +159,8 @@ class Poller:
         lock: asyncio.Lock | None = None,
     ) -> None:
         self.source = source
-        # Shared by every poller and the daemon's tick: evaluation and its commit are one step.
+        # Shared by every poller and the daemon's tick: an evaluation and the staging of its result are
+        # one step (the store applies a staged update to memory at once; durability comes after).
         self._lock = lock or asyncio.Lock()
         self._store = store
         self._delivery = delivery
@@ -118,6 +168,17 @@ class Poller:
         self._clock = clock
         self._log = structlog.get_logger("watcher.poll").bind(source=source.name)
         self.metrics: Metrics | None = None
+
+    @property
+    def source(self) -> BalanceSource:
+        """The source polled; a config reload may replace it between rounds."""
+        return self._source
+
+    @source.setter
+    def source(self, source: BalanceSource) -> None:
+        self._source = source
+        # A runtime Protocol check is slow: made once per source, not per call.
+        self._paced: PacedSource | None = source if isinstance(source, PacedSource) else None
 
     def _poll_outcome(self, result: FetchResult) -> PollOutcome:
         """The call as the staleness rules see it: which accounts it covered, and how it went."""
@@ -143,14 +204,46 @@ class Poller:
         return known.description if known is not None else None
 
     async def poll_round(self) -> RoundSummary:
-        """Make every call of one round, at most max_concurrency at once, each processed as it lands."""
+        """Make every call of one round, at most max_concurrency at once, each processed as it lands.
+
+        `max_concurrency` workers pull the calls from one iterator (not one task per account). A call
+        that must wait a little for its PSD2 budget is set aside, not waited for by its worker: it is
+        made once due, when the worker has nothing else to do, or sooner."""
         started = time.monotonic()
-        summary = RoundSummary(source=self.source.name)
-        limit = asyncio.Semaphore(self.source.max_concurrency)
+        source = self.source
+        summary = RoundSummary(source=source.name)
         records: list[PollRecord] = []
-        async with asyncio.TaskGroup() as group:
-            for target in self.source.targets():
-                group.create_task(self._call(target, limit, summary, records))
+        targets = source.targets()
+        pending = iter(targets)
+        later: list[tuple[float, int, str]] = []  # (due on the monotonic clock, order, target)
+        order = itertools.count()
+
+        async def worker() -> None:
+            while True:
+                if later and later[0][0] <= time.monotonic():
+                    target = heapq.heappop(later)[2]
+                else:
+                    upcoming = next(pending, None)
+                    if upcoming is None:
+                        if not later:
+                            return
+                        due, _, target = heapq.heappop(later)
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    else:
+                        target = upcoming
+                        wait = self._pacing_wait(target)
+                        if wait is None:
+                            summary.deferred += 1
+                            continue
+                        if wait > 0:
+                            heapq.heappush(later, (time.monotonic() + wait, next(order), target))
+                            continue
+                await self._call(target, summary, records)
+
+        if targets:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(max(1, min(source.max_concurrency, len(targets)))):
+                    group.create_task(worker())
         summary.duration_s = time.monotonic() - started
         try:
             await self._store.record_polls(records)
@@ -170,40 +263,35 @@ class Poller:
         )
         return summary
 
-    async def _paced(self, target: str) -> bool:
-        """PSD2 sources have a daily access budget: a call that would exceed it is deferred to a later
-        round (a few seconds early, as jitter may make it, it waits instead). Never refused by the API."""
-        if not isinstance(self.source, PacedSource):
-            return True
+    def _pacing_wait(self, target: str) -> float | None:
+        """PSD2 sources have a daily access budget: seconds to wait before calling (0: now), or None when
+        the call is deferred to a later round (a few seconds early, as jitter may make it, it waits
+        instead). Never refused by the API."""
+        paced = self._paced
+        if paced is None:
+            return 0.0
         now = self._clock()
-        allowed = self.source.next_allowed(target, now)
+        allowed = paced.next_allowed(target, now)
         if allowed is None:  # access revoked: fetch answers that at once, without a request
-            return True
+            return 0.0
         wait = (allowed - now).total_seconds()
         if wait <= 0:
-            return True
+            return 0.0
         if wait <= MAX_PACING_WAIT_S:
-            await asyncio.sleep(wait)
-            return True
+            return wait
         self._log.info("call deferred to stay inside the daily access budget", account=target,
                        correlation_id="", next_allowed=allowed.isoformat())
-        return False
+        return None
 
-    async def _call(
-        self, target: str, limit: asyncio.Semaphore, summary: RoundSummary, records: list[PollRecord]
-    ) -> None:
-        if not await self._paced(target):
-            summary.deferred += 1
-            return
-        async with limit:
-            try:
-                result = await self.source.fetch(target)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a source bug must not stop the other accounts
-                result = FetchResult(
-                    self.source.name, target, "bad_response", "", error=f"unexpected error: {exc!r}"
-                )
+    async def _call(self, target: str, summary: RoundSummary, records: list[PollRecord]) -> None:
+        try:
+            result = await self.source.fetch(target)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a source bug must not stop the other accounts
+            result = FetchResult(
+                self.source.name, target, "bad_response", "", error=f"unexpected error: {exc!r}"
+            )
         summary.calls += 1
         summary.outcomes[result.outcome] += 1
         if self.metrics is not None:
@@ -247,56 +335,102 @@ class Poller:
             else:
                 summary.events += published
             log.info("poll", balances=len(result.observations), events=published, **fields)
+        now = self._clock()
         records.append(
             PollRecord(
                 source=self.source.name,
                 target=target,
-                polled_at=self._clock(),
+                polled_at=now,
                 outcome=result.outcome,
                 http_status=result.http_status,
                 correlation_id=result.correlation_id,
                 error=result.error,
-                last_success_at=self._clock() if result.outcome == "ok" else None,
+                last_success_at=now if result.outcome == "ok" else None,
             )
         )
 
     async def _process(self, result: FetchResult, log: structlog.typing.FilteringBoundLogger) -> int | None:
-        """Assess and deliver. Returns the number of events delivered, None when delivery failed.
+        """Assess and deliver. Returns the number of events delivered, None when the outbox is full;
+        raises when the state could not be written (the state is then as it was before that part).
 
-        Under the evaluation lock: alert states read here must not change before this call's new
-        states are stored (another call of a whole-source listing, or the daemon's tick)."""
-        async with self._lock:
-            return await self._assess_and_deliver(result, log)
+        Assessing and staging are under the evaluation lock: alert states read here must not change
+        before this call's new states are staged (another call of a whole-source listing, or the
+        daemon's tick). The store applies a staged update to memory at once, so the lock is released
+        before the write is awaited."""
+        return await self._assess_and_deliver(result, log)
 
     async def _assess_and_deliver(
         self, result: FetchResult, log: structlog.typing.FilteringBoundLogger
     ) -> int | None:
+        # One call is evaluated against one set of rules, even if SIGHUP swaps them between its slices.
         rules = self._rules.rules
+        observations = result.observations
+        count = len(observations)
+        delivered = 0
+        in_flight: Awaitable[None] | None = None  # the previous slice's write: at most one waits
+        start = 0
+        while True:
+            end = min(start + SLICE_SIZE, count)
+            last = end >= count
+            try:
+                async with self._lock:
+                    staged, events = self._stage(result, observations[start:end], rules, staleness=last)
+            except OutboxFull as exc:
+                log.error("OUTBOX FULL: state not advanced, the next poll retries; is Kafka reachable?",
+                          error=str(exc))
+                if in_flight is not None:
+                    await in_flight  # the slices before this one are kept
+                return None
+            delivered += events
+            if in_flight is not None:
+                await in_flight
+            in_flight = staged
+            if last:
+                break
+            start = end
+            await asyncio.sleep(0)  # heartbeats, the relay, other calls: between slices
+        await in_flight
+        return delivered
+
+    def _stage(
+        self,
+        result: FetchResult,
+        observations: Sequence[Observation],
+        rules: CompiledRules,
+        *,
+        staleness: bool,
+    ) -> tuple[Awaitable[None], int]:
+        """Assess one slice of a result and stage its state and events (synchronous: under the lock).
+        The staleness of the call is assessed once, with its last slice."""
         store = self._store
-        source_alerts = store.alerts(subject_key(self.source.name))
-        assessments: list[Assessment] = [
-            assess(obs, store.known(obs.key), rules, {**source_alerts, **store.alerts(obs.key)})
-            for obs in result.observations
-        ]
-        events: list[Event] = [e for a in assessments for e in events_of(a)]
-        alerts = [alert for a in assessments for alert in a.alerts]
+        known_of = store.known
+        alerts_of = store.alerts_view
+        source_alerts = alerts_of(subject_key(self.source.name))
+        balances: list[tuple[BalanceKey, KnownBalance]] = []
+        alerts: list[AlertState] = []
+        events: list[Event] = []
+        for obs in observations:
+            key_alerts = alerts_of(obs.key)
+            merged: Mapping[str, AlertState]
+            if not key_alerts:
+                merged = source_alerts
+            elif not source_alerts:
+                merged = key_alerts
+            else:
+                merged = {**source_alerts, **key_alerts}
+            assessment = assess(obs, known_of(obs.key), rules, merged)
+            if assessment.change is not None:
+                balances.append((assessment.key, assessment.known))
+            if assessment.alerts:
+                alerts.extend(assessment.alerts)
+            if assessment.change is not None or assessment.transitions:
+                events.extend(events_of(assessment))
         freshness: tuple[Freshness, ...] = ()
-        if rules.has_stale_rules:
-            polled = self._poll_outcome(result)
-            stale = assess_poll(polled, rules, store.freshness, store.alerts)
+        if staleness and rules.has_stale_rules:
+            stale = assess_poll(self._poll_outcome(result), rules, store.freshness, alerts_of)
             freshness = stale.freshness
-            alerts += stale.alerts
+            alerts.extend(stale.alerts)
             provider = self.source.provider
-            events += [alert_event(t, provider, self._description(t.state.key)) for t in stale.transitions]
-        update = StateUpdate(
-            balances=[(a.key, a.known) for a in assessments if a.change is not None],
-            alerts=alerts,
-            freshness=freshness,
-        )
-        try:
-            await self._delivery.deliver(update, events)
-        except OutboxFull as exc:
-            log.error("OUTBOX FULL: state not advanced, the next poll retries; is Kafka reachable?",
-                      error=str(exc))
-            return None
-        return len(events)
+            events.extend(alert_event(t, provider, self._description(t.state.key)) for t in stale.transitions)
+        update = StateUpdate(balances=balances, alerts=alerts, freshness=freshness)
+        return self._delivery.stage(update, events), len(events)

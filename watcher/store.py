@@ -1,23 +1,41 @@
 """The state store: last known balances, alert states, poll outcomes and the event outbox, in SQLite.
 
-The whole state is loaded into memory when the store opens (reads are dictionary look-ups on the poll
-path); writes go through to SQLite on one worker thread. A poll's new state and the events it implies
-are written in ONE transaction (the outbox), so a crash leaves either the old state and no events, or
-the new state and all its events, which the relay then publishes.
+The whole state is loaded into memory when the store opens: reads are dictionary look-ups on the poll
+path. A poll's new state and the events it implies are one update, written in ONE transaction (the
+outbox), so a crash leaves either the old state and no events, or the new state and all its events,
+which the relay then publishes.
+
+Group commit: `stage()` applies an update to memory at once (under the caller's evaluation lock) and
+queues it; one writer task writes every queued update in one transaction on the store's worker thread
+(one executor hop and one sync per batch, not per poll), and the caller awaits durability outside its
+lock. If a batch cannot be written, every update of it and every update queued after it (derived from
+memory that had the failed ones applied) fails, nothing new is staged until memory is reloaded from
+SQLite, and so memory never runs ahead of disk: the next poll derives the same events again, with the
+same ids.
+
+Committed events also stay in memory (bounded) until Kafka acknowledged them, so the relay takes its
+batches without a SELECT through the busy worker thread; after a restart, a failed write, or when that
+memory overflowed, it reads them from the outbox table, which stays the durable copy until the
+acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any
+
+import structlog
 
 from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
 from watcher.events import Event
@@ -29,8 +47,10 @@ from watcher.store_schema import (
     parse_time,
 )
 
-T = TypeVar("T")
+log = structlog.get_logger("watcher.store")
 
+# What `alerts_view` returns for a key without alert states: shared, read-only.
+_NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +69,12 @@ class PollRecord:
 
 class OutboxFull(Exception):
     """The outbox holds as many events as it may; nothing of this poll was written."""
+
+
+class StateWriteError(Exception):
+    """A staged update was not written: its batch failed, or an earlier one did (or the store is still
+    reloading from disk after such a failure). Memory is reloaded from SQLite, so the update is lost as
+    if it had never been made, and the next poll derives it again, with the same event ids."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,41 +99,138 @@ class StateUpdate:
     freshness: Sequence[Freshness] = ()
 
 
+_NOTHING = StateUpdate(balances=(), alerts=())
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # A caller may drop a staged commit without awaiting it (e.g. its task was cancelled): its failure
+    # is logged by the writer, not again as "exception never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+class StagedCommit:
+    """An update applied to memory and queued for the writer. Await it (outside the evaluation lock)
+    until it is durable: it raises StateWriteError when it was not written."""
+
+    __slots__ = ("_future", "events", "update")
+
+    def __init__(self, update: StateUpdate, events: tuple[Event, ...], future: asyncio.Future[None]) -> None:
+        self.update = update
+        self.events = events
+        self._future = future
+        future.add_done_callback(_retrieve)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._future.__await__()
+
+    def done(self) -> bool:
+        """Written, or failed."""
+        return self._future.done()
+
+    def on_durable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the event loop once the update is durable; never if it fails."""
+
+        def fire(future: asyncio.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                callback()
+
+        self._future.add_done_callback(fire)
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """The durable state as loaded from SQLite."""
+
+    known: dict[BalanceKey, KnownBalance]
+    alerts: dict[BalanceKey, dict[str, AlertState]]
+    freshness: dict[BalanceKey, Freshness]
+    outbox_depth: int
+    first_seq: int | None  # the oldest event of the outbox; None when it is empty
+    last_seq: int  # the highest seq the outbox ever used; 0 for none
+
+
 class StateStore:
     """Last known balances and alert states, in memory and durably in SQLite."""
 
-    def __init__(self, path: Path, outbox_limit: int = 1_000_000) -> None:
+    def __init__(self, path: Path, outbox_limit: int = 1_000_000, outbox_memory_limit: int = 50_000) -> None:
         self.path = path
         self.outbox_limit = outbox_limit
+        # Committed events kept in memory for the relay, at most; beyond it the relay reads the table.
+        self.outbox_memory_limit = outbox_memory_limit
+        # Events staged or in the outbox, and not yet acknowledged by Kafka.
         self.outbox_depth = 0
+        # Transactions the group commit wrote (each one executor hop and one sync).
+        self.group_commits = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         self._db: sqlite3.Connection | None = None
         self._known: dict[BalanceKey, KnownBalance] = {}
         self._alerts: dict[BalanceKey, dict[str, AlertState]] = {}
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
         self._freshness: dict[BalanceKey, Freshness] = {}
+        # The group commit: staged updates waiting for the writer, and the batch it is writing.
+        self._queue: list[StagedCommit] = []
+        self._writing: list[StagedCommit] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        # Set from a failed write until memory is reloaded: nothing may be staged meanwhile.
+        self._recovering: BaseException | None = None
+        self._next_seq = 1
+        # The outbox in memory: every committed, unacknowledged event with seq > _disk_only_through,
+        # in order. Events up to _disk_only_through may be on disk only (the relay SELECTs those).
+        self._unpublished: deque[OutboxEntry] = deque()
+        self._disk_only_through = 0
+        self._acked_through = 0  # Kafka acknowledged every event up to this seq ...
+        self._deleted_through = 0  # ... and the outbox rows up to this one are deleted.
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
-        """Create the database if needed and load the whole state into memory."""
+        """Create the database if needed, load the whole state into memory, start the writer."""
         await self._call(self._open_sync)
+        snapshot: _Snapshot = await self._call(self._load_sync)
+        self._install(snapshot)
+        self.outbox_depth = snapshot.outbox_depth
+        self._next_seq = snapshot.last_seq + 1
+        self._disk_only_through = snapshot.last_seq
+        done = snapshot.first_seq - 1 if snapshot.first_seq is not None else snapshot.last_seq
+        self._acked_through = self._deleted_through = done
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name="state-store-writer")
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        # NORMAL is safe in WAL mode: a commit is in the WAL before COMMIT returns, so a process crash
+        # (kill -9) loses nothing committed; only a power loss (or an OS crash) may lose the last
+        # transactions before a checkpoint syncs them - whole groups, state and events together,
+        # never one without the other - and the next polls derive those changes again, with the same
+        # event ids. It saves the fsync of every commit.
+        db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
         add_missing_columns(db)
         self._db = db
+        # PSD2 access budget: only the last 24 hours matter.
+        day_ago = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        db.execute("DELETE FROM accesses WHERE at < ?", (day_ago,))
+        for source, account, at in db.execute("SELECT source, account, at FROM accesses"):
+            self._accesses.setdefault((source, account), []).append(datetime.fromisoformat(at))
+
+    def _load_sync(self) -> _Snapshot:
+        """Read the durable state (at open, and again after a failed write)."""
+        db = self._require()
+        if db.in_transaction:  # a failed COMMIT may leave its transaction open
+            db.execute("ROLLBACK")
+        known: dict[BalanceKey, KnownBalance] = {}
         for row in db.execute(
             "SELECT source, account, balance_type, amount, currency, state, provider_balance_type,"
             " description, observed_at, correlation_id, version, history FROM balances"
         ):
             key = BalanceKey(row[0], row[1], row[2])
-            self._known[key] = KnownBalance(
+            known[key] = KnownBalance(
                 balance=Balance(Decimal(row[3]), row[4], row[5], row[6]),
                 observed_at=datetime.fromisoformat(row[8]),
                 correlation_id=row[9],
@@ -115,18 +238,13 @@ class StateStore:
                 description=row[7],
                 history=tuple((datetime.fromisoformat(t), Decimal(a)) for t, a in json.loads(row[11])),
             )
-        self.outbox_depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        # PSD2 access budget: only the last 24 hours matter.
-        day_ago = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        db.execute("DELETE FROM accesses WHERE at < ?", (day_ago,))
-        for source, account, at in db.execute("SELECT source, account, at FROM accesses"):
-            self._accesses.setdefault((source, account), []).append(datetime.fromisoformat(at))
+        alerts: dict[BalanceKey, dict[str, AlertState]] = {}
         for row in db.execute(
             "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
             " resolved_at, detail FROM alerts"
         ):
             key = BalanceKey(row[2], row[3], row[4])
-            self._alerts.setdefault(key, {})[row[0]] = AlertState(
+            alerts.setdefault(key, {})[row[0]] = AlertState(
                 fingerprint=row[0],
                 rule=row[1],
                 key=key,
@@ -136,27 +254,48 @@ class StateStore:
                 resolved_at=parse_time(row[8]),
                 **alert_detail_from_json(row[9]),
             )
+        freshness: dict[BalanceKey, Freshness] = {}
         for row in db.execute("SELECT * FROM freshness"):
             subject = BalanceKey(row[0], row[1])
-            self._freshness[subject] = Freshness(
+            freshness[subject] = Freshness(
                 subject, datetime.fromisoformat(row[2]), parse_time(row[3]), row[4], bool(row[5])
             )
+        depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
+        used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        last_seq = max(last or 0, used[0] if used else 0)
+        return _Snapshot(known, alerts, freshness, depth, first, last_seq)
+
+    def _install(self, snapshot: _Snapshot) -> None:
+        self._known = snapshot.known
+        self._alerts = snapshot.alerts
+        self._freshness = snapshot.freshness
 
     async def close(self) -> None:
-        """Close the database and its worker thread."""
+        """Write what is staged, then close the database and its worker thread."""
+        if self._writer is not None:
+            self._closing = True
+            self._wakeup.set()
+            await self._writer
+            self._writer = None
         if self._db is not None:
             await self._call(self._db.close)
             self._db = None
         self._executor.shutdown(wait=True)
 
-    # Reads: from memory.
+    # Reads: from memory (staged updates included).
     def known(self, key: BalanceKey) -> KnownBalance | None:
-        """The last committed balance of this key, or None if it was never seen."""
+        """The last balance of this key, or None if it was never seen."""
         return self._known.get(key)
 
     def alerts(self, key: BalanceKey) -> dict[str, AlertState]:
         """The stored alert states of this key, by fingerprint (a copy: callers may not change ours)."""
         return dict(self._alerts.get(key, {}))
+
+    def alerts_view(self, key: BalanceKey) -> Mapping[str, AlertState]:
+        """The alert states of this key, by fingerprint, read-only and without a copy (one shared empty
+        mapping for a key without any): for the poll path. It follows later updates; do not keep it."""
+        by_fingerprint = self._alerts.get(key)
+        return MappingProxyType(by_fingerprint) if by_fingerprint else _NO_ALERTS
 
     def all_known(self) -> dict[BalanceKey, KnownBalance]:
         """Every tracked balance."""
@@ -174,38 +313,139 @@ class StateStore:
         """Every stored alert state."""
         return [a for by_fp in self._alerts.values() for a in by_fp.values()]
 
-    # Writes: durable first, then visible in memory.
-    async def commit(self, update: StateUpdate, events: Sequence[Event] = ()) -> None:
-        """Write the balances, alert states and events of one poll in one transaction.
+    # Writes: visible in memory at once, durable in groups.
+    def stage(self, update: StateUpdate, events: Sequence[Event] = ()) -> StagedCommit:
+        """Apply the balances, alert states and events of one poll to memory now, and queue them to be
+        written in one transaction (with whatever else is queued). Await the result for durability.
 
-        Raises OutboxFull, writing nothing, when the events would not fit in the outbox.
+        Call it in the same synchronous step as the reads the update was derived from (under the
+        evaluation lock), then release the lock and await. Raises OutboxFull, changing nothing, when the
+        events would not fit in the outbox; StateWriteError while the store reloads after a failed write.
         """
+        loop = asyncio.get_running_loop()
         if not update.balances and not update.alerts and not update.freshness and not events:
-            return
+            future: asyncio.Future[None] = loop.create_future()
+            future.set_result(None)
+            return StagedCommit(update, (), future)
+        if self._writer is None or self._closing:
+            raise RuntimeError("the state store is not open")
+        if self._recovering is not None:
+            raise StateWriteError(
+                f"the state store is reloading after a failed write ({self._recovering!r}); nothing is staged"
+            )
         if events and self.outbox_depth + len(events) > self.outbox_limit:
             raise OutboxFull(
                 f"the outbox holds {self.outbox_depth} events (limit {self.outbox_limit});"
                 f" {len(events)} more do not fit"
             )
-        rows = [
-            (e.topic, e.key, e.id, json.dumps([[k, v.decode()] for k, v in e.headers()]), e.value(),
-             e.time.isoformat())
-            for e in events
-        ]
-        await self._call(self._commit_sync, update, rows)
-        self.outbox_depth += len(rows)
+        staged = StagedCommit(update, tuple(events), loop.create_future())
+        self.outbox_depth += len(events)
         for key, known in update.balances:
             self._known[key] = known
         for alert in update.alerts:
             self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
         for fresh in update.freshness:
             self._freshness[fresh.subject] = fresh
+        self._queue.append(staged)
+        self._wakeup.set()
+        return staged
 
-    def _commit_sync(self, update: StateUpdate, outbox_rows: list[tuple[Any, ...]]) -> None:
+    async def commit(self, update: StateUpdate, events: Sequence[Event] = ()) -> None:
+        """`stage`, then wait until it is durable: for callers that hold no lock, or keep it anyway.
+
+        Raises OutboxFull, writing nothing, when the events would not fit in the outbox, and
+        StateWriteError when the write failed (memory is then reloaded from disk).
+        """
+        await self.stage(update, events)
+
+    async def flush(self) -> None:
+        """Wait until everything staged or acknowledged so far is written.
+        Raises StateWriteError when some of it could not be."""
+        if not self._queue and not self._writing and self._acked_through <= self._deleted_through:
+            return
+        if self._writer is None:
+            raise RuntimeError("the state store is not open")
+        marker = StagedCommit(_NOTHING, (), asyncio.get_running_loop().create_future())
+        self._queue.append(marker)
+        self._wakeup.set()
+        await marker
+
+    async def _write_loop(self) -> None:
+        """The one writer: every queued update (and the outbox rows Kafka acknowledged) in one
+        transaction, then the next group."""
+        while True:
+            delete_through = self._acked_through if self._acked_through > self._deleted_through else 0
+            if not self._queue and not delete_through:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, self._queue = self._queue, []
+            self._writing = batch
+            try:
+                entries: list[OutboxEntry] = await self._call(
+                    self._write_sync, batch, self._next_seq, delete_through
+                )
+            except asyncio.CancelledError:
+                self._recovering = StateWriteError("the state store's writer was cancelled")
+                for staged in [*batch, *self._queue]:
+                    staged._future.cancel()
+                raise
+            except Exception as exc:
+                await self._recover(batch, exc)
+                if self._recovering is not None:  # closing, and the database cannot even be read
+                    for staged in self._queue:
+                        staged._future.set_exception(StateWriteError("the state store is closing"))
+                    self._queue = []
+                    return
+                continue
+            finally:
+                self._writing = []
+            self.group_commits += 1
+            self._deleted_through = max(self._deleted_through, delete_through)
+            if entries:
+                self._next_seq = entries[-1].seq + 1
+                self._remember(entries)
+            for staged in batch:
+                if not staged._future.done():
+                    staged._future.set_result(None)
+
+    def _write_sync(
+        self, batch: list[StagedCommit], first_seq: int, delete_through: int
+    ) -> list[OutboxEntry]:
+        entries: list[OutboxEntry] = []
+        outbox_rows: list[tuple[Any, ...]] = []
+        # A later update of the same row wins, as it did in memory.
+        balances: dict[BalanceKey, KnownBalance] = {}
+        alerts: dict[str, AlertState] = {}
+        freshness: dict[tuple[str, str], Freshness] = {}
+        seq = first_seq
+        for staged in batch:
+            for event in staged.events:
+                headers = tuple(event.headers())
+                value = event.value()
+                entries.append(OutboxEntry(seq, event.topic, event.key, event.id, headers, value))
+                outbox_rows.append((
+                    seq, event.topic, event.key, event.id, json.dumps([[k, v.decode()] for k, v in headers]),
+                    value, event.time.isoformat(),
+                ))
+                seq += 1
+            update = staged.update
+            for key, known in update.balances:
+                balances[key] = known
+            for alert in update.alerts:
+                alerts[alert.fingerprint] = alert
+            for fresh in update.freshness:
+                freshness[(fresh.subject.source, fresh.subject.account)] = fresh
         db = self._require()
         with _transaction(db):
+            if delete_through:
+                # Kafka acknowledged these; they went out in order.
+                db.execute("DELETE FROM outbox WHERE seq <= ?", (delete_through,))
             db.executemany(
-                "INSERT INTO outbox (topic, key, ce_id, headers, value, created_at) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO outbox (seq, topic, key, ce_id, headers, value, created_at)"
+                " VALUES (?,?,?,?,?,?,?)",
                 outbox_rows,
             )
             db.executemany(
@@ -225,7 +465,7 @@ class StateStore:
                         b.version,
                         json.dumps([[t.isoformat(), str(a)] for t, a in b.history]),
                     )
-                    for k, b in update.balances
+                    for k, b in balances.items()
                 ],
             )
             db.executemany(
@@ -243,7 +483,7 @@ class StateStore:
                         a.resolved_at.isoformat() if a.resolved_at else None,
                         alert_detail_to_json(a),
                     )
-                    for a in update.alerts
+                    for a in alerts.values()
                 ],
             )
             db.executemany(
@@ -252,35 +492,96 @@ class StateStore:
                     (f.subject.source, f.subject.account, f.watched_since.isoformat(),
                      f.last_success_at.isoformat() if f.last_success_at else None, f.last_error,
                      int(f.access_revoked))
-                    for f in update.freshness
+                    for f in freshness.values()
                 ],
             )
+        return entries
 
+    async def _recover(self, batch: list[StagedCommit], exc: Exception) -> None:
+        """A batch failed: fail it and everything queued after it, and reload memory from disk before
+        anything new is staged (memory had those updates applied; derived ones are wrong too)."""
+        self._recovering = exc
+        failed = [*batch, *self._queue]
+        self._queue = []
+        self.outbox_depth = max(0, self.outbox_depth - sum(len(s.events) for s in failed))
+        log.error("state write failed; its updates and those queued after it are dropped, memory is"
+                  " reloaded from disk and the next polls derive them again",
+                  updates=len(failed), error=repr(exc))
+        for staged in failed:
+            if not staged._future.done():
+                error = StateWriteError(f"the state store could not write: {exc!r}")
+                error.__cause__ = exc
+                staged._future.set_exception(error)
+        delay = 0.1
+        while True:
+            try:
+                snapshot: _Snapshot = await self._call(self._load_sync)
+                break
+            except Exception as reload_exc:
+                if self._closing:
+                    return  # stays refusing: the store is going away
+                log.error("state store reload failed; retrying", error=repr(reload_exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        # Synchronous from here: nothing is staged between the swap and the end of the recovery.
+        self._install(snapshot)
+        self._next_seq = max(self._next_seq, snapshot.last_seq + 1)
+        # Whatever the failed write left on disk, the relay reads the outbox from the table again.
+        self._unpublished.clear()
+        self._disk_only_through = max(self._disk_only_through, snapshot.last_seq)
+        self._recovering = None
+        log.warning("state store reloaded from disk", balances=len(snapshot.known))
+
+    def _remember(self, entries: list[OutboxEntry]) -> None:
+        """Newly durable events, for the relay, unless that would overflow its memory."""
+        if len(self._unpublished) + len(entries) > self.outbox_memory_limit:
+            self._unpublished.clear()
+            self._disk_only_through = entries[-1].seq
+        else:
+            self._unpublished.extend(entries)
+
+    # The relay's side of the outbox.
     async def outbox_batch(self, limit: int) -> list[OutboxEntry]:
-        """The oldest events of the outbox, in the order they were written."""
-        rows = await self._call(self._outbox_batch_sync, limit)
-        return [
-            OutboxEntry(r[0], r[1], r[2], r[3], tuple((k, v.encode()) for k, v in json.loads(r[4])), r[5])
-            for r in rows
-        ]
+        """The oldest unacknowledged events of the outbox, in the order they were written: from memory,
+        or from the table for those that are on disk only (after a restart, or an overflow)."""
+        while self._acked_through < self._disk_only_through:
+            low, high = self._acked_through, self._disk_only_through
+            rows = await self._call(self._outbox_rows_sync, low, high, limit)
+            entries = [
+                OutboxEntry(r[0], r[1], r[2], r[3], tuple((k, v.encode()) for k, v in json.loads(r[4])), r[5])
+                for r in rows
+            ]
+            if (self._acked_through, self._disk_only_through) != (low, high):
+                return entries  # acknowledged or overflowed meanwhile: what was read is still the head
+            if len(entries) == limit:
+                return entries
+            # That was every event on disk only: from here on, memory holds them all.
+            self._unpublished.extendleft(reversed(entries))
+            self._disk_only_through = low
+        return list(itertools.islice(self._unpublished, limit))
 
-    def _outbox_batch_sync(self, limit: int) -> list[tuple[Any, ...]]:
+    def _outbox_rows_sync(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         return list(
             self._require().execute(
-                "SELECT seq, topic, key, ce_id, headers, value FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, topic, key, ce_id, headers, value FROM outbox WHERE seq > ? AND seq <= ?"
+                " ORDER BY seq LIMIT ?",
+                (after, through, limit),
             )
         )
 
-    async def outbox_remove(self, seqs: Sequence[int]) -> None:
-        """Forget events Kafka acknowledged."""
-        if seqs:
-            await self._call(self._outbox_remove_sync, list(seqs))
-            self.outbox_depth = max(0, self.outbox_depth - len(seqs))
-
-    def _outbox_remove_sync(self, seqs: list[int]) -> None:
-        db = self._require()
-        with _transaction(db):
-            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+    def acknowledge(self, batch: Sequence[OutboxEntry]) -> None:
+        """Kafka acknowledged `batch`, the oldest events of the outbox as `outbox_batch` returned them:
+        forget them. At once in memory; their rows are deleted (`DELETE ... WHERE seq <= ?`) with the
+        next group commit (`flush()` waits for it). A crash before that sends them again, same ids."""
+        if not batch:
+            return
+        through = batch[-1].seq
+        self.outbox_depth = max(0, self.outbox_depth - sum(1 for e in batch if e.seq > self._acked_through))
+        self._acked_through = max(self._acked_through, through)
+        unpublished = self._unpublished
+        while unpublished and unpublished[0].seq <= through:
+            unpublished.popleft()
+        self._wakeup.set()
 
     # The AccessLedger of PSD2 sources: their daily access budget survives restarts.
     def load(self, source: str, account: str, since: datetime) -> list[datetime]:
