@@ -318,12 +318,15 @@ def write_config(
     metrics_port: int | None = None,
     rules: Path = RULES_FILE,
     topic_prefix: str | None = None,
+    signing_threads: int | None = None,
 ) -> tuple[Path, list[str]]:
     """config.toml (and a copy of the rules) in `folder`; returns it and the two topics."""
     shutil.copy(rules, folder / "rules.toml")
     prefix = re.sub(r"[^A-Za-z0-9._-]", "_", topic_prefix or folder.name)
     topics = [f"{prefix}-changes", f"{prefix}-alerts"]
     metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
+    if signing_threads is not None:  # else the daemon's default
+        metrics += f"[signing]\nthreads = {signing_threads}\n"
     config = folder / "config.toml"
     config.write_text(
         f"""

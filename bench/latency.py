@@ -1,6 +1,6 @@
 """Latency from the moment a response arrives to the Kafka acknowledgement of its events, p50 and p99.
 
-    .venv/bin/python bench/latency.py [--rates 250 500] [--seconds 20] [--patch P] [--out FILE]
+    .venv/bin/python bench/latency.py [--rates 250 500] [--seconds 20] [--signing-threads N] [--out FILE]
 
 The daemon polls N = rate x seconds accounts one by one, its rate limit set to `rate` polls per second
 (max_requests_per_second), 64 in flight; the sandbox moves every balance each second, so every poll
@@ -55,18 +55,19 @@ def stats_ms(values: list[float]) -> dict[str, float]:
             "p99_ms": round(percentile(ms, 99), 2), "max_ms": round(max(ms), 2) if ms else float("nan")}
 
 
-def measure(env: Env, rate: int, seconds: float, patches: tuple[str, ...] = ()) -> dict[str, Any]:
+def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = None) -> dict[str, Any]:
+    variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
     accounts = max(100, int(rate * seconds))
     sandbox = env.sandbox(accounts, 1.0)
     try:
-        folder = env.folder(f"latency-{rate}" + ("-" + "+".join(patches) if patches else ""))
+        folder = env.folder(f"latency-{rate}" + (f"-{variant}" if variant else ""))
         trace = folder / "latency.txt"
         port = free_port()
         source = mastercard_source(env, sandbox, accounts=tokens(accounts), interval="1s",
                                    max_concurrency=64, max_requests_per_second=rate)
-        config, topics = write_config(folder, env, source, metrics_port=port)
-        log(f"latency at {rate} polls/s: {accounts} accounts, patches {patches or 'none'}")
-        daemon = Daemon(config, metrics_port=port, patches=("trace-latency", *patches),
+        config, topics = write_config(folder, env, source, metrics_port=port, signing_threads=signing_threads)
+        log(f"latency at {rate} polls/s: {accounts} accounts, {variant or 'default settings'}")
+        daemon = Daemon(config, metrics_port=port, patches=("trace-latency",),
                         extra_env={"BENCH_LATENCY_FILE": str(trace)})
         try:
             lines = daemon.wait_for_rounds(2, timeout=1800)[:2]
@@ -91,7 +92,7 @@ def measure(env: Env, rate: int, seconds: float, patches: tuple[str, ...] = ()) 
         return {
             "rate_asked": rate,
             "accounts": accounts,
-            "patches": list(patches),
+            "variant": variant,
             "polls_per_s_reached": [round(a, 1) for a in achieved],
             "events": total,
             "records_read_back": len(records),
@@ -112,19 +113,20 @@ def main() -> int:
     )
     parser.add_argument("--rates", type=int, nargs="+", default=[250, 500])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of one round")
-    parser.add_argument("--patch", action="append", default=[], help="also run with these patches")
+    parser.add_argument("--signing-threads", type=int, action="append", default=[],
+                        help="also run with [signing] threads = N (repeatable)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
         results = []
         for rate in args.rates:
             results.append(measure(env, rate, args.seconds))
-            for patch in args.patch:
-                results.append(measure(env, rate, args.seconds, tuple(patch.split(","))))
+            for threads in args.signing_threads:
+                results.append(measure(env, rate, args.seconds, threads))
     dump({"latency": results}, args.out)
     for r in results:
         a = r["ack_steady_round"]
-        print(f"{r['rate_asked']:>5}/s asked {'+'.join(r['patches']) or 'as is':<30} reached "
+        print(f"{r['rate_asked']:>5}/s asked {r['variant'] or 'as is':<30} reached "
               f"{r['polls_per_s_reached']}: response->ack p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms "
               f"(to producer append p99 {r['producer_append_steady_round']['p99_ms']} ms)", file=sys.stderr)
     return 0

@@ -72,15 +72,15 @@ def changes_for(accounts: int) -> list[tuple[str, str]]:
 
 
 def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: float, rounds: int,
-            profile: bool, patches: tuple[str, ...] = ()) -> dict[str, Any]:
+            profile: bool) -> dict[str, Any]:
     fetch_s = fetch_time(sandbox, env, fmt)
     log(f"listing {fmt}: bare signed fetch of {accounts} accounts {fetch_s:.2f}s")
-    folder = env.folder(f"listing-{fmt}" + ("-" + "+".join(patches) if patches else ""))
+    folder = env.folder(f"listing-{fmt}")
     port = free_port()
     source = mastercard_source(env, sandbox, name=f"mc-list-{fmt}", fmt=fmt, interval=f"{interval}s",
                                timeout="120s")
     config, _topics = write_config(folder, env, source, metrics_port=port)
-    daemon = Daemon(config, metrics_port=port, patches=patches)
+    daemon = Daemon(config, metrics_port=port)
     published = None
     try:
         while True:
@@ -101,7 +101,6 @@ def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: fl
         result: dict[str, Any] = {
             "format": fmt,
             "accounts": accounts,
-            "patches": list(patches),
             "fetch_s": round(fetch_s, 3),
             "first_sight": {
                 "events": int(first["events"]),
@@ -159,17 +158,13 @@ def main() -> int:
                         help="seconds between the daemon's rounds: more than a first-sight round takes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per format, the first is first sight")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--patch", default="listing-limit",
-                        help="bench/patched_daemon.py patches, comma-separated (default listing-limit: "
-                             "100,000 accounts exceed the 32 MiB body limit as it is; 'none' for none)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    patches = tuple(p for p in args.patch.split(",") if p and p != "none")
     with Env.start() as env:
         sandbox = env.sandbox(args.accounts, 0.0)
         results = [
             measure(env, sandbox, fmt, accounts=args.accounts, interval=args.interval, rounds=args.rounds,
-                    profile=args.profile, patches=patches)
+                    profile=args.profile)
             for fmt in args.formats
         ]
     dump({"listing": results}, args.out)

@@ -107,7 +107,8 @@ def naive_script(urls: list[str], key: Any, bootstrap: str, topic: str) -> dict[
 
 
 def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds: int = 3,
-            patches: tuple[str, ...] = ()) -> dict[str, Any]:
+            signing_threads: int | None = None) -> dict[str, Any]:
+    variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
     sandbox = env.sandbox(accounts, 1.0)
     try:
         names = tokens(accounts)
@@ -118,11 +119,12 @@ def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds
         naive = naive_script(account_urls(sandbox, names[:naive_accounts]), key, env.broker.bootstrap_servers,
                              "naive-changes")
         log(f"naive: {naive}")
-        folder = env.folder("naive-daemon" + ("-" + "+".join(patches) if patches else ""))
+        folder = env.folder("naive-daemon" + (f"-{variant}" if variant else ""))
         port = free_port()
         source = mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64)
-        config, _topics = write_config(folder, env, source, metrics_port=port)
-        daemon = Daemon(config, metrics_port=port, patches=patches)
+        config, _topics = write_config(folder, env, source, metrics_port=port,
+                                       signing_threads=signing_threads)
+        daemon = Daemon(config, metrics_port=port)
         try:
             lines = daemon.wait_for_rounds(rounds, timeout=1800)[:rounds]
             total = sum(int(line["events"]) for line in lines)
@@ -138,7 +140,7 @@ def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds
         return {
             "latency_s": latency,
             "accounts": accounts,
-            "patches": list(patches),
+            "variant": variant,
             "naive": naive,
             "daemon_polls_per_s_rounds": per_round,
             "daemon_polls_per_s": round(daemon_rate, 1),
@@ -155,17 +157,18 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=1000, help="accounts the daemon polls")
     parser.add_argument("--naive-accounts", type=int, default=300, help="accounts the script polls")
     parser.add_argument("--latency", type=float, default=0.02)
-    parser.add_argument("--patch", action="append", default=[], help="also run the daemon with these patches")
+    parser.add_argument("--signing-threads", type=int, action="append", default=[],
+                        help="also run the daemon with [signing] threads = N (repeatable)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
         results = [measure(env, args.accounts, args.naive_accounts, args.latency)]
-        for patch in args.patch:
+        for threads in args.signing_threads:
             results.append(measure(env, args.accounts, args.naive_accounts, args.latency,
-                                   patches=tuple(patch.split(","))))
+                                   signing_threads=threads))
     dump({"naive": results}, args.out)
     for r in results:
-        print(f"{r['latency_s'] * 1000:.0f} ms latency {'+'.join(r['patches']) or 'as is':<30}: naive "
+        print(f"{r['latency_s'] * 1000:.0f} ms latency {r['variant'] or 'as is':<30}: naive "
               f"{r['naive']['polls_per_s']} polls/s, daemon {r['daemon_polls_per_s']} polls/s, "
               f"ratio {r['ratio']}x", file=sys.stderr)
     return 0

@@ -47,8 +47,9 @@ from common import (
 
 
 def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str, profile: bool,
-            floor_threads: bool = True, patches: tuple[str, ...] = (), floor: dict[str, Any] | None = None,
-            ) -> dict[str, Any]:
+            floor_threads: bool = True, signing_threads: int | None = None,
+            floor: dict[str, Any] | None = None) -> dict[str, Any]:
+    variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
     sandbox = env.sandbox(accounts, tick)
     try:
         names = tokens(accounts)
@@ -61,15 +62,15 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
         if floor_threads:
             log(f"N={accounts}: floor with signing on 2 threads")
             floor_threads_result = asyncio.run(signed_floor(urls, key, sign_in_threads=2))
-        folder = env.folder(f"per-account-{accounts}" + ("-" + "+".join(patches) if patches else ""))
+        folder = env.folder(f"per-account-{accounts}" + (f"-{variant}" if variant else ""))
         port = free_port()
         config, _topics = write_config(
             folder, env,
             mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64),
-            log_level=log_level, metrics_port=port,
+            log_level=log_level, metrics_port=port, signing_threads=signing_threads,
         )
-        log(f"N={accounts}: daemon, {rounds} rounds, patches: {', '.join(patches) or 'none'}")
-        daemon = Daemon(config, metrics_port=port, patches=patches)
+        log(f"N={accounts}: daemon, {rounds} rounds, {variant or 'as configured by default'}")
+        daemon = Daemon(config, metrics_port=port)
         try:
             published = None
             profiler = None
@@ -117,7 +118,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             mean = sum(r["polls_per_s"] for r in steady) / len(steady)
             result: dict[str, Any] = {
                 "accounts": accounts,
-                "patches": list(patches),
+                "variant": variant,
                 "tick_s": tick,
                 "log_level": log_level,
                 "floor": floor,
@@ -156,9 +157,9 @@ def main() -> int:
     parser.add_argument("--tick", type=float, default=1.0, help="sandbox seconds between balance moves")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--profile", action="store_true", help="py-spy the steady rounds")
-    parser.add_argument("--patch", action="append", default=[],
-                        help="also run the daemon with these bench/patched_daemon.py patches "
-                             "(comma-separated; repeatable: one extra run each)")
+    parser.add_argument("--signing-threads", type=int, action="append", default=[],
+                        help="also run the daemon with [signing] threads = N (0: sign on the event loop; "
+                             "repeatable: one extra run each)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
@@ -166,13 +167,13 @@ def main() -> int:
         for n in args.accounts:
             results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
                                    profile=args.profile))
-            for patch in args.patch:
+            for threads in args.signing_threads:
                 results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
-                                       profile=args.profile, floor_threads=False,
-                                       patches=tuple(patch.split(",")), floor=results[-1]["floor"]))
+                                       profile=False, floor_threads=False, signing_threads=threads,
+                                       floor=results[-1]["floor"]))
     dump({"per_account": results}, args.out)
     for r in results:
-        label = "+".join(r["patches"]) or "as is"
+        label = r["variant"] or "as is"
         print(f"N={r['accounts']:>7} {label:<30}: daemon {r['steady_polls_per_s']:>7.1f} polls/s "
               f"(first sight "
               f"{r['first_sight_polls_per_s']:.1f}), floor {r['floor']['per_s']:.1f}/s, ratio "

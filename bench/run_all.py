@@ -24,8 +24,8 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results.json"
 CHART = BENCH / "results.png"
 OUT = BENCH / ".work" / "json"
-# The patches of bench/patched_daemon.py measured as experiments, one at a time and together.
-EXPERIMENTS = ["sign-threads", "sync-normal", "unlocked", "sign-threads,sync-normal,unlocked"]
+# Settings measured as experiments beside the defaults: signing on the event loop instead of 2 threads.
+EXPERIMENT_SIGNING_THREADS = ["0"]
 
 
 def run(script: str, *args: str) -> dict[str, Any]:
@@ -43,12 +43,12 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
     results.update(run("per_account.py", "--accounts", *counts, "--profile"))
     if not args.no_experiments:
-        experiments = run("per_account.py", "--accounts", "1000", *[a for p in EXPERIMENTS
-                                                                    for a in ("--patch", p)])
+        experiments = run("per_account.py", "--accounts", "1000", "--rounds", "3",
+                          *[a for n in EXPERIMENT_SIGNING_THREADS for a in ("--signing-threads", n)])
         results["experiments"] = experiments["per_account"]
     results.update(run("listing.py", "--accounts", listing_accounts, "--profile"))
-    results.update(run("latency.py", "--rates", "250", "500", "--patch", "sign-threads,sync-normal,unlocked"))
-    results.update(run("naive.py", "--patch", "sign-threads,sync-normal,unlocked"))
+    results.update(run("latency.py", "--rates", "250", "500"))
+    results.update(run("naive.py"))
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
 
@@ -70,15 +70,15 @@ def chart(results: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 5))
-    per = [r for r in results.get("per_account", []) if not r.get("patches")]
+    per = [r for r in results.get("per_account", []) if not r.get("variant")]
     xs = [r["accounts"] for r in per]
     ax1.plot(xs, [r["floor"]["per_s"] for r in per], "k--o", label="floor: bare signed GETs")
     ax1.plot(xs, [r["steady_polls_per_s"] for r in per], "b-o", label="daemon, steady rounds")
     ax1.plot(xs, [r["first_sight_polls_per_s"] for r in per], "c-o", label="daemon, first sight")
-    best = [r for r in results.get("experiments", []) if len(r.get("patches", [])) > 1]
-    if best:
-        ax1.plot([r["accounts"] for r in best], [r["steady_polls_per_s"] for r in best], "g*", markersize=12,
-                 label="daemon + " + "+".join(best[0]["patches"]))
+    others = [r for r in results.get("experiments", []) if r.get("variant")]
+    if others:
+        ax1.plot([r["accounts"] for r in others], [r["steady_polls_per_s"] for r in others], "g*",
+                 markersize=12, label="daemon, " + others[0]["variant"])
     ax1.axhline(2000, color="r", linestyle=":", label="target 2,000/s")
     ax1.set_xscale("log")
     ax1.set_xlabel("accounts (per-account polls)")
@@ -87,10 +87,10 @@ def chart(results: dict[str, Any]) -> None:
     ax1.legend(fontsize=8)
 
     lat = results.get("latency", [])
-    for patches, style in (([], "b"), (["sign-threads", "sync-normal", "unlocked"], "g")):
-        rows = [r for r in lat if r.get("patches", []) == patches]
+    for variant, style in (("", "b"), ("signing.threads=0", "g")):
+        rows = [r for r in lat if r.get("variant", "") == variant]
         if rows:
-            label = "+".join(patches) or "as is"
+            label = variant or "as is"
             xs2 = [r["accounts"] for r in rows]
             ax2.plot(xs2, [r["ack_steady_round"]["p50_ms"] for r in rows], f"{style}-o", label=f"p50 {label}")
             ax2.plot(xs2, [r["ack_steady_round"]["p99_ms"] for r in rows], f"{style}--s",
@@ -132,7 +132,7 @@ def table(results: dict[str, Any]) -> str:
         rows.append((what, figure, target, "yes" if met else "no" if met is not None else "-"))
 
     for r in results.get("per_account", []):
-        if r.get("patches"):
+        if r.get("variant"):
             continue
         n = f"{r['accounts']:,}"
         add(f"per-account polls/s, N={n}", f"{r['steady_polls_per_s']:.0f} (first sight "
@@ -144,8 +144,8 @@ def table(results: dict[str, Any]) -> str:
         add(f"  peak RSS, N={n}", f"{r['peak_rss_mib']:.0f} MiB", "< 200 MiB at 100,000",
             r["peak_rss_mib"] < 200 if r["accounts"] >= 100_000 else None)
     for r in results.get("experiments", []):
-        if r.get("patches"):
-            add(f"  experiment N={r['accounts']:,} +{'+'.join(r['patches'])}",
+        if r.get("variant"):
+            add(f"  experiment N={r['accounts']:,} {r['variant']}",
                 f"{r['steady_polls_per_s']:.0f}/s, {r['ratio_to_floor']:.2f}x floor", "", None)
     for r in results.get("listing", []):
         add(f"listing {r['format']} {r['accounts']:,}: steady", f"{r['steady_round_s']:.2f} s (fetch "
@@ -158,13 +158,13 @@ def table(results: dict[str, Any]) -> str:
             r["peak_rss_mib"] < 200)
     for r in results.get("latency", []):
         a = r["ack_steady_round"]
-        label = "+".join(r["patches"]) or "as is"
+        label = r.get("variant") or "as is"
         add(f"latency at {r['rate_asked']}/s asked ({label})",
             f"p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms (reached "
             f"{'/'.join(str(round(x)) for x in r['polls_per_s_reached'])}/s)", "p99 < 50 ms at 500/s",
             a["p99_ms"] < 50 and min(r["polls_per_s_reached"]) >= 475 if r["rate_asked"] == 500 else None)
     for r in results.get("naive", []):
-        label = "+".join(r["patches"]) or "as is"
+        label = r.get("variant") or "as is"
         add(f"vs naive, {r['latency_s'] * 1000:.0f} ms latency ({label})",
             f"{r['ratio']:.1f}x ({r['daemon_polls_per_s']:.0f} vs {r['naive']['polls_per_s']:.1f}/s)",
             ">= 20x", r["ratio"] >= 20)

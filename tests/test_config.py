@@ -168,3 +168,49 @@ def test_bad_secret_sources(
         load_settings(write(tmp_path, MC.replace('consumer_key = "ck"', f"consumer_key = {value}")))
     assert "consumer_key" in str(info.value)
     assert expected in str(info.value)
+
+
+def test_performance_settings_have_safe_defaults(tmp_path: Path) -> None:
+    """Without the keys: signing on 2 threads, and a listing body limit of 256 MiB (room for a listing of
+    100,000 accounts, about 37 MB as Mastercard indents it); the example config says the same."""
+    settings = load_settings(write(tmp_path, MC))
+    assert settings.signing.threads == 2
+    source = settings.sources[0]
+    assert isinstance(source, MastercardSendConfig)
+    assert source.max_listing_bytes == 256 * 1024 * 1024
+    example = load_settings(ROOT / "config.example.toml")
+    assert example.signing.threads == 2
+
+
+def test_performance_settings_are_read_and_overridable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[signing] threads` (0 signs on the event loop) and a source's `max_listing_bytes` are read from
+    the file, and the environment overrides the thread count."""
+    path = write(tmp_path, "[signing]\nthreads = 0\n" + MC + "max_listing_bytes = 1048576\n")
+    settings = load_settings(path)
+    assert settings.signing.threads == 0
+    source = settings.sources[0]
+    assert isinstance(source, MastercardSendConfig)
+    assert source.max_listing_bytes == 1024 * 1024
+    monkeypatch.setenv("BALANCE_WATCHER_SIGNING__THREADS", "4")
+    assert load_settings(path).signing.threads == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[signing]\nthreads = -1\n", "signing.threads: Input should be greater than or equal to 0"),
+        ("[signing]\nthreads = 65\n", "signing.threads: Input should be less than or equal to 64"),
+        ('[signing]\nthreads = "many"\n', "signing.threads: Input should be a valid integer"),
+        ("[signing]\npool = 2\n", "signing.pool: unknown key"),
+        (MC + "max_listing_bytes = 1000\n", "(mc).max_listing_bytes: Input should be greater than"),
+        (MC + "max_listing_bytes = 8589934592\n", "(mc).max_listing_bytes: Input should be less"),
+        (MC + 'max_listing_bytes = "256MiB"\n', "(mc).max_listing_bytes: Input should be a valid"),
+    ],
+)
+def test_bad_performance_settings_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    """Out-of-range or mistyped signing threads and listing limits are ConfigErrors naming the key."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert expected in str(info.value)

@@ -12,8 +12,10 @@ import hashlib
 import json
 import re
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -33,6 +35,7 @@ from cryptography.x509.oid import NameOID
 from oauth1.oauth import OAuth
 
 from watcher.config import ConfigError, MastercardSendConfig, MyposPsd2Config
+from watcher.signing import authorization_header
 from watcher.sources import build_source, transport
 from watcher.sources.base import FetchResult
 from watcher.sources.mastercard import MastercardSendSource
@@ -524,3 +527,99 @@ async def test_build_source_picks_the_adapter(session: aiohttp.ClientSession, ke
     assert (card.name, card.provider, tuple(card.targets())) == ("cards", "mypos-psd2", ("50553500971",))
     with pytest.raises(ValueError, match="needs its signing key"):
         build_source(mc_config("http://x"), session, None)
+
+
+# --- signing off the event loop -------------------------------------------------------------------------
+
+
+class RecordingPool(ThreadPoolExecutor):
+    """A signing pool that notes the thread each submitted call ran on."""
+
+    def __init__(self) -> None:
+        super().__init__(2, thread_name_prefix="test-sign")
+        self.threads: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def noted() -> Any:
+            self.threads.append(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return super().submit(noted)
+
+
+async def test_mastercard_signs_on_the_pool_the_exact_url_sent(
+    server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
+) -> None:
+    """With a signing pool, every attempt (a retried 503 included) is signed on a pool thread, with a fresh
+    nonce, and each signature verifies for exactly the URL the server received, odd token included."""
+    token = "tok:a/b?c%d e"
+    attempts: list[int] = []
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        attempts.append(1)
+        if len(attempts) == 1:
+            return web.Response(status=503)
+        return web.json_response({"account_balances": {"account_balance": {
+            "non_card_token": token, "balance": {"amount": "1", "currency": "GBP", "state": "IN_CREDIT"}}}})
+
+    server.handler = flaky
+    with RecordingPool() as pool:
+        source = build_source(mc_config(server.base, non_card_tokens=[token], retries=2), session, key,
+                              sign_pool=pool)
+        result = await source.fetch(token)
+        assert result.outcome == "ok", result.error
+        assert result.attempts == 2
+        assert len(pool.threads) == 2
+        assert all(name.startswith("test-sign") for name in pool.threads)
+    assert len(server.seen) == 2
+    nonces = set()
+    for seen in server.seen:
+        assert seen.raw_path.endswith("/non-card-tokens/tok:a%2Fb%3Fc%25d%20e/account-balance")
+        verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())
+        nonces.add(oauth_params(seen.headers["Authorization"])["oauth_nonce"])
+    assert len(nonces) == 2
+
+
+async def test_mastercard_without_a_pool_signs_on_the_event_loop(
+    server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
+) -> None:
+    """sign_pool None (`[signing] threads = 0`) signs in the event loop's thread; the request is the same."""
+    loop_thread = threading.current_thread().name
+    signed_on: list[str] = []
+
+    def spy(url: str, method: str, consumer_key: str, signing_key: RSAPrivateKey) -> str:
+        signed_on.append(threading.current_thread().name)
+        return authorization_header(url, method, consumer_key, signing_key)
+
+    server.handler = answer((SEED / "mc_account_balance.json").read_bytes())
+    source = mc_source(server, session, key)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("watcher.sources.mastercard.authorization_header", spy)
+        result = await source.fetch(TOKEN)
+    assert result.outcome == "ok", result.error
+    assert signed_on == [loop_thread]
+    (seen,) = server.seen
+    verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())
+
+
+async def test_many_calls_share_the_pool(
+    server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
+) -> None:
+    """Concurrent calls of one source all sign on the pool and all verify (no header crosses calls)."""
+    tokens = [f"non_card_token:t{i}" for i in range(20)]
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        token = unquote(request.raw_path.split("/")[-2])
+        return web.json_response({"account_balances": {"account_balance": {
+            "non_card_token": token, "balance": {"amount": "1", "currency": "GBP", "state": "IN_CREDIT"}}}})
+
+    server.handler = echo
+    with RecordingPool() as pool:
+        source = MastercardSendSource(mc_config(server.base, non_card_tokens=tokens), session, key,
+                                      sign_pool=pool)
+        results = await asyncio.gather(*(source.fetch(t) for t in tokens))
+        assert len(pool.threads) == 20
+    assert [r.outcome for r in results] == ["ok"] * 20
+    assert [r.observations[0].key.account for r in results] == tokens
+    for seen in server.seen:
+        verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +48,8 @@ class Components:
     lock: asyncio.Lock
     # Builds a source like the ones above (same session, same ledger): for a config reload.
     make_source: Callable[[SourceConfig, RSAPrivateKey | None], BalanceSource]
+    # The threads that sign Mastercard requests off the event loop; None: `[signing] threads = 0`.
+    sign_pool: ThreadPoolExecutor | None = None
 
 
 async def load_signing_keys(
@@ -87,6 +90,14 @@ async def open_components(
             raise StartupError(f"cannot open the state store {settings.state.path}: {exc}") from None
         stack.push_async_callback(store.close)
 
+        # OAuth1 RSA signing, off the event loop. Threads start on first use; closed after the session
+        # (no request is signed any more then). Queued signatures are cancelled, the ones being computed
+        # (a millisecond each) are waited for.
+        sign_pool: ThreadPoolExecutor | None = None
+        if settings.signing.threads > 0:
+            sign_pool = ThreadPoolExecutor(settings.signing.threads, thread_name_prefix="oauth1-sign")
+            stack.callback(sign_pool.shutdown, wait=True, cancel_futures=True)
+
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             raise_for_status=False,
@@ -122,7 +133,7 @@ async def open_components(
 
         def make_source(cfg: SourceConfig, key: RSAPrivateKey | None) -> BalanceSource:
             # The store is the PSD2 access ledger: the daily budget survives restarts and reloads.
-            return build_source(cfg, session, key, ledger=store)
+            return build_source(cfg, session, key, ledger=store, sign_pool=sign_pool)
 
         pollers = [
             Poller(make_source(cfg, keys.get(cfg.name)), store, delivery, holder, clock, lock)
@@ -136,5 +147,5 @@ async def open_components(
         for poller in pollers:
             poller.metrics = metrics
         yield Components(
-            settings, store, session, relay, holder, pollers, metrics, delivery, lock, make_source
+            settings, store, session, relay, holder, pollers, metrics, delivery, lock, make_source, sign_pool
         )

@@ -161,6 +161,12 @@ class MetricsConfig(_Strict):
     listen: str = "127.0.0.1:9464"
 
 
+class SigningConfig(_Strict):
+    # Threads that compute OAuth1 RSA signatures off the event loop (cryptography releases the GIL while
+    # it signs); 0 signs on the event loop itself.
+    threads: int = Field(default=2, ge=0, le=64)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -198,6 +204,9 @@ class MastercardSendConfig(_SourceBase):
     signing_key_password: Secret
     format: Literal["json", "xml"] = "json"
     non_card_tokens: list[str] = Field(default_factory=list)
+    # The largest partner-wide listing body accepted (bytes, after decompression): about 370 bytes per
+    # account in indented JSON, 470 in XML, so 256 MiB is room for some 500,000 accounts.
+    max_listing_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024, le=4 * 1024 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _base(self) -> MastercardSendConfig:
@@ -262,6 +271,7 @@ class Settings(BaseSettings):
     rules: RulesConfig = RulesConfig()
     metrics: MetricsConfig | None = None
     logging: LoggingConfig = LoggingConfig()
+    signing: SigningConfig = SigningConfig()
     shutdown_grace: Duration = timedelta(seconds=20)
     sources: list[SourceConfig] = Field(default_factory=list)
 

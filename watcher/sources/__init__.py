@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import datetime
 
 import aiohttp
@@ -23,14 +24,16 @@ def build_source(
     *,
     clock: Callable[[], datetime] = utc_now,
     ledger: AccessLedger | None = None,
+    sign_pool: Executor | None = None,
 ) -> BalanceSource:
     """The adapter for one configured source. Mastercard needs its signing key, already loaded.
 
     `ledger` keeps a PSD2 source's access budget across restarts (the state store); without it the
-    budget is counted in memory only.
+    budget is counted in memory only. `sign_pool` signs Mastercard requests off the event loop (None:
+    on the loop); the caller owns it and shuts it down.
     """
     if isinstance(config, MastercardSendConfig):
         if signing_key is None:
             raise ValueError(f"source {config.name!r}: a Mastercard Send source needs its signing key")
-        return MastercardSendSource(config, session, signing_key, clock=clock)
+        return MastercardSendSource(config, session, signing_key, clock=clock, sign_pool=sign_pool)
     return MyposPsd2Source(config, session, clock=clock, ledger=ledger)

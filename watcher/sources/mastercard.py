@@ -7,16 +7,17 @@ account of the partner (`.../account-balances`). The documented samples spell th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from datetime import datetime, timedelta
+from decimal import Decimal
 from urllib.parse import quote
 from xml.etree.ElementTree import Element
 
 import aiohttp
-import defusedxml.ElementTree as SafeET
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from defusedxml import DefusedXmlException
 
 from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey, Observation
 from watcher.config import MastercardSendConfig
@@ -26,7 +27,10 @@ from watcher.sources.base import FetchOutcome, FetchResult, ParsedBalances, Pars
 from watcher.sources.guard import CallGuard, Refusal
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import (
+    PAUSE_GC_BYTES,
+    UNSIGNED_AMOUNT,
     EntryError,
+    collector_paused,
     finish,
     load_json,
     parse_timestamp,
@@ -34,15 +38,17 @@ from watcher.sources.values import (
     read_currency,
     show,
 )
+from watcher.sources.xmlsafe import parse_untrusted_xml
 
 PROVIDER = "mastercard-send"
 LISTING = "*"
 _TOP_KEYS = ("account_balances", "account-balances")
 _ENTRY_KEYS = ("account_balance", "account-balance")
 _STATES = (IN_CREDIT, IN_DEBIT)
-# One account is a few hundred bytes; a partner listing may be long, but not unbounded.
+_MISSING = object()
+# One account is a few hundred bytes; a partner listing may be long, but not unbounded: its limit is the
+# source's max_listing_bytes.
 _ACCOUNT_BODY_LIMIT = 1024 * 1024
-_LISTING_BODY_LIMIT = 32 * 1024 * 1024
 _MAX_XML_DEPTH = 8  # an account is three levels deep; deeper is not an account
 _ACCEPT = {"json": "application/json", "xml": "application/xml"}
 
@@ -52,26 +58,57 @@ Clock = Callable[[], datetime]
 # --- parsing -----------------------------------------------------------------------------------------
 
 
+class _Seen:
+    """What one parse call already checked, so that a listing pays once per distinct value, not once
+    per account: parsed balance timestamps (every account updated in the same second has the same
+    one) and currency codes found valid. Bounded by the listing itself."""
+
+    __slots__ = ("currencies", "stamps")
+
+    def __init__(self) -> None:
+        self.stamps: dict[str, datetime | None] = {}
+        self.currencies: set[str] = set()
+
+    def timestamp(self, text: str) -> datetime | None:
+        try:
+            return self.stamps[text]
+        except KeyError:
+            parsed = self.stamps[text] = parse_timestamp(text)
+            return parsed
+
+
 def _account(
-    raw: object, path: str, *, source: str, observed_at: datetime, correlation_id: str
+    raw: object, path: str, *, source: str, observed_at: datetime, correlation_id: str, seen: _Seen
 ) -> Observation:
-    """One account object (from JSON, or from XML turned into the same dict shape)."""
+    """One account object (from JSON, or from XML turned into the same dict shape).
+
+    Runs once per account of a listing of 100,000: the common case takes the shortest way (error
+    messages are built only when raised), every check still made.
+    """
     if not isinstance(raw, dict):
         raise EntryError(path, f"expected an account object, found {show(raw)}")
     token = raw.get("non_card_token")
     if not isinstance(token, str) or not token.strip():
         raise EntryError(f"{path}.non_card_token", f"missing or empty, found {show(token)}")
-    where = f"{path} ({token})"
     balance = raw.get("balance")
     if not isinstance(balance, dict):
-        raise EntryError(f"{where}.balance", f"expected an object, found {show(balance)}")
-    if "amount" not in balance:
-        raise EntryError(f"{where}.balance.amount", "missing")
-    amount = read_amount(balance["amount"], f"{where}.balance.amount", signed=False)
-    currency = read_currency(balance.get("currency"), f"{where}.balance.currency")
+        raise EntryError(f"{path} ({token}).balance", f"expected an object, found {show(balance)}")
+    amount_raw = balance.get("amount", _MISSING)
+    if amount_raw is _MISSING:
+        raise EntryError(f"{path} ({token}).balance.amount", "missing")
+    if isinstance(amount_raw, str) and UNSIGNED_AMOUNT.fullmatch(amount_raw):
+        amount = Decimal(amount_raw)  # what read_amount makes of a plain unsigned decimal string
+    else:
+        amount = read_amount(amount_raw, f"{path} ({token}).balance.amount", signed=False)
+    currency = balance.get("currency")
+    if not isinstance(currency, str) or currency not in seen.currencies:
+        seen.currencies.add(read_currency(currency, f"{path} ({token}).balance.currency"))
+    assert isinstance(currency, str)
     state = balance.get("state")
     if state not in _STATES:
-        raise EntryError(f"{where}.balance.state", f"expected IN_CREDIT or IN_DEBIT, found {show(state)}")
+        raise EntryError(
+            f"{path} ({token}).balance.state", f"expected IN_CREDIT or IN_DEBIT, found {show(state)}"
+        )
     assert isinstance(state, str)
     stamp = raw.get("balance_timestamp")
     stamp_text = stamp if isinstance(stamp, str) else None if stamp is None else show(stamp)
@@ -84,7 +121,7 @@ def _account(
         observed_at=observed_at,
         correlation_id=correlation_id,
         description=description if isinstance(description, str) else None,
-        provider_timestamp=parse_timestamp(stamp_text) if stamp_text is not None else None,
+        provider_timestamp=seen.timestamp(stamp_text) if stamp_text is not None else None,
         # Kept even when invalid: a documented sample has a time with 80 seconds.
         provider_timestamp_text=stamp_text,
         extra=(("created_date", created),) if isinstance(created, str) else (),
@@ -96,11 +133,15 @@ def _build(
 ) -> ParsedBalances:
     """Each entry an observation or a rejection (an entry may already be an EntryError, from XML)."""
     results: list[tuple[str, Observation | EntryError]] = []
+    seen = _Seen()
     for path, raw in entries:
+        if isinstance(raw, EntryError):
+            results.append((path, raw))
+            continue
         try:
-            if isinstance(raw, EntryError):
-                raise raw
-            obs = _account(raw, path, source=source, observed_at=observed_at, correlation_id=correlation_id)
+            obs = _account(
+                raw, path, source=source, observed_at=observed_at, correlation_id=correlation_id, seen=seen
+            )
         except EntryError as exc:
             results.append((path, exc))
         else:
@@ -127,6 +168,11 @@ def parse_mastercard_json(
     `{"account-balances": [{...}, ...]}` (a listing), with either spelling of the top-level key; a
     listing may also hold one account object instead of an array, and `account_balance` an array.
     """
+    with collector_paused(len(body) >= PAUSE_GC_BYTES):
+        return _read_json(body, source=source, observed_at=observed_at, correlation_id=correlation_id)
+
+
+def _read_json(body: bytes, *, source: str, observed_at: datetime, correlation_id: str) -> ParsedBalances:
     doc = load_json(body)
     if not isinstance(doc, dict):
         raise ParseError(f"top level: expected a JSON object, found {show(doc)}")
@@ -155,40 +201,49 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _xml_value(element: Element, path: str, depth: int = 0) -> object:
+class _XmlProblem(Exception):
+    """Why an element has no JSON shape; `trail` collects the tags from the culprit up (reversed), so
+    that the path is spelt out only for an error, not for each of a listing's 900,000 elements."""
+
+    def __init__(self, problem: str, *trail: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.trail = list(trail)
+
+
+def _xml_value(element: Element, depth: int = 0) -> object:
     """An element as the JSON shape would have it: leaves are their text, others a dict of children."""
     if depth > _MAX_XML_DEPTH:
-        raise EntryError(path, "nested too deeply")
-    children = [c for c in element if isinstance(c.tag, str)]
-    if not children:
-        return (element.text or "").strip()
+        raise _XmlProblem("nested too deeply")
     result: dict[str, object] = {}
-    for child in children:
-        tag = _local(child.tag)
+    for child in element:
+        tag = child.tag
+        if not isinstance(tag, str):
+            continue  # a comment or processing instruction
+        if "}" in tag:
+            tag = _local(tag)
         if tag in result:
-            raise EntryError(f"{path}.{tag}", "appears more than once")
-        result[tag] = _xml_value(child, f"{path}.{tag}", depth + 1)
+            raise _XmlProblem("appears more than once", tag)
+        if len(child) or depth >= _MAX_XML_DEPTH:
+            try:
+                result[tag] = _xml_value(child, depth + 1)
+            except _XmlProblem as exc:
+                exc.trail.append(tag)
+                raise
+        else:  # a leaf, the common case, without a call
+            text = child.text
+            result[tag] = text.strip() if text else ""
+    if not result:
+        return (element.text or "").strip()
     return result
 
 
 def _xml_entry(element: Element, path: str) -> object:
     """The account's dict shape, or the EntryError that says why it has none."""
     try:
-        return _xml_value(element, path)
-    except EntryError as exc:
-        return exc
-
-
-def _xml_root(body: bytes) -> Element:
-    """Parse untrusted XML: no DTD, no entities, no external references."""
-    try:
-        return SafeET.fromstring(body, forbid_dtd=True)
-    except DefusedXmlException as exc:
-        raise ParseError(f"XML refused: {type(exc).__name__} (DTDs and entities are not accepted)") from None
-    except SafeET.ParseError as exc:
-        raise ParseError(f"not well-formed XML: {exc}") from None
-    except (ValueError, LookupError) as exc:  # e.g. an unknown encoding declaration
-        raise ParseError(f"not well-formed XML: {exc}") from None
+        return _xml_value(element)
+    except _XmlProblem as exc:
+        return EntryError(path + "".join(f".{tag}" for tag in reversed(exc.trail)), exc.problem)
 
 
 def parse_mastercard_xml(
@@ -198,7 +253,12 @@ def parse_mastercard_xml(
 
     The root is `<account_balances>` or `<account-balances>`, with one or many `<account_balance>`.
     """
-    root = _xml_root(body)
+    with collector_paused(len(body) >= PAUSE_GC_BYTES):
+        return _read_xml(body, source=source, observed_at=observed_at, correlation_id=correlation_id)
+
+
+def _read_xml(body: bytes, *, source: str, observed_at: datetime, correlation_id: str) -> ParsedBalances:
+    root = parse_untrusted_xml(body)
     top = _top_key([_local(root.tag)], "root element")
     children = [c for c in root if isinstance(c.tag, str)]
     names = {_local(c.tag) for c in children}
@@ -252,7 +312,10 @@ class MastercardSendSource:
         clock: Clock = transport.utc_now,
         *,
         guard: CallGuard | None = None,
+        sign_pool: Executor | None = None,
     ) -> None:
+        """`sign_pool`: the threads that compute the OAuth1 signatures (the composition root owns it and
+        shuts it down); None signs on the event loop."""
         if any(not token for token in config.non_card_tokens):
             raise ValueError(f"source {config.name!r}: non_card_tokens contains an empty token")
         self._config = config
@@ -263,6 +326,7 @@ class MastercardSendSource:
         self._partner_url = f"{config.resolved_base_url}/v1/partners/{_segment(config.partner_id)}"
         self._timeouts = transport.Timeouts.of(config)
         self._guard = guard if guard is not None else CallGuard.of(config, clock)
+        self._sign_pool = sign_pool
 
     @property
     def name(self) -> str:
@@ -286,6 +350,21 @@ class MastercardSendSource:
             return f"{self._partner_url}/account-balances"
         return f"{self._partner_url}/non-card-tokens/{_segment(target)}/account-balance"
 
+    async def _authorization(self, url: str) -> str:
+        """The OAuth1 `Authorization` header for a GET of `url`, signed on the pool when there is one.
+
+        RSA signing is CPU work (about 0.4 to 0.9 ms); `cryptography` releases the GIL while it runs,
+        so on the pool the event loop goes on receiving answers meanwhile, and two threads sign on two
+        cores at once.
+        """
+        consumer_key = self._config.consumer_key.get_secret_value()
+        if self._sign_pool is None:
+            return authorization_header(url, "GET", consumer_key, self._key)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._sign_pool, authorization_header, url, "GET", consumer_key, self._key
+        )
+
     def next_allowed(self, target: str, now: datetime) -> datetime | None:
         """`now`, or when the circuit breaker lets calls through again."""
         return now + timedelta(seconds=self._guard.breaker.wait_s())
@@ -295,15 +374,11 @@ class MastercardSendSource:
         started = time.monotonic()
         url = self.url_for(target)
         fmt = self._config.format
-        limit = _LISTING_BODY_LIMIT if target == LISTING else _ACCOUNT_BODY_LIMIT
+        limit = self._config.max_listing_bytes if target == LISTING else _ACCOUNT_BODY_LIMIT
 
         async def send() -> transport.Response | transport.Failure:
-            headers = {
-                "Accept": _ACCEPT[fmt],
-                "Authorization": authorization_header(
-                    url, "GET", self._config.consumer_key.get_secret_value(), self._key
-                ),
-            }
+            # Signed per attempt (a fresh nonce and timestamp), the very URL string that is sent.
+            headers = {"Accept": _ACCEPT[fmt], "Authorization": await self._authorization(url)}
             return await transport.get(
                 self._session, url, headers=headers, timeouts=self._timeouts, limit=limit
             )

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from xml.etree.ElementTree import Element
 
-import defusedxml.ElementTree as SafeET
-from defusedxml import DefusedXmlException
-
 from watcher.sources.base import ParseError
 from watcher.sources.transport import clean
 from watcher.sources.values import load_json
+from watcher.sources.xmlsafe import parse_untrusted_xml
 
 _LINE_LIMIT = 500
 _DETAILS_LIMIT = 200
@@ -126,8 +124,8 @@ def _xml_dict(element: Element, depth: int = 0) -> object:
 def _parse_any(body: bytes) -> object:
     if body.lstrip()[:1] == b"<":
         try:
-            root = SafeET.fromstring(body, forbid_dtd=True)
-        except (DefusedXmlException, SafeET.ParseError, ValueError, LookupError):
+            root = parse_untrusted_xml(body)
+        except ParseError:
             return None
         return {_local(root.tag): _xml_dict(root)}
     try:

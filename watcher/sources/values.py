@@ -4,9 +4,12 @@ bookkeeping that lets one bad entry of a listing be reported without losing the 
 
 from __future__ import annotations
 
+import gc
 import json
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -17,7 +20,8 @@ from watcher.sources.base import ParsedBalances, ParseError
 MAX_INTEGER_DIGITS = 18
 MAX_FRACTION_DIGITS = 18
 
-_UNSIGNED_AMOUNT = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,18})?")
+# An unsigned amount as a plain decimal string; read_amount turns exactly these into Decimal(text).
+UNSIGNED_AMOUNT = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _SIGNED_AMOUNT = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
@@ -25,6 +29,46 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # How many reasons a ParseError spells out when every entry of a listing was bad.
 _REASONS_SHOWN = 5
+
+
+# Bodies at least this large are parsed with the cyclic garbage collector paused (see collector_paused).
+PAUSE_GC_BYTES = 1024 * 1024
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_paused_here = False
+
+
+@contextmanager
+def collector_paused(pause: bool = True) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a large body is parsed (`pause=False`: do nothing).
+
+    Reading a listing of 100,000 accounts allocates about a million tracked objects (dicts, elements,
+    observations) in a second; each 700 allocations start a collection, and the full ones walk the
+    whole heap again and again: a third of the parse time, for nothing, as a parse makes no reference
+    cycles (what it drops is freed by reference counting as usual). What survives is scanned by the next
+    collections once, as it would have been anyway.
+
+    Process-wide, so counted: with parses in several threads at once, the collector is enabled again
+    when the last one ends, and only if it was enabled when the first one began (a collector someone
+    else disabled stays disabled).
+    """
+    global _gc_pausers, _gc_paused_here
+    if not pause:
+        yield
+        return
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_paused_here = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_paused_here:
+                _gc_paused_here = False
+                gc.enable()
 
 
 class EntryError(Exception):
@@ -80,7 +124,7 @@ def read_amount(value: object, path: str, *, signed: bool) -> Decimal:
             raise EntryError(path, "is empty")
         if not signed and text.startswith("-"):
             raise EntryError(path, f"{show(value)} is negative; the sign is carried by state")
-        if not (_SIGNED_AMOUNT if signed else _UNSIGNED_AMOUNT).fullmatch(text):
+        if not (_SIGNED_AMOUNT if signed else UNSIGNED_AMOUNT).fullmatch(text):
             raise EntryError(
                 path,
                 f"{show(value)} is not a plain decimal amount "

@@ -1,0 +1,95 @@
+"""The one way untrusted XML is parsed: refuse any DTD, then the C parser (`_elementtree` on expat).
+
+Why this is as safe as defusedxml's `forbid_dtd=True`, and about four times faster (defusedxml's
+`fromstring` goes through the pure-Python `XMLParser` and its callbacks):
+
+- Every XML attack that expat (and so ElementTree) is open to needs a DTD: entity expansion ("billion
+  laughs", quadratic blow-up) needs `<!ENTITY` declarations, which may only appear in a DTD's internal
+  subset; external entities and external DTDs (file or network access) need `<!DOCTYPE ... SYSTEM` or an
+  `<!ENTITY ... SYSTEM`. Without a document type declaration there is nothing to expand or fetch: a
+  reference to an entity that is not one of the five predefined ones is a well-formedness error
+  ("undefined entity"). ElementTree does no XInclude and no XSLT of its own.
+- XML is case-sensitive and allows no space after `<!`: expat reads a document type declaration only
+  from the exact characters `<!DOCTYPE` (and an entity declaration only from `<!ENTITY`); `<!doctype`
+  or `<! DOCTYPE` are syntax errors. So when the bytes expat reads as UTF-8 do not contain those, the
+  document has no DTD. That is the check below, made before the parser sees a byte.
+- The check holds only if expat reads the bytes as UTF-8 (or its ASCII subset), so that is enforced:
+  the parser is created with its encoding set to UTF-8, which overrides the document's own declaration;
+  a body whose declaration names another encoding is refused with a message saying so (a Latin-1 body
+  read as UTF-8 would be misread, not unsafe). Expat still detects UTF-16 by itself (a byte-order mark,
+  or `<` followed or preceded by a NUL byte), and in UTF-16 `<!DOCTYPE` is not the same bytes; so UTF-16
+  (with a BOM, or starting with `<` as the XML spec's appendix F describes) is transcoded to UTF-8 here
+  first, and any body that still contains a NUL byte is refused: NUL is never allowed in XML, and
+  without one no markup can be written in UTF-16 or UTF-32. Every other encoding expat could be
+  switched to by a declaration is overridden by the forced UTF-8.
+- The check errs on the safe side: the characters `<!DOCTYPE` or `<!ENTITY` inside a comment or a
+  CDATA section are refused too. Balance answers have neither.
+
+Nothing else in the project parses XML; a test checks the imports.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from xml.etree.ElementTree import Element
+
+from watcher.sources.base import ParseError
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF8_BOM = b"\xef\xbb\xbf"
+# The XML declaration's encoding, when there is one: it can only be at the very start of the document.
+_DECLARED_ENCODING = re.compile(rb"\A(?:\xef\xbb\xbf)?<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']")
+_UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+_UTF16_NAMES = frozenset({"utf-16", "utf16", "utf-16le", "utf-16be"})
+_DECLARATIONS = ((b"<!DOCTYPE", "a document type declaration (<!DOCTYPE)"),
+                 (b"<!ENTITY", "an entity declaration (<!ENTITY)"))
+
+
+def _utf8(body: bytes) -> bytes:
+    """The body as UTF-8 bytes, as the parser will read them; ParseError when it cannot be one."""
+    encoding: str | None = None
+    if body.startswith(_UTF16_BOMS):
+        encoding = "utf-16"  # the codec reads the byte order from the BOM and drops it
+    elif body.startswith(b"<\x00"):
+        encoding = "utf-16-le"
+    elif body.startswith(b"\x00<"):
+        encoding = "utf-16-be"
+    if encoding is not None:
+        try:
+            data = body.decode(encoding).encode("utf-8")
+        except UnicodeError as exc:  # a lone surrogate is refused on the way back to UTF-8
+            raise ParseError(f"not well-formed XML: not valid UTF-16: {exc}") from None
+        allowed = _UTF16_NAMES
+    else:
+        data = body
+        allowed = _UTF8_NAMES
+    if b"\x00" in data:
+        raise ParseError("not well-formed XML: it contains a NUL byte (only UTF-8 and UTF-16 are accepted)")
+    declared = _DECLARED_ENCODING.match(data, 0, 512)
+    if declared is not None:
+        name = declared.group(1).decode("ascii", "replace")
+        if name.strip().lower() not in allowed:
+            raise ParseError(
+                f"XML refused: the declared encoding {name[:40]!r} is not accepted "
+                f"(UTF-8, or UTF-16 with its byte-order mark)"
+            )
+    return data
+
+
+def parse_untrusted_xml(body: bytes) -> Element:
+    """The root element of an untrusted XML body; ParseError for a DTD, an entity declaration, an encoding
+    other than UTF-8 or UTF-16, or anything that is not well-formed. See the module's docstring."""
+    data = _utf8(body)
+    for marker, what in _DECLARATIONS:
+        if marker in data:
+            raise ParseError(f"XML refused: it contains {what}; DTDs and entities are not accepted")
+    # After the checks above there is no DTD, so nothing for expat to expand or fetch.
+    parser = ET.XMLParser(encoding="utf-8")  # the C parser; the encoding overrides any declaration
+    try:
+        parser.feed(data)
+        return parser.close()
+    except ET.ParseError as exc:
+        raise ParseError(f"not well-formed XML: {exc}") from None
+    except (ValueError, LookupError) as exc:  # defensive: expat reports everything above as ParseError
+        raise ParseError(f"not well-formed XML: {exc}") from None
