@@ -52,6 +52,7 @@ def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
+        max_batch_size=config.max_batch_bytes,
         compression_type=None,
     )
 
