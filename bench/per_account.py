@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    CpuSampler,
     Daemon,
     Env,
     PublishedSampler,
@@ -51,13 +52,18 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             floor: dict[str, Any] | None = None) -> dict[str, Any]:
     variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
     sandbox = env.sandbox(accounts, tick)
+    # The sandbox shares the two cores: its CPU per request says how much of them is left for us.
+    sandbox_cpu = CpuSampler(sandbox.process.pid).__enter__()
     try:
         names = tokens(accounts)
         urls = account_urls(sandbox, names)
         key = load_key(env)
         if floor is None:
             log(f"N={accounts}: floor (signed, 64 in flight, signing in the event loop)")
+            started = time.time()
             floor = asyncio.run(signed_floor(urls, key))
+            floor["sandbox_cpu_s_per_1000_calls"] = round(
+                1000 * sandbox_cpu.cpu_between(started, time.time()) / floor["calls"], 3)
         floor_threads_result = None
         if floor_threads:
             log(f"N={accounts}: floor with signing on 2 threads")
@@ -103,6 +109,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                 acked = published.when_reached(cumulative) or last_ack
                 calls = int(line["calls"])
                 cpu = daemon.sampler.cpu_between(start, end)
+                cpu_sandbox = sandbox_cpu.cpu_between(start, end)
                 per_round.append({
                     "calls": calls,
                     "outcomes": line["outcomes"],
@@ -112,6 +119,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                     "acked_after_round_end_s": round(max(0.0, acked - end), 3),
                     "polls_per_s_to_last_ack": round(calls / (max(acked, end) - start), 1),
                     "cpu_s_per_1000_polls": round(1000 * cpu / calls, 3),
+                    "sandbox_cpu_s_per_1000_polls": round(1000 * cpu_sandbox / calls, 3),
                 })
             steady = per_round[1:] or per_round
             best = max(r["polls_per_s"] for r in steady)
@@ -132,6 +140,8 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                     sum(r["cpu_s_per_1000_polls"] for r in steady) / len(steady), 3
                 ),
                 "floor_cpu_s_per_1000_calls": round(1000 * floor["cpu_s"] / floor["calls"], 3),
+                "sandbox_cpu_s_per_1000_polls": round(
+                    sum(r["sandbox_cpu_s_per_1000_polls"] for r in steady) / len(steady), 3),
                 "peak_rss_mib": round(peak_rss, 1),
             }
             if profiler is not None and prof_path.exists():
@@ -145,6 +155,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
         result["daemon_cpu_sys_s"] = getattr(daemon, "cpu_sys_s", None)
         return result
     finally:
+        sandbox_cpu.stop()
         sandbox.stop()
 
 

@@ -139,8 +139,13 @@ def table(results: dict[str, Any]) -> str:
             f"{r['first_sight_polls_per_s']:.0f})", ">= 2,000", r["steady_polls_per_s"] >= 2000)
         add(f"  floor (signed GETs), N={n}", f"{r['floor']['per_s']:.0f}", "", None)
         add(f"  daemon / floor, N={n}", f"{r['ratio_to_floor']:.2f}", ">= 1.0", r["ratio_to_floor"] >= 1.0)
+        sandbox = r.get("sandbox_cpu_s_per_1000_polls")
+        floor_sandbox = r["floor"].get("sandbox_cpu_s_per_1000_calls")
         add(f"  CPU s per 1,000 polls, N={n}", f"{r['cpu_s_per_1000_polls']:.2f} (floor "
             f"{r['floor_cpu_s_per_1000_calls']:.2f})", "", None)
+        if sandbox is not None and floor_sandbox is not None:
+            add(f"  sandbox CPU s per 1,000 calls, N={n}", f"{sandbox:.2f} (floor run {floor_sandbox:.2f})",
+                "", None)
         add(f"  peak RSS, N={n}", f"{r['peak_rss_mib']:.0f} MiB", "< 200 MiB at 100,000",
             r["peak_rss_mib"] < 200 if r["accounts"] >= 100_000 else None)
     for r in results.get("experiments", []):

@@ -32,11 +32,11 @@ def _ignore(event: Event) -> None:
     pass
 
 
-@pytest.mark.parametrize(("threads", "expected"), [(None, 2), (1, 1), (3, 3)])
+@pytest.mark.parametrize(("threads", "expected"), [(2, 2), (1, 1), (3, 3)])
 async def test_pool_is_built_shared_and_shut_down(
     tmp_path: Path, dev_key: DevKey, threads: int | None, expected: int
 ) -> None:
-    """The pool has the configured threads (2 by default); the sources, and a source built for a reload,
+    """The pool has the configured threads; the sources, and a source built for a reload,
     sign on it; after the components close it takes no more work."""
     async with open_components(settings(tmp_path, dev_key, threads), [], publish=False,
                                on_event=_ignore) as components:
@@ -56,9 +56,12 @@ async def test_pool_is_built_shared_and_shut_down(
         pool.submit(lambda: 42)
 
 
-async def test_zero_threads_sign_on_the_event_loop(tmp_path: Path, dev_key: DevKey) -> None:
-    """`[signing] threads = 0`: no pool; the sources sign on the event loop."""
-    async with open_components(settings(tmp_path, dev_key, 0), [], publish=False,
+@pytest.mark.parametrize("threads", [None, 0])
+async def test_zero_threads_sign_on_the_event_loop(
+    tmp_path: Path, dev_key: DevKey, threads: int | None
+) -> None:
+    """`[signing] threads = 0`, the default: no pool; the sources sign on the event loop."""
+    async with open_components(settings(tmp_path, dev_key, threads), [], publish=False,
                                on_event=_ignore) as components:
         assert components.sign_pool is None
         (poller,) = components.pollers

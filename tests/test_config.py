@@ -171,15 +171,15 @@ def test_bad_secret_sources(
 
 
 def test_performance_settings_have_safe_defaults(tmp_path: Path) -> None:
-    """Without the keys: signing on 2 threads, and a listing body limit of 256 MiB (room for a listing of
+    """Without the keys: signing on the event loop, and a listing body limit of 256 MiB (room for a listing of
     100,000 accounts, about 37 MB as Mastercard indents it); the example config says the same."""
     settings = load_settings(write(tmp_path, MC))
-    assert settings.signing.threads == 2
+    assert settings.signing.threads == 0
     source = settings.sources[0]
     assert isinstance(source, MastercardSendConfig)
     assert source.max_listing_bytes == 256 * 1024 * 1024
     example = load_settings(ROOT / "config.example.toml")
-    assert example.signing.threads == 2
+    assert example.signing.threads == 0
 
 
 def test_performance_settings_are_read_and_overridable(
