@@ -10,7 +10,7 @@ alerts of rules that are gone; alerts of rules that remain keep their state as i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -55,12 +55,20 @@ def tick(
     alerts: Iterable[AlertState],
     freshness: Iterable[Freshness] = (),
     balances: Mapping[BalanceKey, KnownBalance] | None = None,
+    *,
+    stored: Callable[[BalanceKey], Mapping[str, AlertState]] | None = None,
+    freshness_of: Callable[[BalanceKey], Freshness | None] | None = None,
 ) -> AlertUpdate:
     """Move every alert on by time alone, up to `now`.
 
     `alerts` are every stored alert state (resolved ones too: they carry the episode counts),
     `freshness` every stored Freshness, `balances` the known balances (optional: they fill in the
     balance and the annotations of the transitions; only looked up for the transitions, with `get`).
+
+    A caller that indexes its states may pass only the active (pending and firing) ones as `alerts`,
+    with `stored`, the look-up of all the states of one key (resolved ones included), and
+    `freshness_of`, the look-up of one subject's record: then nothing is walked but the active states
+    and the freshness records.
 
     Cost: one pass over `alerts` (two tests per state) and, with stale rules, one comparison per
     freshness record; only active alerts and subjects due for the shortest `after` (or revoked) are
@@ -72,11 +80,16 @@ def tick(
     current: dict[tuple[str, BalanceKey], AlertState] = {}
     active: list[AlertState] = []
     for state in alerts:
-        if state.rule in stale_names:
+        if stored is None and state.rule in stale_names:
             stale_states.setdefault(state.key, {})[state.fingerprint] = state
         if state.status in ACTIVE_STATUSES:
             active.append(state)
             current[(state.rule, state.key)] = state
+
+    def stale_of(subject: BalanceKey) -> dict[str, AlertState] | None:
+        if stored is None:
+            return stale_states.get(subject)
+        return {fp: a for fp, a in stored(subject).items() if a.rule in stale_names}
 
     stepped: list[tuple[Rule, AlertState | None, AlertState]] = []
     records: Sequence[Freshness] = ()
@@ -93,7 +106,7 @@ def tick(
                 if since > cutoff:
                     continue
             due[record.subject] = record
-            stepped += stale_verdicts(compiled, record, now, stale_states.get)
+            stepped += stale_verdicts(compiled, record, now, stale_of)
     done = {after.fingerprint for _, _, after in stepped}
     for state in active:
         if state.fingerprint in done:
@@ -115,10 +128,12 @@ def tick(
 
     everyone: dict[BalanceKey, Freshness] | None = None
 
-    def freshness_of(subject: BalanceKey) -> Freshness | None:
+    def record_of(subject: BalanceKey) -> Freshness | None:
         # A reminder of a stale alert whose subject is fresh again (rare): look through them all once.
         nonlocal everyone
         found = due.get(subject)
+        if found is None and freshness_of is not None:
+            return freshness_of(subject)
         if found is None:
             if everyone is None:
                 everyone = {record.subject: record for record in records}
@@ -132,7 +147,7 @@ def tick(
         if item.status is None:
             continue
         if item.rule.kind == "stale":
-            transitions.append(stale_transition(item, now, freshness_of(item.after.key)))
+            transitions.append(stale_transition(item, now, record_of(item.after.key)))
         else:
             known = None if balances is None else balances.get(item.after.key)
             transitions.append(_balance_transition(item, now, known))

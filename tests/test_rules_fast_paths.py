@@ -348,3 +348,65 @@ def test_rfc3339_memo_returns_each_moments_own_text(moments: list[datetime]) -> 
     """However moments repeat or alternate, each gets its own UTC text with a Z."""
     for moment in moments + moments[::-1]:
         assert rfc3339(moment) == moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+statuses = st.sampled_from(["pending", "firing", "resolved", "inactive"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(
+            st.sampled_from(["a1", "a2", "a3", "*"]),
+            st.sampled_from(["stale", "low", "source-down"]),
+            statuses,
+            st.integers(0, 40),
+        ),
+        max_size=12,
+    ),
+    silences=st.lists(st.integers(0, 40), min_size=4, max_size=4),
+    revoked=st.lists(st.booleans(), min_size=4, max_size=4),
+    later=st.integers(0, 60),
+)
+def test_tick_over_the_active_index_equals_tick_over_every_state(
+    data: list[tuple[str, str, str, int]], silences: list[int], revoked: list[bool], later: int
+) -> None:
+    """The alert clock hands `tick` only the active states, with look-ups of a key's states and of a
+    subject's freshness: the update is the same as with every state and every record walked."""
+    rules = compile_rules(
+        [
+            Rule("stale", "stale", after=timedelta(minutes=15), repeat=timedelta(minutes=5)),
+            Rule("source-down", "stale", per="source", after=timedelta(minutes=10)),
+            Rule("low", "below", threshold=Decimal("10"), for_duration=timedelta(minutes=5),
+                 repeat=timedelta(minutes=20)),
+        ]
+    )
+    states: dict[BalanceKey, dict[str, AlertState]] = {}
+    for account, rule, status, minutes_ago in data:
+        key = subject_key("mc-gbp", account) if rule != "low" else BalanceKey("mc-gbp", account, "")
+        if (account == "*" and rule == "stale") or (account != "*" and rule == "source-down"):
+            continue
+        fp = fingerprint(rule, key)
+        started = T0 - timedelta(minutes=minutes_ago)
+        states.setdefault(key, {})[fp] = AlertState(
+            fp, rule, key, status, 1, started, kind="stale" if rule != "low" else "below",
+            pending_since=started if status == "pending" else None,
+            last_sent_at=started if status == "firing" else None,
+            resolved_at=started if status == "resolved" else None,
+        )
+    records = {
+        subject_key("mc-gbp", account): Freshness(
+            subject_key("mc-gbp", account), T0 - timedelta(hours=1), T0 - timedelta(minutes=silence),
+            None, gone,
+        )
+        for account, silence, gone in zip(["a1", "a2", "a3", "*"], silences, revoked, strict=True)
+    }
+    every = [a for by_fp in states.values() for a in by_fp.values()]
+    active = [a for a in every if a.status in ("pending", "firing")]
+    now = T0 + timedelta(minutes=later)
+    walked = tick(now, rules, every, list(records.values()))
+    indexed = tick(
+        now, rules, active, list(records.values()),
+        stored=lambda key: states.get(key, {}), freshness_of=records.get,
+    )
+    assert indexed == walked

@@ -57,6 +57,26 @@ async def test_alert_update_replaces_the_previous_state(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_active_alerts_follow_every_update_and_survive_reopen(tmp_path: Path) -> None:
+    """`active_alerts` (what the alert clock walks) holds exactly the pending and firing states: a state
+    leaves it when it resolves, joins it when it fires again, and the index is rebuilt on open."""
+    store = StateStore(tmp_path / "state.db")
+    await store.open()
+    pending = AlertState("a" * 32, "low", KEY, "pending", 0, T0, pending_since=T0)
+    other = AlertState("b" * 32, "state", CARD, "firing", 1, T0)
+    await store.commit(StateUpdate(balances=[], alerts=[pending, other]))
+    assert sorted(a.fingerprint for a in store.active_alerts()) == ["a" * 32, "b" * 32]
+    resolved = AlertState("a" * 32, "low", KEY, "resolved", 1, T0, T0 + timedelta(minutes=5))
+    await store.commit(StateUpdate(balances=[], alerts=[resolved]))
+    assert store.active_alerts() == [other]
+    await store.close()
+    reopened = StateStore(tmp_path / "state.db")
+    await reopened.open()
+    assert reopened.active_alerts() == [other]
+    assert {a.status for a in reopened.all_alerts()} == {"resolved", "firing"}
+    await reopened.close()
+
+
 async def test_failed_poll_keeps_the_time_of_the_last_success(tmp_path: Path) -> None:
     """A failed call records its outcome but does not erase when the target last succeeded."""
     store = StateStore(tmp_path / "s.db")

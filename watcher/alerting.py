@@ -55,8 +55,10 @@ class AlertClock:
         async with self._c.lock:
             store = self._c.store
             rules = self._c.rules.rules
+            # Only the active states are walked; the rest is looked up by key when a subject is due.
             update = tick(
-                self._clock(), rules, store.all_alerts(), store.all_freshness(), _KnownBalances(store)
+                self._clock(), rules, store.active_alerts(), store.all_freshness(), _KnownBalances(store),
+                stored=store.alerts_view, freshness_of=store.freshness,
             )
             staged = self._stage(update)
         return await self._durable(staged)

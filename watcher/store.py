@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
+from rules.types import ACTIVE_STATUSES, AlertState, Balance, BalanceKey, Freshness, KnownBalance
 from watcher.events import Event
 from watcher.store_schema import (
     SCHEMA,
@@ -166,6 +166,9 @@ class StateStore:
         self._db: sqlite3.Connection | None = None
         self._known: dict[BalanceKey, KnownBalance] = {}
         self._alerts: dict[BalanceKey, dict[str, AlertState]] = {}
+        # The pending and firing states, by key and fingerprint: what time alone can move (the alert clock's
+        # tick), without a walk over every state of every key.
+        self._active: dict[tuple[BalanceKey, str], AlertState] = {}
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
         self._freshness: dict[BalanceKey, Freshness] = {}
         # The group commit: staged updates waiting for the writer, and the batch it is writing.
@@ -268,6 +271,10 @@ class StateStore:
     def _install(self, snapshot: _Snapshot) -> None:
         self._known = snapshot.known
         self._alerts = snapshot.alerts
+        self._active = {
+            (a.key, a.fingerprint): a for by_fp in self._alerts.values() for a in by_fp.values()
+            if a.status in ACTIVE_STATUSES
+        }
         self._freshness = snapshot.freshness
 
     async def close(self) -> None:
@@ -309,6 +316,10 @@ class StateStore:
         """Every poll subject's freshness."""
         return list(self._freshness.values())
 
+    def active_alerts(self) -> list[AlertState]:
+        """The pending and firing alert states."""
+        return list(self._active.values())
+
     def all_alerts(self) -> list[AlertState]:
         """Every stored alert state."""
         return [a for by_fp in self._alerts.values() for a in by_fp.values()]
@@ -344,6 +355,10 @@ class StateStore:
             self._known[key] = known
         for alert in update.alerts:
             self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
+            if alert.status in ACTIVE_STATUSES:
+                self._active[(alert.key, alert.fingerprint)] = alert
+            else:
+                self._active.pop((alert.key, alert.fingerprint), None)
         for fresh in update.freshness:
             self._freshness[fresh.subject] = fresh
         self._queue.append(staged)
