@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -16,11 +17,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import defusedxml.ElementTree as SafeET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import watcher.sources.mastercard as mastercard
+from watcher.sources import xmlsafe
 from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.mastercard import parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.mypos import parse_mypos_json
@@ -230,3 +234,38 @@ def mutated_xml(draw: st.DrawFn) -> bytes:
 def test_xml_element_mutations(body: bytes) -> None:
     """XML samples with elements deleted, duplicated or renamed and texts swapped or made hostile."""
     check_all(body)
+
+
+# --- the streamed XML listing reads as the whole tree ----------------------------------------------------
+
+
+STREAM_SNIPPETS = [*HOSTILE_SNIPPETS, b"<x/>", b"<balance/>", b"<account_balance/>", b"<!-- c -->"]
+
+
+def _xml_outcome(body: bytes, chunk_bytes: int | None) -> object:
+    """What parse_mastercard_xml makes of `body`, streamed in chunks of `chunk_bytes`, or (None) through
+    the whole-tree reader: the result, or the ParseError's message."""
+    kw: dict[str, Any] = {"source": "mc", "observed_at": T0, "correlation_id": "c"}
+    try:
+        if chunk_bytes is None:
+            return mastercard._read_xml_tree(body, **kw)
+        streamed = functools.partial(xmlsafe.stream_untrusted_xml, chunk_bytes=chunk_bytes)
+        with mock.patch.object(mastercard, "stream_untrusted_xml", streamed):
+            return parse_mastercard_xml(body, **kw)
+    except ParseError as exc:
+        return str(exc)
+
+
+@FUZZ
+@given(st.one_of(mutated_xml(), st.sampled_from(XML_SEEDS)),
+       st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(STREAM_SNIPPETS)), max_size=2),
+       st.integers(0, 10_000), st.sampled_from([1, 2, 5, 16, 64, 1024]))
+def test_xml_streamed_reads_as_the_whole_tree(body: bytes, insertions: list[tuple[int, bytes]], cut: int,
+                                              chunk_bytes: int) -> None:
+    """Whatever the body and wherever the chunks end, the streamed listing parse gives the same
+    observations, rejections and ParseError messages as reading the whole tree."""
+    for position, snippet in insertions:
+        at = position % (len(body) + 1)
+        body = body[:at] + snippet + body[at:]
+    for candidate in (body, body[:cut % (len(body) + 1)]):
+        assert _xml_outcome(candidate, chunk_bytes) == _xml_outcome(candidate, None)

@@ -563,3 +563,71 @@ def test_collector_pause_is_counted_across_threads() -> None:
         with collector_paused(False):
             assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def _listing_xml(count: int) -> bytes:
+    """The documented listing's first account, `count` times, each with its own token."""
+    body = seed("mc_account_balances.xml").decode()
+    close = "</account_balance>"
+    start, end = body.index("<account_balance>"), body.index(close) + len(close)
+    account = body[start:end]
+    accounts = "".join(account.replace("NXQ</non", f"NXQ{i}</non") for i in range(count))
+    return (body[:start] + accounts + body[body.rindex(close) + len(close):]).encode()
+
+
+def _xml_outcome(read: Any, body: bytes) -> object:
+    try:
+        return read(body, **KW)
+    except ParseError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<wrong><account_balance/></wrong><junk>", "not well-formed XML: junk after document element"),
+        (b"<wrong><account_balance/></wrong>", "root element: expected account_balances"),
+        (b"<account-balances><x/><account_balance/><y/></account-balances>&",
+         r"not well-formed XML: not well-formed \(invalid token\): line 1, column 63"),
+        (b"<account-balances><y/><account_balance/><x/><y/></account-balances>",
+         "account-balances: expected <account_balance> elements, found <x>, <y>"),
+        (_listing_xml(3)[:-30], "not well-formed XML"),
+        (_listing_xml(3).replace(b"</account-balances>", b"<balance/></account-balances>"),
+         r"no usable balance: account-balances\.account_balance: appears more than once"),
+        (re.sub(rb"</?account_balance>", b"", seed("mc_account_balance.xml")), None),
+        (_listing_xml(3), None),
+    ],
+)
+def test_xml_streamed_listing_keeps_the_whole_tree_verdicts(body: bytes, message: str | None) -> None:
+    """The listing is read as it is parsed, yet says what the whole tree said: a fault of the document
+    anywhere comes before a wrong root or unexpected children, and a <balance> under the root makes the
+    root the account."""
+    streamed = _xml_outcome(parse_mastercard_xml, body)
+    assert streamed == _xml_outcome(mastercard._read_xml_tree, body)
+    if message is None:
+        assert isinstance(streamed, ParsedBalances)
+        assert streamed.observations
+    else:
+        assert isinstance(streamed, str)
+        assert re.match(message, streamed)
+
+
+def test_xml_listing_is_streamed_not_a_whole_tree() -> None:
+    """A long listing never is a whole tree: the parse peaks at well under half of the whole-tree
+    reader's memory, and gives the same observations."""
+    import tracemalloc
+
+    body = _listing_xml(5000)
+    peaks = []
+    results = []
+    for read in (parse_mastercard_xml, mastercard._read_xml_tree):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            results.append(read(body, **KW))
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert len(results[0].observations) == 5000
+    assert results[0] == results[1]
+    assert peaks[0] < peaks[1] / 2, peaks

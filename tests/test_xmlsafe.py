@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from watcher.sources.base import ParseError
 from watcher.sources.mastercard import describe_error_body, parse_mastercard_xml
 from watcher.sources.provider_errors import read_mastercard_error
-from watcher.sources.xmlsafe import parse_untrusted_xml
+from watcher.sources.xmlsafe import parse_untrusted_xml, stream_untrusted_xml
 
 SEED = Path(__file__).resolve().parent.parent / "watcher" / "sandbox" / "seed"
 KW: dict[str, Any] = {"source": "mc", "observed_at": datetime(2026, 1, 1, tzinfo=UTC), "correlation_id": "c"}
@@ -151,3 +151,72 @@ def test_no_encoding_smuggles_a_declaration(encoding: str, before: str, declarat
     body = f"{before}{declaration}<a>{after}</a>".encode(encoding, "replace")
     with pytest.raises(ParseError):
         parse_untrusted_xml(body)
+
+
+# --- streaming ------------------------------------------------------------------------------------------
+
+
+def _streamed_or_error(body: bytes, chunk_bytes: int) -> object:
+    """The root's tag and each child as (tag, text, [grandchild tags]), or the ParseError's message."""
+    try:
+        root, children = stream_untrusted_xml(body, chunk_bytes)
+        return root.tag, [(c.tag, c.text, [g.tag for g in c]) for c in children]
+    except ParseError as exc:
+        return str(exc)
+
+
+def _whole_or_error(body: bytes) -> object:
+    try:
+        root = parse_untrusted_xml(body)
+        return root.tag, [(c.tag, c.text, [g.tag for g in c]) for c in root]
+    except ParseError as exc:
+        return str(exc)
+
+
+STREAM_BODIES = [
+    b"<r><a>1</a><!-- c --><b><x/><y>2</y></b><?pi z?><c/></r>",
+    b'<?xml version="1.0"?>\n<r xmlns="urn:q">\n <a>caf\xc3\xa9</a>\n <a>\xe2\x82\xac</a>\n</r>\n<!-- . -->',
+    "<r><a>é</a></r>".encode("utf-16"),
+    b"<r/>",
+    b"",
+    b"<r><a>",
+    b"<r><a>1</a></r><junk>",
+    b"<r><a>1</a></r>\xc3\xa9\xc3\xa9<?pi?>",
+    b"<r><a>&bogus;</a></r>",
+    b"<r><a>1</a><b>\xff</b></r>",
+    b"<!DOCTYPE r><r/>",
+    b'<r><a>&#0;</a></r>',
+    b'<?xml version="1.0" encoding="latin-1"?><r/>',
+]
+
+
+@pytest.mark.parametrize("body", STREAM_BODIES)
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 8, 64 * 1024])
+def test_stream_reads_as_the_whole_tree(body: bytes, chunk_bytes: int) -> None:
+    """Streamed in any chunk size, a body gives the root and its children as the whole tree has them
+    (comments and processing instructions are not children), and the same ParseError, word for word."""
+    assert _streamed_or_error(body, chunk_bytes) == _whole_or_error(body)
+
+
+def test_stream_refuses_before_parsing() -> None:
+    """A DTD, an entity declaration, a NUL or a foreign encoding is refused by the call itself."""
+    for body, message in [(BOMB.encode(), DOCTYPE_REFUSED), (b'<a><!ENTITY e "x"></a>', ENTITY_REFUSED),
+                          (b"<a>\x00</a>", "NUL byte"), (b"<a/", "not well-formed XML")]:
+        with pytest.raises(ParseError, match=message):
+            stream_untrusted_xml(body)
+
+
+def test_stream_holds_no_more_than_a_chunk() -> None:
+    """The root lets its children go as the iterator goes on: with small chunks it never holds more
+    than a few, however many the body has; each child comes complete."""
+    child = b"<account_balance><balance><amount>1</amount></balance><x>y</x></account_balance>"
+    body = b"<r>" + child * 5000 + b"</r>"
+    root, children = stream_untrusted_xml(body, 256)
+    held = count = 0
+    for element in children:
+        count += 1
+        held = max(held, len(root))
+        assert [e.tag for e in element.iter()] == ["account_balance", "balance", "amount", "x"]
+    assert count == 5000
+    assert held <= 4
+    assert len(root) == 0

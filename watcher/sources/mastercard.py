@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -38,7 +38,7 @@ from watcher.sources.values import (
     read_currency,
     show,
 )
-from watcher.sources.xmlsafe import parse_untrusted_xml
+from watcher.sources.xmlsafe import parse_untrusted_xml, stream_untrusted_xml
 
 PROVIDER = "mastercard-send"
 LISTING = "*"
@@ -129,9 +129,13 @@ def _account(
 
 
 def _build(
-    entries: Sequence[tuple[str, object]], *, source: str, observed_at: datetime, correlation_id: str
+    entries: Iterable[tuple[str, object]], *, source: str, observed_at: datetime, correlation_id: str
 ) -> ParsedBalances:
-    """Each entry an observation or a rejection (an entry may already be an EntryError, from XML)."""
+    """Each entry an observation or a rejection (an entry may already be an EntryError, from XML).
+
+    `entries` may be a generator that reads the body as it goes (XML): each entry is converted and let
+    go before the next is read.
+    """
     results: list[tuple[str, Observation | EntryError]] = []
     seen = _Seen()
     for path, raw in entries:
@@ -257,7 +261,54 @@ def parse_mastercard_xml(
         return _read_xml(body, source=source, observed_at=observed_at, correlation_id=correlation_id)
 
 
+class _NotAListing(Exception):
+    """The root has a <balance> child: the body is one account spelt directly under the root."""
+
+
 def _read_xml(body: bytes, *, source: str, observed_at: datetime, correlation_id: str) -> ParsedBalances:
+    """The body streamed: each account is converted as soon as the parser reaches its end tag, then let
+    go, so that a listing of 100,000 accounts never is a whole tree (a third of the peak memory of the
+    parse, and the time to build and free it). Everything else as _read_xml_tree, which reads the
+    account-under-the-root shape (it needs the root's children all at once; that shape is one account)."""
+    root, children = stream_untrusted_xml(body)
+    try:
+        entries = _xml_listing(root, children)
+        return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id)
+    except _NotAListing:
+        return _read_xml_tree(body, source=source, observed_at=observed_at, correlation_id=correlation_id)
+
+
+def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[tuple[str, object]]:
+    """The entries of the root's <account_balance> children, each as its end tag is read.
+
+    What a whole tree would show is kept: a fault of the document anywhere is raised before a wrong root
+    or an unexpected child is reported (the rest of the body is read first), and _NotAListing as soon
+    as a <balance> child is read (the caller reads the body again, whole).
+    """
+    try:
+        top = _top_key([_local(root.tag)], "root element")
+    except ParseError:
+        for _ in children:  # a fault of the document comes first
+            pass
+        raise
+    unexpected: set[str] = set()
+    for i, child in enumerate(children):
+        name = _local(child.tag)
+        if name == "balance":
+            raise _NotAListing
+        if name not in _ENTRY_KEYS:
+            unexpected.add(name)
+        elif not unexpected:  # after one unexpected child the body is refused: nothing more to convert
+            path = f"{top}.{name}[{i}]"
+            yield path, _xml_entry(child, path)
+    if unexpected:
+        shown = ", ".join(f"<{n}>" for n in sorted(unexpected)[:5])
+        raise ParseError(f"{top}: expected <account_balance> elements, found {shown}")
+
+
+def _read_xml_tree(
+    body: bytes, *, source: str, observed_at: datetime, correlation_id: str
+) -> ParsedBalances:
     root = parse_untrusted_xml(body)
     top = _top_key([_local(root.tag)], "root element")
     children = [c for c in root if isinstance(c.tag, str)]
