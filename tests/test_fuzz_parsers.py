@@ -23,10 +23,10 @@ import defusedxml.ElementTree as SafeET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import watcher.sources.mastercard as mastercard
+import watcher.sources.mastercard_parse as mastercard
 from watcher.sources import xmlsafe
 from watcher.sources.base import ParsedBalances, ParseError
-from watcher.sources.mastercard import parse_mastercard_json, parse_mastercard_xml
+from watcher.sources.mastercard_parse import parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.mypos import parse_mypos_json
 from watcher.sources.oauth2 import parse_token_response
 from watcher.sources.provider_errors import read_berlin_group_error, read_mastercard_error

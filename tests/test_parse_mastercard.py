@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import watcher.sources.mastercard as mastercard
+import watcher.sources.mastercard_parse as mastercard
 from rules.types import Balance, BalanceKey, Observation
 from watcher.sources import values
 from watcher.sources.base import ParsedBalances, ParseError
-from watcher.sources.mastercard import describe_error_body, parse_mastercard_json, parse_mastercard_xml
+from watcher.sources.mastercard_parse import describe_error_body, parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import collector_paused, read_amount
 
