@@ -4,8 +4,8 @@ edited), and a place for experiments: a patch measures what a change would gain 
     .venv/bin/python bench/patched_daemon.py PATCHES run -c CONFIG
 
 PATCHES is a comma-separated list (or "none"):
-  trace-latency  records, for every event, its ce_time and the wall time of its Kafka acknowledgement
-                 (in $BENCH_LATENCY_FILE); measures, changes nothing
+  trace-latency  records, for every event, its ce_time, the wall time of its Kafka acknowledgement, its
+                 type and its key (in $BENCH_LATENCY_FILE); measures, changes nothing
 
 The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit) measured
 changes that are now made in watcher/ itself: `[signing] threads`, the group commit with
@@ -41,10 +41,12 @@ def patch_trace_latency() -> None:
             headers = dict(kwargs.get("headers") or ())
             ce_id = headers.get("ce_id", b"").decode()
             ce_time = headers.get("ce_time", b"").decode()
+            ce_type = headers.get("ce_type", b"").decode() or "-"
+            key = (kwargs.get("key") or b"-").decode()
 
             def done(f: Any) -> None:
                 if not f.cancelled() and f.exception() is None:
-                    out.write(f"{ce_id} {ce_time} {_time.time():.6f}\n")
+                    out.write(f"{ce_id} {ce_time} {_time.time():.6f} {ce_type} {key}\n")
 
             future.add_done_callback(done)
             return future
