@@ -24,6 +24,27 @@ class BalanceKey:
     source: str
     account: str
     balance_type: str = ""
+    # Keys are looked up several times per observation (known balances, alert states, freshness): the
+    # hash is computed once, not from a new tuple at every look-up.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.source, self.account, self.balance_type)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, BalanceKey):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.account == other.account
+            and self.source == other.source
+            and self.balance_type == other.balance_type
+        )
 
     @property
     def event_key(self) -> str:
