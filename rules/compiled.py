@@ -261,7 +261,7 @@ class CompiledRules(Sequence[Rule]):
 
     def watching(self, key: BalanceKey, currency: str) -> KeyWatch:
         """The balance rules whose scope takes in this key's balance in that currency, in rule order."""
-        # A plain tuple as the cache key: hashing it is much cheaper than the dataclass's __hash__.
+        # The key's fields and the currency: one balance rule scope per key and currency.
         cache_key = (key.source, key.account, key.balance_type, currency)
         found = self._watches.get(cache_key)
         if found is None:
@@ -288,12 +288,8 @@ class CompiledRules(Sequence[Rule]):
         (the breaching states): their verdict is a function of the balance; and for `change`: an
         unchanged balance moved by zero, and min_change is positive. Conservative for `drop`: False
         whenever an amount of the history higher than the balance is still inside the longest window,
-        whether or not the fall meets the rule. One call on the engine's fast path, so the watch's
-        look-up is written out here."""
-        currency = balance.currency
-        watch = self._watches.get((key.source, key.account, key.balance_type, currency))
-        if watch is None:
-            watch = self.watching(key, currency)
+        whether or not the fall meets the rule."""
+        watch = self.watching(key, balance.currency)
         amount = -balance.amount if balance.state == IN_DEBIT else balance.amount
         if not watch.quiet_low <= amount <= watch.quiet_high or balance.state in watch.breach_states:
             return False

@@ -256,24 +256,13 @@ def assess(
     result is the one `assess_in_full` computes.
     """
     compiled = rules if type(rules) is CompiledRules else compile_rules(rules)
-    if known is not None:
-        balance, last = observation.balance, known.balance
-        description = observation.description
-        # Balance.same_as written out: this is the one test every observation of a listing goes through.
-        if (
-            (
-                balance is last
-                or (
-                    balance.amount == last.amount
-                    and balance.currency == last.currency
-                    and balance.state == last.state
-                    and balance.balance_type == last.balance_type
-                )
-            )
-            and (description is None or description == known.description)
-            and _quiet_when_unchanged(compiled, observation.key, known, observation.observed_at, alerts)
-        ):
-            return Assessment(observation.key, None, known, (), ())
+    if (
+        known is not None
+        and known.balance.same_as(observation.balance)
+        and observation.description in (None, known.description)
+        and _quiet_when_unchanged(compiled, observation.key, known, observation.observed_at, alerts)
+    ):
+        return Assessment(observation.key, None, known, (), ())
     return assess_in_full(observation, known, compiled, alerts)
 
 

@@ -68,7 +68,7 @@ def tick(
     A caller that indexes its states may pass only the active (pending and firing) ones as `alerts`,
     with `stored`, the look-up of all the states of one key (resolved ones included), and
     `freshness_of`, the look-up of one subject's record: then nothing is walked but the active states
-    and the freshness records.
+    and the freshness records. Without them, both are indexed from `alerts` and `freshness`.
 
     Cost: one pass over `alerts` (two tests per state) and, with stale rules, one comparison per
     freshness record; only active alerts and subjects due for the shortest `after` (or revoked) are
@@ -76,27 +76,31 @@ def tick(
     """
     compiled = compile_rules(rules)
     stale_names = compiled.stale_names
-    stale_states: dict[BalanceKey, dict[str, AlertState]] = {}
+    alerts = alerts if isinstance(alerts, (list, tuple)) else list(alerts)
+    records = freshness if isinstance(freshness, (list, tuple)) else list(freshness)
+    by_key: dict[BalanceKey, dict[str, AlertState]] = {}
+    if stored is None:  # every state was given: index them by key
+        for state in alerts:
+            by_key.setdefault(state.key, {})[state.fingerprint] = state
+    if freshness_of is None:
+        freshness_of = {record.subject: record for record in records}.get
+    record_of_stored = freshness_of
+
+    def stale_of(subject: BalanceKey) -> dict[str, AlertState]:
+        states = by_key.get(subject, {}) if stored is None else stored(subject)
+        return {fp: a for fp, a in states.items() if a.rule in stale_names}
+
     current: dict[tuple[str, BalanceKey], AlertState] = {}
     active: list[AlertState] = []
     for state in alerts:
-        if stored is None and state.rule in stale_names:
-            stale_states.setdefault(state.key, {})[state.fingerprint] = state
         if state.status in ACTIVE_STATUSES:
             active.append(state)
             current[(state.rule, state.key)] = state
 
-    def stale_of(subject: BalanceKey) -> dict[str, AlertState] | None:
-        if stored is None:
-            return stale_states.get(subject)
-        return {fp: a for fp, a in stored(subject).items() if a.rule in stale_names}
-
     stepped: list[tuple[Rule, AlertState | None, AlertState]] = []
-    records: Sequence[Freshness] = ()
     due: dict[BalanceKey, Freshness] = {}
     shortest = compiled.shortest_stale_after
     if stale_names:
-        records = freshness if isinstance(freshness, (list, tuple)) else list(freshness)
         # Fresh for every stale rule: answered after the cutoff and not revoked. One comparison for the
         # common case; no per-record work beyond it.
         cutoff = None if shortest is None else now - shortest
@@ -126,19 +130,10 @@ def tick(
     def state_of(name: str, key: BalanceKey) -> AlertState | None:
         return current.get((name, key))
 
-    everyone: dict[BalanceKey, Freshness] | None = None
-
     def record_of(subject: BalanceKey) -> Freshness | None:
-        # A reminder of a stale alert whose subject is fresh again (rare): look through them all once.
-        nonlocal everyone
-        found = due.get(subject)
-        if found is None and freshness_of is not None:
-            return freshness_of(subject)
-        if found is None:
-            if everyone is None:
-                everyone = {record.subject: record for record in records}
-            found = everyone.get(subject)
-        return found
+        # A due subject's record, else (a reminder of a stale alert whose subject is fresh again) the
+        # stored one.
+        return due.get(subject) or record_of_stored(subject)
 
     settled = settle(stepped, now, lambda rule, key: compiled.suppressor(rule, key, now, state_of))
     settled.sort(key=lambda s: (compiled.order(s.rule.name), s.after.key.source, s.after.key.account))

@@ -44,17 +44,23 @@ def change(account: str, version: int, amount: str) -> list[Event]:
     return [change_event(BalanceChange(obs, None, version))]
 
 
-async def test_relay_publishes_the_outbox_in_order_and_empties_it(
-    tmp_path: Path, kafka_broker: Broker
-) -> None:
-    """Events committed to the outbox reach Kafka in commit order with their ids, and leave the outbox."""
+async def store_with_changes(tmp_path: Path) -> tuple[StateStore, list[Event]]:
+    """An open store with 20 change events committed, one commit each, over three accounts."""
     store = StateStore(tmp_path / "s.db")
     await store.open()
-    written = []
+    written: list[Event] = []
     for version in range(1, 21):
         events = change(f"acct-{version % 3}", version, f"{version}.00")
         written += events
         await store.commit(StateUpdate([], []), events)
+    return store, written
+
+
+async def test_relay_publishes_the_outbox_in_order_and_empties_it(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    """Events committed to the outbox reach Kafka in commit order with their ids, and leave the outbox."""
+    store, written = await store_with_changes(tmp_path)
     config = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap_servers, changes_topic="relay-changes",
                          alerts_topic="relay-alerts")
     producer = build_producer(config)
@@ -89,13 +95,7 @@ async def test_relay_takes_batches_from_memory_and_deletes_each_as_a_range(tmp_p
     """The relay publishes committed events in order without a SELECT of the outbox per batch, and
     forgets each acknowledged batch with one range delete; a batch Kafka refused is sent again, whole,
     and nothing is deleted before it is acknowledged."""
-    store = StateStore(tmp_path / "s.db")
-    await store.open()
-    written = []
-    for version in range(1, 21):
-        events = change(f"acct-{version % 3}", version, f"{version}.00")
-        written += events
-        await store.commit(StateUpdate([], []), events)
+    store, written = await store_with_changes(tmp_path)
     statements: list[str] = []
     assert store._db is not None
     store._db.set_trace_callback(statements.append)

@@ -4,42 +4,18 @@ and the same delivery as the polls, under the same evaluation lock."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import structlog
 
 from rules.model import Rule
 from rules.timeline import AlertUpdate, reconcile, tick
-from rules.types import BalanceKey, KnownBalance
 from watcher.app import Components
 from watcher.events import Event, alert_event
-from watcher.store import OutboxFull, StateStore, StateUpdate
+from watcher.store import OutboxFull, StateUpdate
 
 log = structlog.get_logger("watcher.alerting")
-
-
-class _KnownBalances(Mapping[BalanceKey, KnownBalance]):
-    """The store's known balances as a read-only Mapping, looked up one key at a time.
-
-    The tick and reconcile only `get` the balances of their transitions (a handful), so this spares
-    them `store.all_known()`, a copy of every balance (100,000 at a time) every 10 s.
-    """
-
-    def __init__(self, store: StateStore) -> None:
-        self._store = store
-
-    def __getitem__(self, key: BalanceKey) -> KnownBalance:
-        known = self._store.known(key)
-        if known is None:
-            raise KeyError(key)
-        return known
-
-    def __iter__(self) -> Iterator[BalanceKey]:
-        return iter(self._store.all_known())
-
-    def __len__(self) -> int:
-        return len(self._store.all_known())
 
 
 class AlertClock:
@@ -57,7 +33,7 @@ class AlertClock:
             rules = self._c.rules.rules
             # Only the active states are walked; the rest is looked up by key when a subject is due.
             update = tick(
-                self._clock(), rules, store.active_alerts(), store.all_freshness(), _KnownBalances(store),
+                self._clock(), rules, store.active_alerts(), store.all_freshness(), store.known_view(),
                 stored=store.alerts_view, freshness_of=store.freshness,
             )
             staged = self._stage(update)
@@ -69,7 +45,7 @@ class AlertClock:
             store = self._c.store
             update = reconcile(
                 store.all_alerts(), self._c.rules.rules, self._clock(), old_rules=old_rules,
-                balances=_KnownBalances(store),
+                balances=store.known_view(),
             )
             staged = self._stage(update)
         return await self._durable(staged)

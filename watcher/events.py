@@ -6,11 +6,11 @@ published again after a crash or a failed publish, carries the same `ce_id`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from rules.annotations import threshold_text
@@ -24,20 +24,13 @@ EVENT_TYPES = (CHANGED, FIRING, RESOLVED)
 
 # A fixed namespace for event ids: changing it would change every id.
 _ID_NAMESPACE = uuid.UUID("6f1c2a52-8e0b-4c53-9f53-2b8e5f0a7d11")
-_ID_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
 # One encoder for every event body: `json.dumps` with options builds a new one per call.
 _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def event_id(identity: str) -> str:
-    """`str(uuid.uuid5(_ID_NAMESPACE, identity))`, without building a UUID object: the same SHA-1, the
-    same version and variant bits, the same text. Ids are stored and published, so this must never
-    differ from uuid5 (tests/test_rules_events.py checks it on arbitrary text)."""
-    digest = bytearray(hashlib.sha1(_ID_NAMESPACE_BYTES + identity.encode("utf-8")).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    """The event id of an identity: a uuid5 in our namespace, so the same event always has the same id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, identity))
 
 Topic = Literal["changes", "alerts"]
 
@@ -90,24 +83,14 @@ class Event:
         )
 
 
+@lru_cache(maxsize=256)
 def rfc3339(moment: datetime) -> str:
     """UTC, with a Z: 2026-11-22T04:25:14.123456Z.
 
-    The latest moment and its text are remembered: every observation of one listing response (up to
-    100,000 events at first sight) carries the same `observed_at`.
+    Cached: every observation of one listing response (up to 100,000 events at first sight) carries
+    the same `observed_at`. Equal aware moments are one instant, so they share one UTC text.
     """
-    global _last_rfc3339
-    last_moment, last_text = _last_rfc3339
-    if moment == last_moment and (moment.tzinfo is None) == (last_moment.tzinfo is None):
-        return last_text
-    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-    text = utc.isoformat()[:-6] + "Z"
-    _last_rfc3339 = (moment, text)
-    return text
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_last_rfc3339: tuple[datetime, str] = (_EPOCH, "1970-01-01T00:00:00Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def ce_source(source_name: str) -> str:

@@ -59,10 +59,6 @@ class EventDelivery(Protocol):
         both are durable together, or raises, and then nothing of them is kept. Raises OutboxFull at
         once, taking nothing."""
 
-    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
-        """`stage`, then await it: make the state and the events durable together, or raise and change
-        nothing."""
-
 
 class _Done:
     """An awaitable that is complete already."""
@@ -94,9 +90,6 @@ class OutboxDelivery:
             for event in events:
                 self._on_event(event)
 
-    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
-        await self.stage(update, events)
-
 
 class PrintOnlyDelivery:
     """`once --no-publish`: show the events, keep no state, publish nothing."""
@@ -108,9 +101,6 @@ class PrintOnlyDelivery:
         for event in events:
             self._on_event(event)
         return _Done()
-
-    async def deliver(self, update: StateUpdate, events: Sequence[Event]) -> None:
-        await self.stage(update, events)
 
 
 # The longest a call waits for its PSD2 budget inside a round, rather than skip the round.
@@ -357,11 +347,6 @@ class Poller:
         before this call's new states are staged (another call of a whole-source listing, or the
         daemon's tick). The store applies a staged update to memory at once, so the lock is released
         before the write is awaited."""
-        return await self._assess_and_deliver(result, log)
-
-    async def _assess_and_deliver(
-        self, result: FetchResult, log: structlog.typing.FilteringBoundLogger
-    ) -> int | None:
         # One call is evaluated against one set of rules, even if SIGHUP swaps them between its slices.
         rules = self._rules.rules
         observations = result.observations

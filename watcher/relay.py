@@ -106,21 +106,15 @@ class OutboxRelay:
             try:
                 await self.publish_pending()
                 delay = 0.5
-            except PublishError as exc:
+            except Exception as exc:  # Kafka refused, or reading the outbox failed: nothing is forgotten
                 self.failures += 1
                 log.error(
-                    "Kafka did not acknowledge; the events stay in the outbox and are sent again",
+                    "Kafka did not acknowledge; the events stay in the outbox and are sent again"
+                    if isinstance(exc, PublishError) else "the outbox could not be read; retrying",
                     outbox_depth=self._store.outbox_depth,
                     retry_in_s=round(delay, 1),
-                    error=str(exc),
+                    error=str(exc) if isinstance(exc, PublishError) else repr(exc),
                 )
-                await self._sleep_or_stop(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self._retry_max_s)
-                continue
-            except Exception as exc:  # reading the outbox failed (the disk): nothing is forgotten
-                self.failures += 1
-                log.error("the outbox could not be read; retrying", outbox_depth=self._store.outbox_depth,
-                          retry_in_s=round(delay, 1), error=repr(exc))
                 await self._sleep_or_stop(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self._retry_max_s)
                 continue

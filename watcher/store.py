@@ -298,6 +298,11 @@ class StateStore:
         """The stored alert states of this key, by fingerprint (a copy: callers may not change ours)."""
         return dict(self._alerts.get(key, {}))
 
+    def known_view(self) -> Mapping[BalanceKey, KnownBalance]:
+        """Every tracked balance, read-only and without a copy. It follows later updates until memory is
+        reloaded after a failed write; take it for one step, do not keep it."""
+        return MappingProxyType(self._known)
+
     def alerts_view(self, key: BalanceKey) -> Mapping[str, AlertState]:
         """The alert states of this key, by fingerprint, read-only and without a copy (one shared empty
         mapping for a key without any): for the poll path. It follows later updates; do not keep it."""

@@ -136,6 +136,12 @@ def _build(
     return finish(results)
 
 
+def _unexpected(top: str, names: Iterable[str]) -> ParseError:
+    """A listing root with children other than <account_balance>: the body is refused, naming them."""
+    shown = ", ".join(f"<{n}>" for n in sorted(names)[:5])
+    return ParseError(f"{top}: expected <account_balance> elements, found {shown}")
+
+
 def _top_key(found: Sequence[str], where: str) -> str:
     keys = [k for k in _TOP_KEYS if k in found]
     if not keys:
@@ -285,8 +291,7 @@ def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[tuple[s
             path = f"{top}.{name}[{i}]"
             yield path, _xml_entry(child, path)
     if unexpected:
-        shown = ", ".join(f"<{n}>" for n in sorted(unexpected)[:5])
-        raise ParseError(f"{top}: expected <account_balance> elements, found {shown}")
+        raise _unexpected(top, unexpected)
 
 
 def _read_xml_tree(
@@ -301,8 +306,7 @@ def _read_xml_tree(
         # The account's fields directly under the root, as the JSON listing-with-an-object shape.
         entries = [(top, _xml_entry(root, top))]
     elif names - set(_ENTRY_KEYS):
-        shown = ", ".join(f"<{n}>" for n in sorted(names - set(_ENTRY_KEYS))[:5])
-        raise ParseError(f"{top}: expected <account_balance> elements, found {shown}")
+        raise _unexpected(top, names - set(_ENTRY_KEYS))
     else:
         entries = []
         for i, child in enumerate(children):
