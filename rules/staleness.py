@@ -9,7 +9,7 @@ rules.timeline.tick, which calls `stale_verdicts` here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -18,12 +18,14 @@ from rules.compiled import CompiledRules, compile_rules
 from rules.durations import format_duration
 from rules.lifecycle import AlertTransition, Settled, settle, step
 from rules.model import Rule
-from rules.types import AlertState, BalanceKey, Freshness, PollOutcome, subject_key
+from rules.types import WHOLE_SOURCE, AlertState, BalanceKey, Freshness, PollOutcome, subject_key
 
 # The stored alert states of one key, by fingerprint (None or empty when there are none): the state
 # store's `alerts(key)`, or a dict's `get`.
 AlertsOf = Callable[[BalanceKey], Mapping[str, AlertState] | None]
 FreshnessOf = Callable[[BalanceKey], Freshness | None]
+# The accounts of a source whose stored records are `listed` (answered in its latest listing).
+ListedOf = Callable[[str], Collection[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +104,49 @@ def stale_transition(settled: Settled, at: datetime, freshness: Freshness | None
     return AlertTransition(settled.status, rule, state, None, at, None, annotations)
 
 
-def _refreshed(outcome: PollOutcome, previous: Freshness | None, subject: BalanceKey) -> Freshness:
+def resolve_listed(record: Freshness, listing_at: datetime | None) -> Freshness:
+    """A listed account's record with its last success filled in: its source's last listing."""
+    if not record.listed or listing_at is None:
+        return record
+    if record.last_success_at is not None and record.last_success_at >= listing_at:
+        return record
+    return replace(record, last_success_at=listing_at)
+
+
+def resolving(freshness_of: FreshnessOf) -> FreshnessOf:
+    """A look-up of stored records that fills in the last success of listed accounts."""
+
+    def lookup(subject: BalanceKey) -> Freshness | None:
+        record = freshness_of(subject)
+        if record is None or not record.listed:
+            return record
+        source_record = freshness_of(subject_key(subject.source))
+        return resolve_listed(record, None if source_record is None else source_record.last_listing_at)
+
+    return lookup
+
+
+def _refreshed(
+    outcome: PollOutcome, previous: Freshness | None, subject: BalanceKey, *, listed: bool
+) -> Freshness:
+    """`previous` as resolved (a listed account's last success filled in)."""
     if outcome.ok:
         since = outcome.at if previous is None else previous.watched_since
-        return Freshness(subject, since, outcome.at)
+        if subject.account == WHOLE_SOURCE:
+            listing_at = (
+                outcome.at if outcome.listing else (None if previous is None else previous.last_listing_at)
+            )
+            return Freshness(subject, since, outcome.at, last_listing_at=listing_at)
+        return Freshness(subject, since, outcome.at, listed=listed)
     if previous is None:
         return Freshness(subject, outcome.at, None, outcome.reason, outcome.access_revoked)
     # A later failure that is not a revocation (a timeout, say) does not undo one: only a success does.
+    # A listed account that fails keeps its own record from now on (with the time it last answered).
     return replace(
-        previous, last_error=outcome.reason, access_revoked=previous.access_revoked or outcome.access_revoked
+        previous,
+        last_error=outcome.reason,
+        access_revoked=previous.access_revoked or outcome.access_revoked,
+        listed=False,
     )
 
 
@@ -119,6 +155,9 @@ def assess_poll(
     rules: Sequence[Rule],
     freshness_of: FreshnessOf,
     alerts_of: AlertsOf,
+    *,
+    listed_of: ListedOf | None = None,
+    active_alerts: Callable[[], Iterable[AlertState]] | None = None,
 ) -> PollAssessment:
     """Take one call's outcome: update the freshness of its source and of each account it covered, and
     step their `stale` alerts (resolve on success; fire at once on a revocation; on other failures,
@@ -130,12 +169,18 @@ def assess_poll(
     Only the freshness records that must be stored are returned: a new subject, a failure that
     changed what is known (its reason, a revocation), a success after a failure, and a success at
     least `freshness_resolution` (a tenth of the shortest stale `after`) after the stored one. A
-    success sooner than that after a stored success is not returned, so a listing of 100,000 accounts
-    polled every few seconds rewrites each account's record once per resolution rather than per poll.
-    The price, and the bound: a stored last success lags the true one by less than the resolution, so a
-    subject that stops answering goes stale after at least nine tenths of `after` (and at most
-    `after`), and the "no successful poll since" of its reason may name a time up to that much early.
-    Without stale rules every record is returned (the resolution is zero).
+    success sooner than that after a stored success is not returned, so an account polled every few
+    seconds rewrites its record once per resolution rather than per poll. The price, and the bound: a
+    stored last success lags the true one by less than the resolution, so a subject that stops
+    answering goes stale after at least nine tenths of `after` (and at most `after`), and the "no
+    successful poll since" of its reason may name a time up to that much early. Without stale rules
+    every record is returned (the resolution is zero).
+
+    A successful listing (`outcome.listing`), given `listed_of` (the accounts of a source whose stored
+    records are listed) and `active_alerts` (every pending or firing state), is stored as one fact:
+    the source's record with `last_listing_at`, exact; a record only for the accounts that were not
+    listed (new, failing before, or answered by single calls) and, unlisted with the time of the
+    previous listing, for those that dropped out of it. An account listed again costs nothing.
     """
     compiled = compile_rules(rules)
     at = outcome.at
@@ -143,17 +188,35 @@ def assess_poll(
     has_stale_rules = compiled.has_stale_rules
     resolution = compiled.freshness_resolution
     source = outcome.source
-    subjects = [subject_key(source)]
-    subjects += [subject_key(source, account) for account in dict.fromkeys(outcome.accounts)]
+    stored = resolving(freshness_of)
+    as_listing = ok and outcome.listing and listed_of is not None and active_alerts is not None
     records: list[Freshness] = []
+    subjects = [subject_key(source)]
+    answered = dict.fromkeys(outcome.accounts)
+    listed_before: Collection[str] = ()
+    if as_listing:
+        assert listed_of is not None
+        listed_before = listed_of(source)
+        subjects += [subject_key(source, account) for account in answered if account not in listed_before]
+        source_record = freshness_of(subjects[0])
+        previous_listing = None if source_record is None else source_record.last_listing_at
+        for account in listed_before:
+            if account not in answered:  # dropped out of the listing: it last answered in the previous one
+                dropped = freshness_of(subject_key(source, account))
+                if dropped is not None and dropped.listed:
+                    records.append(replace(resolve_listed(dropped, previous_listing), listed=False))
+    else:
+        subjects += [subject_key(source, account) for account in answered]
     stepped: list[tuple[Rule, AlertState | None, AlertState]] = []
     for subject in subjects:
-        previous = freshness_of(subject)
+        previous = stored(subject)
         if (
             ok
+            and not as_listing
             and previous is not None
             and previous.last_error is None
             and not previous.access_revoked
+            and not previous.listed
             and previous.last_success_at is not None
             and previous.last_success_at <= at < previous.last_success_at + resolution
         ):
@@ -161,7 +224,7 @@ def assess_poll(
             # still resolve below: a reload may have made one fire in between.)
             record = None
         else:
-            record = _refreshed(outcome, previous, subject)
+            record = _refreshed(outcome, previous, subject, listed=as_listing)
             if ok or record != previous:
                 records.append(record)
         if not has_stale_rules:
@@ -175,25 +238,61 @@ def assess_poll(
         if not found:
             continue
         for state in found.values():
-            stale_rule = compiled.get(state.rule) if state.active and state.key == subject else None
-            if stale_rule is not None and state.rule in compiled.stale_names:
-                after = step(state, stale_rule.rule, None, subject, False, at)
-                if after is not None:
-                    stepped.append((stale_rule.rule, state, after))
-                    if record is None:
-                        # A transition names the last success: this one, so store it too.
-                        record = _refreshed(outcome, previous, subject)
-                        records.append(record)
+            if (
+                state.active
+                and state.key == subject
+                and _resolve_stale(compiled, state, at, stepped)
+                and record is None
+            ):
+                # A transition names the last success: this one, so store it too.
+                record = _refreshed(outcome, previous, subject, listed=False)
+                records.append(record)
+    if as_listing and has_stale_rules:
+        # The stale alerts of accounts listed again (no record visited above) resolve too.
+        assert active_alerts is not None
+        for state in active_alerts():
+            key = state.key
+            if (
+                key.source == source
+                and key.account in answered
+                and key.account in listed_before
+                and key.account != WHOLE_SOURCE
+                and key == subject_key(source, key.account)
+            ):
+                _resolve_stale(compiled, state, at, stepped)
     if not stepped:
         return PollAssessment(tuple(records), (), ())
     settled = _settle(compiled, stepped, at, alerts_of)
     by_subject = {record.subject: record for record in records}
+
+    def current(subject: BalanceKey) -> Freshness | None:
+        record = by_subject.get(subject) or freshness_of(subject)
+        if record is None or not record.listed:
+            return record
+        of_source = by_subject.get(subject_key(subject.source)) or freshness_of(subject_key(subject.source))
+        return resolve_listed(record, None if of_source is None else of_source.last_listing_at)
+
     transitions = tuple(
-        stale_transition(s, at, by_subject.get(s.after.key) or freshness_of(s.after.key))
-        for s in settled
-        if s.status is not None
+        stale_transition(s, at, current(s.after.key)) for s in settled if s.status is not None
     )
     return PollAssessment(tuple(records), transitions, tuple(s.after for s in settled if s.changed))
+
+
+def _resolve_stale(
+    compiled: CompiledRules,
+    state: AlertState,
+    at: datetime,
+    stepped: list[tuple[Rule, AlertState | None, AlertState]],
+) -> bool:
+    """Step an active state of a `stale` rule on a success (its subject answered); True if it moved."""
+    stale_rule = compiled.get(state.rule) if state.rule in compiled.stale_names else None
+    if stale_rule is None:
+        return False
+    after = step(state, stale_rule.rule, None, state.key, False, at)
+    if after is None:
+        return False
+    stepped.append((stale_rule.rule, state, after))
+    return True
 
 
 def _settle(

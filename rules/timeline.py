@@ -19,8 +19,8 @@ from rules.compiled import compile_rules
 from rules.conditions import Reading
 from rules.lifecycle import AlertTransition, Settled, settle, step
 from rules.model import RULE_KINDS, SEVERITIES, Rule, RuleKind, Severity
-from rules.staleness import stale_transition, stale_verdicts
-from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey, Freshness, KnownBalance
+from rules.staleness import resolve_listed, resolving, stale_transition, stale_verdicts
+from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey, Freshness, KnownBalance, subject_key
 
 REMOVED_REASON = "the rule was removed from the rules files"
 
@@ -84,7 +84,15 @@ def tick(
             by_key.setdefault(state.key, {})[state.fingerprint] = state
     if freshness_of is None:
         freshness_of = {record.subject: record for record in records}.get
-    record_of_stored = freshness_of
+    record_of_stored = resolving(freshness_of)
+    listing_at: dict[str, datetime | None] = {}  # by source: when it last answered a listing
+
+    def last_listing(source: str) -> datetime | None:
+        if source not in listing_at:
+            assert freshness_of is not None
+            of_source = freshness_of(subject_key(source))
+            listing_at[source] = None if of_source is None else of_source.last_listing_at
+        return listing_at[source]
 
     def stale_of(subject: BalanceKey) -> dict[str, AlertState]:
         states = by_key.get(subject, {}) if stored is None else stored(subject)
@@ -105,10 +113,14 @@ def tick(
         # common case; no per-record work beyond it.
         cutoff = None if shortest is None else now - shortest
         for record in records:
+            listed_at = last_listing(record.subject.source) if record.listed else None
             if cutoff is not None and not record.access_revoked:
                 since = record.last_success_at or record.watched_since
+                if listed_at is not None and listed_at > since:  # its last success: its source's listing
+                    since = listed_at
                 if since > cutoff:
                     continue
+            record = resolve_listed(record, listed_at)
             due[record.subject] = record
             stepped += stale_verdicts(compiled, record, now, stale_of)
     done = {after.fingerprint for _, _, after in stepped}

@@ -192,6 +192,12 @@ class Freshness:
     `watched_since` is the first poll attempt: a subject that never answered goes stale counting from it.
     `last_error` is the latest failure's reason while failing (None after a success); `access_revoked`
     says the provider answered that access is no longer possible (expired consent or token, revoked key).
+
+    A partner-wide listing answers for every account at once, so its success is kept as one fact, not
+    one record per account: the source's record holds `last_listing_at`, and an account that answered
+    in that listing is `listed`: its last success is its source's `last_listing_at` (its own
+    `last_success_at` is when it was first listed). `rules.staleness.resolve_listed` gives the record
+    with that time filled in. An account that drops out of a listing, or fails, stops being listed.
     """
 
     subject: BalanceKey
@@ -199,6 +205,8 @@ class Freshness:
     last_success_at: datetime | None = None
     last_error: str | None = None
     access_revoked: bool = False
+    listed: bool = False
+    last_listing_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +215,8 @@ class PollOutcome:
 
     `accounts` are the accounts the call covered: the one asked for; for a partner-wide listing, those
     it returned, or when it failed, those known for the source. `reason` is why it failed, in the
-    provider's words where there are any.
+    provider's words where there are any. `listing` says the call asked for the whole source: when it
+    succeeded, `accounts` are all the accounts the source has now.
     """
 
     source: str
@@ -216,3 +225,4 @@ class PollOutcome:
     ok: bool
     reason: str | None = None
     access_revoked: bool = False
+    listing: bool = False

@@ -332,3 +332,47 @@ async def test_outbox_batches_stay_in_order_across_restart_and_memory_overflow(t
     await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+
+
+async def test_listing_freshness_and_the_listed_index_survive_reopen(tmp_path: Path) -> None:
+    """A source's `last_listing_at` and its accounts' `listed` flags read back equal after a restart, and
+    the index of listed accounts is rebuilt from them (an unlisted record leaves it)."""
+    from rules.types import Freshness
+
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    whole = Freshness(BalanceKey("mc", "*"), T0, T0, last_listing_at=T0)
+    listed = [Freshness(BalanceKey("mc", a), T0, T0, listed=True) for a in ("a", "b")]
+    await store.commit(StateUpdate([], [], freshness=[whole, *listed]))
+    await store.commit(StateUpdate([], [], freshness=[Freshness(BalanceKey("mc", "b"), T0, T0)]))
+    assert set(store.listed_accounts("mc")) == {"a"}
+    await store.close()
+    again = StateStore(tmp_path / "s.db")
+    await again.open()
+    assert again.freshness(BalanceKey("mc", "*")) == whole
+    assert again.freshness(BalanceKey("mc", "a")) == listed[0]
+    assert set(again.listed_accounts("mc")) == {"a"}
+    assert set(again.listed_accounts("other")) == set()
+    await again.close()
+
+
+async def test_a_database_of_an_earlier_version_gains_the_listing_columns(tmp_path: Path) -> None:
+    """A freshness table written before listings were one fact is extended in place; its rows read as
+    unlisted."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE freshness (source TEXT NOT NULL, account TEXT NOT NULL, watched_since TEXT NOT NULL,"
+        " last_success_at TEXT, last_error TEXT, access_revoked INTEGER NOT NULL,"
+        " PRIMARY KEY (source, account))"
+    )
+    db.execute("INSERT INTO freshness VALUES ('mc', 'a', ?, ?, NULL, 0)", (T0.isoformat(), T0.isoformat()))
+    db.commit()
+    db.close()
+    store = StateStore(path)
+    await store.open()
+    from rules.types import Freshness
+
+    assert store.freshness(BalanceKey("mc", "a")) == Freshness(BalanceKey("mc", "a"), T0, T0)
+    assert set(store.listed_accounts("mc")) == set()
+    await store.close()

@@ -187,6 +187,7 @@ class Poller:
             ok=result.outcome == "ok",
             reason=result.error if result.outcome != "ok" else None,
             access_revoked=result.access_revoked or result.outcome == "access_revoked",
+            listing=result.target == WHOLE_SOURCE,
         )
 
     def _description(self, key: BalanceKey) -> str | None:
@@ -412,7 +413,10 @@ class Poller:
                 events.extend(events_of(assessment))
         freshness: tuple[Freshness, ...] = ()
         if staleness and rules.has_stale_rules:
-            stale = assess_poll(self._poll_outcome(result), rules, store.freshness, alerts_of)
+            stale = assess_poll(
+                self._poll_outcome(result), rules, store.freshness, alerts_of,
+                listed_of=store.listed_accounts, active_alerts=store.active_alerts,
+            )
             freshness = stale.freshness
             alerts.extend(stale.alerts)
             provider = self.source.provider

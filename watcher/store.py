@@ -26,7 +26,7 @@ import itertools
 import json
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -171,6 +171,8 @@ class StateStore:
         self._active: dict[tuple[BalanceKey, str], AlertState] = {}
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
         self._freshness: dict[BalanceKey, Freshness] = {}
+        # By source: the accounts whose freshness is `listed` (their source's last listing is theirs).
+        self._listed: dict[str, set[str]] = {}
         # The group commit: staged updates waiting for the writer, and the batch it is writing.
         self._queue: list[StagedCommit] = []
         self._writing: list[StagedCommit] = []
@@ -258,10 +260,14 @@ class StateStore:
                 **alert_detail_from_json(row[9]),
             )
         freshness: dict[BalanceKey, Freshness] = {}
-        for row in db.execute("SELECT * FROM freshness"):
+        for row in db.execute(
+            "SELECT source, account, watched_since, last_success_at, last_error, access_revoked, listed,"
+            " last_listing_at FROM freshness"
+        ):
             subject = BalanceKey(row[0], row[1])
             freshness[subject] = Freshness(
-                subject, datetime.fromisoformat(row[2]), parse_time(row[3]), row[4], bool(row[5])
+                subject, datetime.fromisoformat(row[2]), parse_time(row[3]), row[4], bool(row[5]),
+                listed=bool(row[6]), last_listing_at=parse_time(row[7]),
             )
         depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
         used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
@@ -276,6 +282,10 @@ class StateStore:
             if a.status in ACTIVE_STATUSES
         }
         self._freshness = snapshot.freshness
+        self._listed = {}
+        for fresh in self._freshness.values():
+            if fresh.listed:
+                self._listed.setdefault(fresh.subject.source, set()).add(fresh.subject.account)
 
     async def close(self) -> None:
         """Write what is staged, then close the database and its worker thread."""
@@ -316,6 +326,10 @@ class StateStore:
     def freshness(self, subject: BalanceKey) -> Freshness | None:
         """When this account (or whole source, account "*") last answered, for `stale` rules."""
         return self._freshness.get(subject)
+
+    def listed_accounts(self, source: str) -> Collection[str]:
+        """The accounts of `source` whose freshness is its last listing's (a live view: do not keep it)."""
+        return self._listed.get(source, ())
 
     def all_freshness(self) -> list[Freshness]:
         """Every poll subject's freshness."""
@@ -366,6 +380,10 @@ class StateStore:
                 self._active.pop((alert.key, alert.fingerprint), None)
         for fresh in update.freshness:
             self._freshness[fresh.subject] = fresh
+            if fresh.listed:
+                self._listed.setdefault(fresh.subject.source, set()).add(fresh.subject.account)
+            elif fresh.subject.source in self._listed:
+                self._listed[fresh.subject.source].discard(fresh.subject.account)
         self._queue.append(staged)
         self._wakeup.set()
         return staged
@@ -507,11 +525,13 @@ class StateStore:
                 ],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO freshness VALUES (?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO freshness (source, account, watched_since, last_success_at,"
+                " last_error, access_revoked, listed, last_listing_at) VALUES (?,?,?,?,?,?,?,?)",
                 [
                     (f.subject.source, f.subject.account, f.watched_since.isoformat(),
                      f.last_success_at.isoformat() if f.last_success_at else None, f.last_error,
-                     int(f.access_revoked))
+                     int(f.access_revoked), int(f.listed),
+                     f.last_listing_at.isoformat() if f.last_listing_at else None)
                     for f in freshness.values()
                 ],
             )

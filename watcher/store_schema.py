@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS freshness (
     last_success_at TEXT,
     last_error TEXT,
     access_revoked INTEGER NOT NULL,
+    listed INTEGER NOT NULL DEFAULT 0,
+    last_listing_at TEXT,
     PRIMARY KEY (source, account)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -105,6 +107,8 @@ def add_missing_columns(db: sqlite3.Connection) -> None:
     for table, column, ddl in (
         ("balances", "history", "TEXT NOT NULL DEFAULT '[]'"),
         ("alerts", "detail", "TEXT NOT NULL DEFAULT '{}'"),
+        ("freshness", "listed", "INTEGER NOT NULL DEFAULT 0"),
+        ("freshness", "last_listing_at", "TEXT"),
     ):
         columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in columns:
