@@ -85,13 +85,21 @@ def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = N
         # the tick's time and belong to no response: counted in "all", not in "responses".
         responses = {(r[4], r[1]) for r in rows if r[3] == "balance.changed"}
         acks_responses: list[float] = []
-        for _ce_id, ce_time, acked, _ce_type, key in rows:
-            delta = float(acked) - _ts(ce_time)
+        # Where a response's events spend the time: until durable (parse, evaluate, stage, the group
+        # commit), durable until appended to the producer (the relay), appended until acknowledged.
+        parts: dict[str, list[float]] = {"to_durable": [], "durable_to_append": [], "append_to_ack": []}
+        for _ce_id, ce_time, acked, _ce_type, key, durable, appended in rows:
+            start = _ts(ce_time)
+            delta = float(acked) - start
             acks.append(delta)
-            if _ts(ce_time) >= steady_start:
+            if start >= steady_start:
                 acks_steady.append(delta)
                 if (key, ce_time) in responses:
                     acks_responses.append(delta)
+                    if float(durable) > 0:
+                        parts["to_durable"].append(float(durable) - start)
+                        parts["durable_to_append"].append(float(appended) - float(durable))
+                        parts["append_to_ack"].append(float(acked) - float(appended))
         records = asyncio.run(read_topics(env.broker.bootstrap_servers, topics, expected=total))
         appends = [r.timestamp_ms / 1000 - _ts(r.headers["ce_time"]) for r in records
                    if _ts(r.headers["ce_time"]) >= steady_start]
@@ -107,6 +115,7 @@ def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = N
             "ack_steady_round": stats_ms(acks_steady),
             "ack_steady_round_responses": stats_ms(acks_responses),
             "producer_append_steady_round": stats_ms(appends),
+            "steady_round_responses_parts": {name: stats_ms(values) for name, values in parts.items()},
             "timestamp_types": sorted({r.timestamp_type for r in records}),
             "peak_rss_mib": round(peak, 1),
             "steady_window": [steady_start, steady_end],

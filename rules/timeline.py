@@ -10,7 +10,7 @@ alerts of rules that are gone; alerts of rules that remain keep their state as i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -20,7 +20,15 @@ from rules.conditions import Reading
 from rules.lifecycle import AlertTransition, Settled, settle, step
 from rules.model import RULE_KINDS, SEVERITIES, Rule, RuleKind, Severity
 from rules.staleness import resolve_listed, resolving, stale_transition, stale_verdicts
-from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey, Freshness, KnownBalance, subject_key
+from rules.types import (
+    ACTIVE_STATUSES,
+    WHOLE_SOURCE,
+    AlertState,
+    BalanceKey,
+    Freshness,
+    KnownBalance,
+    subject_key,
+)
 
 REMOVED_REASON = "the rule was removed from the rules files"
 
@@ -58,6 +66,7 @@ def tick(
     *,
     stored: Callable[[BalanceKey], Mapping[str, AlertState]] | None = None,
     freshness_of: Callable[[BalanceKey], Freshness | None] | None = None,
+    listed_of: Callable[[str], Collection[str]] | None = None,
 ) -> AlertUpdate:
     """Move every alert on by time alone, up to `now`.
 
@@ -68,7 +77,9 @@ def tick(
     A caller that indexes its states may pass only the active (pending and firing) ones as `alerts`,
     with `stored`, the look-up of all the states of one key (resolved ones included), and
     `freshness_of`, the look-up of one subject's record: then nothing is walked but the active states
-    and the freshness records. Without them, both are indexed from `alerts` and `freshness`.
+    and the freshness records. Without them, both are indexed from `alerts` and `freshness`. A caller
+    that also passes `listed_of` (the accounts of a source whose records are listed) may leave the
+    listed records out of `freshness`: they are looked up only when their source's last listing is due.
 
     Cost: one pass over `alerts` (two tests per state) and, with stale rules, one comparison per
     freshness record; only active alerts and subjects due for the shortest `after` (or revoked) are
@@ -113,6 +124,8 @@ def tick(
         # common case; no per-record work beyond it.
         cutoff = None if shortest is None else now - shortest
         for record in records:
+            if record.listed and listed_of is not None:
+                continue  # reached below through its source, if that is due
             listed_at = last_listing(record.subject.source) if record.listed else None
             if cutoff is not None and not record.access_revoked:
                 since = record.last_success_at or record.watched_since
@@ -123,6 +136,19 @@ def tick(
             record = resolve_listed(record, listed_at)
             due[record.subject] = record
             stepped += stale_verdicts(compiled, record, now, stale_of)
+        if listed_of is not None:
+            for of_source in [r for r in records if r.subject.account == WHOLE_SOURCE]:
+                listed_at = of_source.last_listing_at
+                if listed_at is None or (cutoff is not None and listed_at > cutoff):
+                    continue  # listed in a listing answered since the cutoff: fresh (never revoked)
+                source = of_source.subject.source
+                for account in list(listed_of(source)):
+                    record = freshness_of(subject_key(source, account))
+                    if record is None or not record.listed:
+                        continue
+                    record = resolve_listed(record, listed_at)
+                    due[record.subject] = record
+                    stepped += stale_verdicts(compiled, record, now, stale_of)
     done = {after.fingerprint for _, _, after in stepped}
     for state in active:
         if state.fingerprint in done:

@@ -62,8 +62,17 @@ class Listings:
         return self._keep(result.transitions, result.alerts)
 
     def tick(self, minutes: float) -> list[tuple[str, str]]:
+        """Both ways the alert clock may be called must agree: every record given, or (as the daemon
+        does) only the unlisted ones with the listed index and the look-ups."""
         every = [state for by_fp in self.alerts.values() for state in by_fp.values()]
         update = tick(at(minutes), self.rules, every, list(self.freshness.values()))
+        indexed = tick(
+            at(minutes), self.rules, self.active(), [f for f in self.freshness.values() if not f.listed],
+            stored=lambda k: self.alerts.get(k, {}), freshness_of=self.freshness.get,
+            listed_of=self.listed_of,
+        )
+        assert sorted(indexed.alerts, key=repr) == sorted(update.alerts, key=repr)
+        assert sorted(indexed.transitions, key=repr) == sorted(update.transitions, key=repr)
         return self._keep(update.transitions, update.alerts)
 
     def _keep(

@@ -33,8 +33,8 @@ class AlertClock:
             rules = self._c.rules.rules
             # Only the active states are walked; the rest is looked up by key when a subject is due.
             update = tick(
-                self._clock(), rules, store.active_alerts(), store.all_freshness(), store.known_view(),
-                stored=store.alerts_view, freshness_of=store.freshness,
+                self._clock(), rules, store.active_alerts(), store.unlisted_freshness(), store.known_view(),
+                stored=store.alerts_view, freshness_of=store.freshness, listed_of=store.listed_accounts,
             )
             staged = self._stage(update)
         return await self._durable(staged)

@@ -171,8 +171,10 @@ class StateStore:
         self._active: dict[tuple[BalanceKey, str], AlertState] = {}
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
         self._freshness: dict[BalanceKey, Freshness] = {}
-        # By source: the accounts whose freshness is `listed` (their source's last listing is theirs).
+        # By source: the accounts whose freshness is `listed` (their source's last listing is theirs);
+        # and the records that are not listed, which the alert clock walks.
         self._listed: dict[str, set[str]] = {}
+        self._unlisted: dict[BalanceKey, Freshness] = {}
         # The group commit: staged updates waiting for the writer, and the batch it is writing.
         self._queue: list[StagedCommit] = []
         self._writing: list[StagedCommit] = []
@@ -283,9 +285,12 @@ class StateStore:
         }
         self._freshness = snapshot.freshness
         self._listed = {}
+        self._unlisted = {}
         for fresh in self._freshness.values():
             if fresh.listed:
                 self._listed.setdefault(fresh.subject.source, set()).add(fresh.subject.account)
+            else:
+                self._unlisted[fresh.subject] = fresh
 
     async def close(self) -> None:
         """Write what is staged, then close the database and its worker thread."""
@@ -331,9 +336,9 @@ class StateStore:
         """The accounts of `source` whose freshness is its last listing's (a live view: do not keep it)."""
         return self._listed.get(source, ())
 
-    def all_freshness(self) -> list[Freshness]:
-        """Every poll subject's freshness."""
-        return list(self._freshness.values())
+    def unlisted_freshness(self) -> list[Freshness]:
+        """The freshness records that are not `listed` (the sources' own among them)."""
+        return list(self._unlisted.values())
 
     def active_alerts(self) -> list[AlertState]:
         """The pending and firing alert states."""
@@ -382,8 +387,11 @@ class StateStore:
             self._freshness[fresh.subject] = fresh
             if fresh.listed:
                 self._listed.setdefault(fresh.subject.source, set()).add(fresh.subject.account)
-            elif fresh.subject.source in self._listed:
-                self._listed[fresh.subject.source].discard(fresh.subject.account)
+                self._unlisted.pop(fresh.subject, None)
+            else:
+                self._unlisted[fresh.subject] = fresh
+                if fresh.subject.source in self._listed:
+                    self._listed[fresh.subject.source].discard(fresh.subject.account)
         self._queue.append(staged)
         self._wakeup.set()
         return staged
