@@ -1,6 +1,7 @@
 """Latency from the moment a response arrives to the Kafka acknowledgement of its events, p50 and p99.
 
-    .venv/bin/python bench/latency.py [--rates 250 500] [--seconds 20] [--signing-threads N] [--out FILE]
+    .venv/bin/python bench/latency.py [--rates 250 500] [--seconds 20] [--signing-threads N] [--patch P]
+                                      [--out FILE]
 
 The daemon polls N = rate x seconds accounts one by one, its rate limit set to `rate` polls per second
 (max_requests_per_second), 64 in flight; the sandbox moves every balance each second, so every poll
@@ -55,20 +56,54 @@ def stats_ms(values: list[float]) -> dict[str, float]:
             "p99_ms": round(percentile(ms, 99), 2), "max_ms": round(max(ms), 2) if ms else float("nan")}
 
 
-def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = None) -> dict[str, Any]:
+def stall_summary(path: Path, start: float, end: float) -> dict[str, Any]:
+    """What held the loop in [start, end]: loop lags over 10 ms, collections by generation, group
+    commits (from bench/patched_daemon.py's trace-stalls)."""
+    lags: list[float] = []
+    gcs: dict[str, list[float]] = {"0": [], "1": [], "2": []}
+    writes: list[float] = []
+    for row in path.read_text().splitlines() if path.exists() else []:
+        kind, at, *rest = row.split()
+        if not start <= float(at) <= end:
+            continue
+        if kind == "lag":
+            lags.append(float(rest[0]))
+        elif kind == "gc":
+            gcs[rest[0]].append(float(rest[1]))
+        elif kind == "write":
+            writes.append(float(rest[0]))
+    return {
+        "seconds": round(end - start, 1),
+        "loop_lags_over_10ms": len(lags),
+        "loop_lags_over_50ms": sum(1 for lag in lags if lag > 50),
+        "loop_lag_max_ms": round(max(lags, default=0.0), 1),
+        "loop_lag_total_ms": round(sum(lags), 1),
+        "gc": {gen: {"count": len(v), "max_ms": round(max(v, default=0.0), 1), "total_ms": round(sum(v), 1)}
+               for gen, v in gcs.items()},
+        "group_commits": {"count": len(writes), "max_ms": round(max(writes, default=0.0), 1),
+                          "p50_ms": round(percentile(writes, 50), 2) if writes else 0.0},
+    }
+
+
+def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = None,
+            patch: str | None = None) -> dict[str, Any]:
     variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
+    if patch:
+        variant = f"patch {patch}"
     accounts = max(100, int(rate * seconds))
     sandbox = env.sandbox(accounts, 1.0)
     try:
-        folder = env.folder(f"latency-{rate}" + (f"-{variant}" if variant else ""))
+        folder = env.folder(f"latency-{rate}" + (f"-{variant.replace(' ', '-')}" if variant else ""))
         trace = folder / "latency.txt"
         port = free_port()
         source = mastercard_source(env, sandbox, accounts=tokens(accounts), interval="1s",
                                    max_concurrency=64, max_requests_per_second=rate)
         config, topics = write_config(folder, env, source, metrics_port=port, signing_threads=signing_threads)
         log(f"latency at {rate} polls/s: {accounts} accounts, {variant or 'default settings'}")
-        daemon = Daemon(config, metrics_port=port, patches=("trace-latency",),
-                        extra_env={"BENCH_LATENCY_FILE": str(trace)})
+        stalls = folder / "stalls.txt"
+        patches = ("trace-latency", "trace-stalls", *([patch] if patch else []))
+        daemon = Daemon(config, metrics_port=port, patches=patches,
+                        extra_env={"BENCH_LATENCY_FILE": str(trace), "BENCH_STALLS_FILE": str(stalls)})
         try:
             lines = daemon.wait_for_rounds(2, timeout=1800)[:2]
             total = sum(int(line["events"]) for line in lines)
@@ -117,6 +152,7 @@ def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = N
             "producer_append_steady_round": stats_ms(appends),
             "steady_round_responses_parts": {name: stats_ms(values) for name, values in parts.items()},
             "timestamp_types": sorted({r.timestamp_type for r in records}),
+            "steady_round_stalls": stall_summary(stalls, steady_start, steady_end),
             "peak_rss_mib": round(peak, 1),
             "steady_window": [steady_start, steady_end],
         }
@@ -132,6 +168,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of one round")
     parser.add_argument("--signing-threads", type=int, action="append", default=[],
                         help="also run with [signing] threads = N (repeatable)")
+    parser.add_argument("--patch", action="append", default=[],
+                        help="also run with this bench/patched_daemon.py patch (repeatable)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
@@ -140,6 +178,8 @@ def main() -> int:
             results.append(measure(env, rate, args.seconds))
             for threads in args.signing_threads:
                 results.append(measure(env, rate, args.seconds, threads))
+            for patch in args.patch:
+                results.append(measure(env, rate, args.seconds, patch=patch))
     dump({"latency": results}, args.out)
     for r in results:
         a = r["ack_steady_round"]

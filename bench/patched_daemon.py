@@ -8,6 +8,9 @@ PATCHES is a comma-separated list (or "none"):
                  type, its key, and the wall times it became durable in the outbox (the group commit
                  done) and was appended to the producer (in $BENCH_LATENCY_FILE); measures, changes
                  nothing
+  trace-stalls   event loop lags over 10 ms, garbage collections and group commit durations (in
+                 $BENCH_STALLS_FILE)
+  relay-serial   the outbox relay with one batch in flight (for comparison)
 
 The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit) measured
 changes that are now made in watcher/ itself: `[signing] threads`, the group commit with
@@ -33,7 +36,7 @@ def patch_trace_latency() -> None:
     from watcher.store import StateStore
 
     out = open(os.environ["BENCH_LATENCY_FILE"], "a", buffering=1 << 16)  # noqa: SIM115
-    real_send = KafkaPublisher.send
+    real_append = KafkaPublisher.append
     real_remember = StateStore._remember
     durable_at: dict[str, float] = {}  # ce_id -> when its group commit completed
 
@@ -45,7 +48,7 @@ def patch_trace_latency() -> None:
 
     StateStore._remember = remember  # type: ignore[method-assign]
 
-    async def send(self: KafkaPublisher, entries: Any) -> None:
+    async def append(self: KafkaPublisher, entries: Any) -> Any:
         producer = self._producer
         real = producer.send
 
@@ -69,16 +72,83 @@ def patch_trace_latency() -> None:
 
         producer.send = traced
         try:
-            await real_send(self, entries)
+            acked = await real_append(self, entries)
         finally:
             del producer.send
+        acked.add_done_callback(lambda _: out.flush())
+        return acked
+
+    KafkaPublisher.append = append  # type: ignore[method-assign]
+
+
+def patch_trace_stalls() -> None:
+    """Append to $BENCH_STALLS_FILE what holds the event loop: `lag T ms` when a 5 ms sleep of a probe
+    task wakes more than 10 ms late, `gc T gen ms` for every garbage collection, `write T ms rows` for
+    every group commit (in the store's thread). Measures, changes nothing but the probe's own wake-ups."""
+    import asyncio
+    import gc
+    import os
+    import time as _time
+
+    from watcher.daemon import Daemon
+    from watcher.store import StateStore
+
+    out = open(os.environ["BENCH_STALLS_FILE"], "a", buffering=1 << 14)  # noqa: SIM115
+    started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = _time.perf_counter()
+        else:
+            took_ms = (_time.perf_counter() - started[0]) * 1000
+            out.write(f"gc {_time.time():.6f} {info['generation']} {took_ms:.2f}\n")
+
+    gc.callbacks.append(on_gc)
+    real_write = StateStore._write_sync
+
+    def write_sync(self: StateStore, batch: Any, first_seq: int, delete_through: int) -> Any:
+        t = _time.perf_counter()
+        try:
+            return real_write(self, batch, first_seq, delete_through)
+        finally:
+            out.write(f"write {_time.time():.6f} {(_time.perf_counter() - t) * 1000:.2f} {len(batch)}\n")
+
+    StateStore._write_sync = write_sync  # type: ignore[method-assign]
+    real_run = Daemon.run
+
+    async def probe() -> None:
+        while True:
+            t = _time.perf_counter()
+            await asyncio.sleep(0.005)
+            late = (_time.perf_counter() - t - 0.005) * 1000
+            if late > 10:
+                out.write(f"lag {_time.time():.6f} {late:.2f}\n")
+                out.flush()
+
+    async def run(self: Daemon, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.create_task(probe())
+        try:
+            return await real_run(self, *args, **kwargs)
+        finally:
+            task.cancel()
             out.flush()
 
-    KafkaPublisher.send = send  # type: ignore[method-assign]
+    Daemon.run = run  # type: ignore[method-assign]
+
+
+def patch_relay_serial() -> None:
+    """The outbox relay with one batch in flight (stop and wait), as before the pipelined relay."""
+    import functools
+
+    from watcher.relay import OutboxRelay
+
+    OutboxRelay.__init__ = functools.partialmethod(OutboxRelay.__init__, max_in_flight=1)  # type: ignore[assignment,method-assign]
 
 
 PATCHES = {
     "trace-latency": patch_trace_latency,
+    "trace-stalls": patch_trace_stalls,
+    "relay-serial": patch_relay_serial,
 }
 
 

@@ -78,17 +78,26 @@ async def test_relay_publishes_the_outbox_in_order_and_empties_it(
 
 
 class RecordingPublisher:
-    """Stands in for Kafka: acknowledges every batch (or refuses while `down`), and keeps what it got."""
+    """Stands in for Kafka: acknowledges every batch (or refuses while `down`; or, with `hold`, keeps
+    each acknowledgement in `acks` for the test to give), and keeps what it got."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = False) -> None:
         self.batches: list[list[OutboxEntry]] = []
         self.down = False
+        self.hold = hold
+        self.acks: list[asyncio.Future[None]] = []
 
-    async def send(self, entries: list[OutboxEntry]) -> None:
+    async def append(self, entries: list[OutboxEntry]) -> asyncio.Future[None]:
         await asyncio.sleep(0)
         if self.down:
             raise PublishError("broker away")
         self.batches.append(list(entries))
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.hold:
+            self.acks.append(acked)
+        else:
+            acked.set_result(None)
+        return acked
 
 
 async def test_relay_takes_batches_from_memory_and_deletes_each_as_a_range(tmp_path: Path) -> None:
@@ -119,6 +128,56 @@ async def test_relay_takes_batches_from_memory_and_deletes_each_as_a_range(tmp_p
     await store.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+async def test_relay_keeps_batches_in_flight_and_acknowledges_them_in_order(tmp_path: Path) -> None:
+    """Up to `max_in_flight` batches go to the producer before the first is acknowledged; an
+    acknowledgement that arrives out of order forgets nothing until those before it are in."""
+    store, written = await store_with_changes(tmp_path)
+    publisher = RecordingPublisher(hold=True)
+    relay = OutboxRelay(store, publisher, batch_size=7, max_in_flight=2)  # type: ignore[arg-type]
+    publishing = asyncio.create_task(relay.publish_pending())
+    await _until(lambda: len(publisher.acks) == 2)
+    assert [len(b) for b in publisher.batches] == [7, 7]  # two in flight, the third waits for room
+    publisher.acks[1].set_result(None)
+    for _ in range(50):  # the relay's turns: it waits for the first
+        await asyncio.sleep(0)
+    assert store.outbox_depth == 20  # the second is in, the first is not: nothing forgotten yet
+    publisher.acks[0].set_result(None)
+    await _until(lambda: store.outbox_depth == 6)  # both forgotten, in order
+    assert len(publisher.acks) == 3
+    publisher.acks[2].set_result(None)
+    assert await publishing == 20
+    assert [e.ce_id for b in publisher.batches for e in b] == [e.id for e in written]
+    await store.close()
+
+
+async def test_a_refused_batch_in_flight_sends_it_and_every_later_one_again(tmp_path: Path) -> None:
+    """When Kafka refuses the oldest batch in flight, neither it nor the batches after it are
+    forgotten, even those already acknowledged: the next attempt sends all of them again, in order."""
+    store, written = await store_with_changes(tmp_path)
+    publisher = RecordingPublisher(hold=True)
+    relay = OutboxRelay(store, publisher, batch_size=7, max_in_flight=3)  # type: ignore[arg-type]
+    publishing = asyncio.create_task(relay.publish_pending())
+    await _until(lambda: len(publisher.acks) == 3)
+    publisher.acks[1].set_result(None)
+    publisher.acks[0].set_exception(PublishError("not enough replicas"))
+    with pytest.raises(PublishError):
+        await publishing
+    assert store.outbox_depth == 20
+    publisher.hold = False
+    assert await relay.publish_pending() == 20
+    again = [e.ce_id for b in publisher.batches[3:] for e in b]
+    assert again == [e.id for e in written]
+    await store.close()
 
 
 def _mastercard(sandbox: SandboxProcess, key: DevKey, partner: str, tokens: list[str]) -> str:

@@ -66,8 +66,12 @@ class KafkaPublisher:
 
     async def send(self, entries: Sequence[OutboxEntry]) -> None:
         """Send in order (the producer keeps order per partition), then wait for every ack."""
-        if not entries:
-            return
+        await (await self.append(entries))
+
+    async def append(self, entries: Sequence[OutboxEntry]) -> asyncio.Future[None]:
+        """Hand `entries` to the producer, in order, and return at once: the returned future completes
+        when Kafka acknowledged all of them, or fails with PublishError. Raises PublishError when the
+        producer refuses one."""
         try:
             futures = [
                 await self._producer.send(
@@ -75,12 +79,21 @@ class KafkaPublisher:
                 )
                 for e in entries
             ]
-            await asyncio.gather(*futures)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise PublishError(f"Kafka did not acknowledge {len(entries)} event(s): {exc!r}") from exc
+            raise PublishError(f"Kafka refused {len(entries)} event(s): {exc!r}") from exc
+        return asyncio.ensure_future(_acknowledged(futures, len(entries)))
 
     async def flush(self) -> None:
         """Wait until everything queued is acknowledged."""
         await self._producer.flush()
+
+
+async def _acknowledged(futures: list[asyncio.Future[Any]], count: int) -> None:
+    try:
+        await asyncio.gather(*futures)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise PublishError(f"Kafka did not acknowledge {count} event(s): {exc!r}") from exc

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
+from typing import Any
 
 import structlog
 
@@ -35,8 +37,11 @@ class OutboxRelay:
         batch_size: int = 1000,
         retry_max_s: float = 30.0,
         patience_s: float = 10.0,
+        max_in_flight: int = 4,
     ) -> None:
         self._patience_s = patience_s
+        self._max_in_flight = max_in_flight
+        self._waited = 0.0  # seconds the oldest batch in flight has waited for Kafka, when over patience
         self._store = store
         self._publisher = publisher
         self._batch_size = batch_size
@@ -56,47 +61,83 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_pending(self) -> int:
-        """Publish batches until the outbox is empty; returns how many events went out.
-        Raises PublishError when Kafka does not acknowledge a batch (nothing of it is forgotten)."""
-        sent = 0
-        while True:
-            batch = await self._store.outbox_batch(self._batch_size)
-            if not batch:
-                return sent
-            try:
-                await self._send_watched(batch)
-            except PublishError:
-                if self.metrics is not None:
-                    self.metrics.events_not_sent(e.topic for e in batch)
-                raise
-            if self.metrics is not None:
-                self.metrics.events_sent(e.topic for e in batch)
-            self._store.acknowledge(batch)
-            sent += len(batch)
-            self.published += len(batch)
+        """Publish until the outbox is empty; returns how many events went out. Raises PublishError
+        when Kafka does not acknowledge a batch (nothing of it, or after it, is forgotten).
 
-    async def _send_watched(self, batch: list[OutboxEntry]) -> None:
-        """Send one batch; while Kafka is away the producer keeps retrying on its own, so rather than
-        cancel (and resend) we wait, and say so at every `patience_s` that passes."""
-        send = asyncio.ensure_future(self._publisher.send(batch))
-        waited = 0.0
+        Up to `max_in_flight` batches are handed to the producer before the first is acknowledged, so
+        events made durable meanwhile go out with the producer's next request instead of waiting for
+        the previous acknowledgement and a turn of the relay. Batches are acknowledged in order."""
+        sent = 0
+        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[None]]] = deque()
+        handed = 0  # events in flight
         try:
             while True:
-                done, _ = await asyncio.wait({send}, timeout=self._patience_s)
-                if done:
-                    send.result()
-                    if waited:
-                        log.info("Kafka acknowledged again", waited_s=round(waited, 1),
-                                 outbox_depth=self._store.outbox_depth)
-                    return
-                waited += self._patience_s
-                log.warning("Kafka has not acknowledged yet; the events wait in the outbox",
-                            waited_s=round(waited, 1), outbox_depth=self._store.outbox_depth)
+                self._wake.clear()
+                while len(in_flight) < self._max_in_flight:
+                    batch = await self._store.outbox_batch(self._batch_size, skip=handed)
+                    if not batch:
+                        break
+                    appending = asyncio.ensure_future(self._publisher.append(batch))
+                    try:
+                        while not await self._wait(appending):
+                            pass  # the producer waits for room or for the broker's metadata
+                    finally:
+                        if not appending.done():
+                            appending.cancel()
+                    acked = appending.result()
+                    acked.add_done_callback(_retrieve)
+                    in_flight.append((batch, acked))
+                    handed += len(batch)
+                if not in_flight:
+                    return sent
+                batch, acked = in_flight[0]
+                if not acked.done():
+                    await self._wait(acked, or_new_events=len(in_flight) < self._max_in_flight)
+                    continue  # acknowledged, or new events to hand over first
+                in_flight.popleft()
+                handed -= len(batch)
+                try:
+                    acked.result()
+                except PublishError:
+                    if self.metrics is not None:
+                        self.metrics.events_not_sent(e.topic for e in batch)
+                    raise
+                if self._waited:
+                    log.info("Kafka acknowledged again", waited_s=round(self._waited, 1),
+                             outbox_depth=self._store.outbox_depth)
+                    self._waited = 0.0
+                if self.metrics is not None:
+                    self.metrics.events_sent(e.topic for e in batch)
+                self._store.acknowledge(batch)
+                sent += len(batch)
+                self.published += len(batch)
         finally:
-            if not send.done():
-                send.cancel()
-                with contextlib.suppress(asyncio.CancelledError, PublishError):
-                    await send
+            # Left in flight after a failure (or a cancel): never acknowledged here, so sent again.
+            for _, acked in in_flight:
+                acked.cancel()
+
+    async def _wait(self, future: asyncio.Future[Any], *, or_new_events: bool = False) -> bool:
+        """Until `future` is done or, if asked, new events are in the outbox: True. False after
+        `patience_s` with neither, having said so: while Kafka is away the producer retries on its own,
+        so rather than cancel (and resend) we wait."""
+        woken: asyncio.Future[Any] | None = None
+        waiting: set[asyncio.Future[Any]] = {future}
+        if or_new_events:
+            woken = asyncio.ensure_future(self._wake.wait())
+            waiting.add(woken)
+        try:
+            done, _ = await asyncio.wait(
+                waiting, timeout=self._patience_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if woken is not None and not woken.done():
+                woken.cancel()
+        if done:
+            return True
+        self._waited += self._patience_s
+        log.warning("Kafka has not acknowledged yet; the events wait in the outbox",
+                    waited_s=round(self._waited, 1), outbox_depth=self._store.outbox_depth)
+        return False
 
     async def run(self) -> None:
         """Publish whenever woken; on failure retry with capped exponential backoff and jitter."""
@@ -148,3 +189,9 @@ class OutboxRelay:
         await self._store.flush()
         if not await self.publish_pending():
             await asyncio.sleep(0.05)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """A batch's acknowledgement that fails after the relay gave up on it is not an unhandled error."""
+    if not future.cancelled():
+        future.exception()

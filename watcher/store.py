@@ -589,9 +589,16 @@ class StateStore:
             self._unpublished.extend(entries)
 
     # The relay's side of the outbox.
-    async def outbox_batch(self, limit: int) -> list[OutboxEntry]:
+    async def outbox_batch(self, limit: int, skip: int = 0) -> list[OutboxEntry]:
         """The oldest unacknowledged events of the outbox, in the order they were written: from memory,
-        or from the table for those that are on disk only (after a restart, or an overflow)."""
+        or from the table for those that are on disk only (after a restart, or an overflow).
+
+        `skip`: the relay has that many of the oldest already in flight; the events after them, from
+        memory. None while events are on disk only: those are read once nothing is in flight."""
+        if skip:
+            if self._acked_through < self._disk_only_through:
+                return []
+            return list(itertools.islice(self._unpublished, skip, skip + limit))
         while self._acked_through < self._disk_only_through:
             low, high = self._acked_through, self._disk_only_through
             rows = await self._call(self._outbox_rows_sync, low, high, limit)
