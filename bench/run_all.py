@@ -171,6 +171,16 @@ def table(results: dict[str, Any]) -> str:
             a["p99_ms"] < 50 and min(r["polls_per_s_reached"]) >= 475 if r["rate_asked"] == 500 else None)
         add("  with the alert clock's events", f"p50 {every['p50_ms']:.1f} ms, p99 {every['p99_ms']:.1f} ms",
             "", None)
+        parts = r.get("steady_round_responses_parts")
+        if parts:
+            add("  p99 by stage: to durable / to producer / to ack",
+                " / ".join(f"{parts[k]['p99_ms']:.0f} ms" for k in ("to_durable", "durable_to_append",
+                                                                   "append_to_ack")), "", None)
+        stalls = r.get("steady_round_stalls")
+        if stalls:
+            add("  event loop lags > 50 ms; longest; full collections",
+                f"{stalls['loop_lags_over_50ms']} in {stalls['seconds']} s; {stalls['loop_lag_max_ms']} ms; "
+                f"{stalls['gc']['2']['count']} (max {stalls['gc']['2']['max_ms']} ms)", "", None)
     for r in results.get("naive", []):
         label = r.get("variant") or "as is"
         add(f"vs naive, {r['latency_s'] * 1000:.0f} ms latency ({label})",
