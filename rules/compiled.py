@@ -227,8 +227,10 @@ class CompiledRules(Sequence[Rule]):
             if self.shortest_stale_after is not None
             else timedelta(0)
         )
-        # Per key, which rules watch it; the values are shared between keys (one per set of rules).
-        self._watches: dict[tuple[str, str, str, str], KeyWatch] = {}
+        # Per currency and key, which rules watch it; the values are shared between keys (one per set of
+        # rules). By currency, then by the key itself (its hash computed once): no tuple kept per key.
+        self._watches: dict[str, dict[BalanceKey, KeyWatch]] = {}
+        self._watch_count = 0
         self._shared_watches: dict[tuple[int, ...], KeyWatch] = {}
         self._stale: dict[tuple[str, str], tuple[Rule, ...]] = {}
         self._shared_stale: dict[tuple[int, ...], tuple[Rule, ...]] = {}
@@ -262,11 +264,13 @@ class CompiledRules(Sequence[Rule]):
     def watching(self, key: BalanceKey, currency: str) -> KeyWatch:
         """The balance rules whose scope takes in this key's balance in that currency, in rule order."""
         # The key's fields and the currency: one balance rule scope per key and currency.
-        cache_key = (key.source, key.account, key.balance_type, currency)
-        found = self._watches.get(cache_key)
+        of_currency = self._watches.get(currency)
+        found = of_currency.get(key) if of_currency is not None else None
         if found is None:
-            if len(self._watches) >= _KEY_CACHE_LIMIT:
+            if self._watch_count >= _KEY_CACHE_LIMIT:
                 self._watches.clear()
+                self._watch_count = 0
+                of_currency = None
             in_scope = tuple(
                 index
                 for index, c in enumerate(self._compiled)
@@ -278,7 +282,10 @@ class CompiledRules(Sequence[Rule]):
             if found is None:
                 found = KeyWatch.of([self._compiled[index] for index in in_scope])
                 self._shared_watches[in_scope] = found
-            self._watches[cache_key] = found
+            if of_currency is None:
+                of_currency = self._watches[currency] = {}
+            of_currency[key] = found
+            self._watch_count += 1
         return found
 
     def quiet_when_unchanged(self, key: BalanceKey, balance: Balance, history: History, at: datetime) -> bool:

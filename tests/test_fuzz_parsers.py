@@ -23,6 +23,7 @@ import defusedxml.ElementTree as SafeET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
 from watcher.sources import xmlsafe
 from watcher.sources.base import ParsedBalances, ParseError
@@ -269,3 +270,39 @@ def test_xml_streamed_reads_as_the_whole_tree(body: bytes, insertions: list[tupl
         body = body[:at] + snippet + body[at:]
     for candidate in (body, body[:cut % (len(body) + 1)]):
         assert _xml_outcome(candidate, chunk_bytes) == _xml_outcome(candidate, None)
+
+
+# --- the streamed JSON listing reads as the whole body ---------------------------------------------------
+
+
+def _json_outcome(body: bytes, chunk_bytes: int | None) -> object:
+    """What parse_mastercard_json makes of `body`, streamed in chunks of `chunk_bytes` whatever its size,
+    or (None) read whole: the result, or the ParseError's message."""
+    kw: dict[str, Any] = {"source": "mc", "observed_at": T0, "correlation_id": "c"}
+    threshold = 0 if chunk_bytes is not None else 1 << 62
+    with mock.patch.object(mastercard, "_STREAM_JSON_BYTES", threshold), \
+            mock.patch.object(json_listing, "CHUNK_BYTES", chunk_bytes or 1):
+        try:
+            return parse_mastercard_json(body, **kw)
+        except ParseError as exc:
+            return str(exc)
+
+
+JSON_SNIPPETS = [*HOSTILE_SNIPPETS, b",", b"]", b"[]", b" ", b"\n", b"1", b"\xc3\xa9", b"\xe2\x82\xac",
+                 b'"x":1,', b'{"account-balances":[]}', b"\xef\xbb\xbf"]
+
+
+@FUZZ
+@given(st.one_of(mutated_json(), st.sampled_from(JSON_SEEDS)),
+       st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(JSON_SNIPPETS)), max_size=2),
+       st.integers(0, 10_000), st.sampled_from([1, 2, 3, 5, 16, 64, 1024]))
+def test_json_streamed_reads_as_the_whole_body(body: bytes, insertions: list[tuple[int, bytes]], cut: int,
+                                               chunk_bytes: int) -> None:
+    """Whatever the body and wherever the chunks end (inside a number, a string, a UTF-8 character),
+    the streamed listing parse gives the same observations, rejections and ParseError messages as the
+    whole body read at once."""
+    for position, snippet in insertions:
+        at = position % (len(body) + 1)
+        body = body[:at] + snippet + body[at:]
+    for candidate in (body, body[:cut % (len(body) + 1)]):
+        assert _json_outcome(candidate, chunk_bytes) == _json_outcome(candidate, None)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
 from rules.types import Balance, BalanceKey, Observation
 from watcher.sources import values
@@ -631,3 +632,135 @@ def test_xml_listing_is_streamed_not_a_whole_tree() -> None:
     assert len(results[0].observations) == 5000
     assert results[0] == results[1]
     assert peaks[0] < peaks[1] / 2, peaks
+
+
+# --- the streamed JSON listing ----------------------------------------------------------------------------
+
+
+def _listing_json(count: int, indent: int | None = 3, **extra: object) -> bytes:
+    """The documented listing's first account, `count` times, each with its own token."""
+    doc = json.loads(seed("mc_account_balances.json"))
+    first = doc["account-balances"][0]
+    accounts = [{**first, "non_card_token": f"{first['non_card_token']}{i}", **extra} for i in range(count)]
+    return json.dumps({"account-balances": accounts}, indent=indent, ensure_ascii=False).encode()
+
+
+def _json_outcome(body: bytes, *, streamed: bool, chunk_bytes: int = 1024 * 1024) -> object:
+    threshold = 0 if streamed else 1 << 62
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mastercard, "_STREAM_JSON_BYTES", threshold)
+        patch.setattr(json_listing, "CHUNK_BYTES", chunk_bytes)
+        try:
+            return parse_mastercard_json(body, **KW)
+        except ParseError as exc:
+            return str(exc)
+
+
+_LISTING = _listing_json(40)
+_DUPLICATED = _LISTING.replace(b"NXQ7", b"NXQ3")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _LISTING,
+        _listing_json(40, indent=None),
+        _listing_json(40, account_description="Comptes \u00e9trangers \u20ac \U0001f4b6"),
+        _listing_json(40, balance={"amount": 1234.5, "currency": "GBP", "state": "IN_CREDIT"}),
+        _listing_json(40, balance={"amount": 12345678901234567, "currency": "GBP", "state": "IN_DEBIT"}),
+        _listing_json(0),
+        b'{"account-balances": []}',
+        b' \n{ "account_balances" :\t[ ] } \r\n',
+        _DUPLICATED,  # a duplicate token: the message names where the first one was
+        _LISTING.replace(b'"GBP"', b'"gbp"', 1),  # the first entry rejected
+        _LISTING.replace(b'"GBP"', b'"gbp"'),  # every entry rejected: a ParseError
+        _LISTING + b"x",  # extra data
+        _LISTING + b"{}",
+        _LISTING[:-3],  # cut
+        _LISTING.replace(b"}\n   ]", b"},\n   ]"),  # a trailing comma
+        _LISTING.replace(b"]\n}", b'],\n"account-balances": []}'),  # the key twice: the last one counts
+        _LISTING.replace(b"]\n}", b'],\n"other": 1}'),  # another key after the array
+        b'{"other": 1, ' + _LISTING[1:],  # another key before
+        _LISTING.replace(b"1000", b"NaN", 1),
+        _LISTING.replace(b'"1000"', b"1e400", 1),
+        _LISTING.replace(b"This is", b"This\x00is", 1),  # a control character in a string
+        _LISTING.replace(b"This is", b"This \xff is", 1),  # not UTF-8
+        _LISTING.replace(b"This is", b"This \xed\xa0\x80 is", 1),  # a surrogate, passed as json.loads does
+        b"\xef\xbb\xbf" + _LISTING,  # a BOM: read whole
+        _LISTING.decode().encode("utf-16"),
+        b'{"account-balances": [' + b"[" * 5000 + b"]" * 5000 + b"]}",  # nested too deeply
+        b'{"account-balances": {"account_balance": []}}',  # other shapes are read whole
+        b'{"account-balances": null}',
+        b'["account-balances"]',
+        b"",
+    ],
+)
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1024 * 1024])
+def test_json_streamed_listing_reads_as_the_whole_body(body: bytes, chunk_bytes: int) -> None:
+    """The listing is read one item at a time, yet gives what the whole body gives: the observations,
+    the rejections, and for a body that is not a valid listing the same ParseError, word for word."""
+    streamed = _json_outcome(body, streamed=True, chunk_bytes=chunk_bytes)
+    assert streamed == _json_outcome(body, streamed=False)
+
+
+def test_json_duplicate_names_the_first() -> None:
+    parsed = _json_outcome(_DUPLICATED, streamed=True)
+    assert isinstance(parsed, ParsedBalances)
+    assert len(parsed.observations) == 39
+    assert parsed.rejected[0].startswith("account-balances[7]: account ")
+    assert parsed.rejected[0].endswith("appears again (first at account-balances[3]); the first is kept")
+
+
+def test_repeated_values_are_shared_between_observations() -> None:
+    """A listing's currencies, states, timestamp texts and creation dates are one object each, not a copy
+    per account (the state of 100,000 accounts keeps them)."""
+    parsed = parse_mastercard_json(_listing_json(50), **KW)
+    first, *others = parsed.observations
+    for other in others:
+        assert other.balance.currency is first.balance.currency
+        assert other.balance.state is first.balance.state
+        assert other.provider_timestamp_text is first.provider_timestamp_text
+        assert other.extra is first.extra
+
+
+def test_json_listing_is_streamed_not_a_whole_tree() -> None:
+    """A long JSON listing is never a whole tree, nor the text of the whole body: what the parse needs
+    beyond its result (and a chunk of text) is well under a third of what the whole read needs, and the
+    observations are the same."""
+    import tracemalloc
+
+    body = _listing_json(20_000)
+    overheads = []
+    results = []
+    for streamed in (True, False):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            results.append(_json_outcome(body, streamed=streamed))
+            kept, peak = tracemalloc.get_traced_memory()
+            overheads.append(peak - kept)
+        finally:
+            tracemalloc.stop()
+    assert isinstance(results[0], ParsedBalances)
+    assert len(results[0].observations) == 20_000
+    assert results[0] == results[1]
+    assert overheads[0] < overheads[1] / 3, overheads
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_a_listing_takes_the_keys_of_the_previous_one(parse: Any) -> None:
+    """With the source's ListingKeys, a listing's observations have the very key objects of the previous
+    listing (equal either way); a body that does not parse leaves them as they were."""
+    body = seed("mc_account_balances.json" if parse is parse_mastercard_json else "mc_account_balances.xml")
+    keys = mastercard.ListingKeys()
+    first = parse(body, keys=keys, **KW)
+    again = parse(body, keys=keys, **KW)
+    assert again == first == parse(body, **KW)
+    assert all(a.key is b.key for a, b in zip(first.observations, again.observations, strict=True))
+    kept = keys.latest
+    assert set(kept) == {o.key.account for o in first.observations}
+    with pytest.raises(ParseError):
+        parse(b"{" if parse is parse_mastercard_json else b"<", keys=keys, **KW)
+    assert keys.latest is kept
+    other = parse(body, keys=keys, **{**KW, "source": "other"})
+    assert all(o.key.source == "other" for o in other.observations)

@@ -231,33 +231,40 @@ class StateStore:
         db = self._require()
         if db.in_transaction:  # a failed COMMIT may leave its transaction open
             db.execute("ROLLBACK")
+        # SQLite hands out a new string per column of every row: the values many rows share (a source, a
+        # currency, a state, the time and correlation id of one listing, ...) are kept once, as they are
+        # after polling, not 100,000 times over.
+        share: Callable[[Any], Any] = _Sharing()
+        moment = _Moments()
         known: dict[BalanceKey, KnownBalance] = {}
         for row in db.execute(
             "SELECT source, account, balance_type, amount, currency, state, provider_balance_type,"
             " description, observed_at, correlation_id, version, history FROM balances"
         ):
-            key = BalanceKey(row[0], row[1], row[2])
+            key = BalanceKey(share(row[0]), row[1], share(row[2]))
+            text = row[11]
+            history = () if text == "[]" else tuple((moment(t), Decimal(a)) for t, a in json.loads(text))
             known[key] = KnownBalance(
-                balance=Balance(Decimal(row[3]), row[4], row[5], row[6]),
-                observed_at=datetime.fromisoformat(row[8]),
-                correlation_id=row[9],
+                balance=Balance(Decimal(row[3]), share(row[4]), share(row[5]), share(row[6])),
+                observed_at=moment(row[8]),
+                correlation_id=share(row[9]),
                 version=row[10],
                 description=row[7],
-                history=tuple((datetime.fromisoformat(t), Decimal(a)) for t, a in json.loads(row[11])),
+                history=history,
             )
         alerts: dict[BalanceKey, dict[str, AlertState]] = {}
         for row in db.execute(
             "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
             " resolved_at, detail FROM alerts"
         ):
-            key = BalanceKey(row[2], row[3], row[4])
+            key = BalanceKey(share(row[2]), row[3], share(row[4]))
             alerts.setdefault(key, {})[row[0]] = AlertState(
                 fingerprint=row[0],
-                rule=row[1],
+                rule=share(row[1]),
                 key=key,
-                status=row[5],
+                status=share(row[5]),
                 episode=row[6],
-                started_at=datetime.fromisoformat(row[7]),
+                started_at=moment(row[7]),
                 resolved_at=parse_time(row[8]),
                 **alert_detail_from_json(row[9]),
             )
@@ -467,9 +474,13 @@ class StateStore:
         alerts: dict[str, AlertState] = {}
         freshness: dict[tuple[str, str], Freshness] = {}
         seq = first_seq
+        # The events of a batch share most of their headers (source, type, time, correlation id of one
+        # listing): one (name, value) pair each, not one per event held by the relay's memory.
+        pairs: dict[tuple[str, bytes], tuple[str, bytes]] = {}
+        share = pairs.setdefault
         for staged in batch:
             for event in staged.events:
-                headers = tuple(event.headers())
+                headers = tuple([share(pair, pair) for pair in event.headers()])
                 value = event.value()
                 entries.append(OutboxEntry(seq, event.topic, event.key, event.id, headers, value))
                 outbox_rows.append((
@@ -660,7 +671,13 @@ class StateStore:
 
     async def record_polls(self, records: Iterable[PollRecord]) -> None:
         """Remember the outcome of calls, for `status` and staleness."""
-        rows = [
+        records = list(records)
+        if records:
+            await self._call(self._record_polls_sync, records)
+
+    def _record_polls_sync(self, records: list[PollRecord]) -> None:
+        # Each row made as SQLite takes it: the rows of a round of 100,000 calls are never all held.
+        rows = (
             (
                 r.source,
                 r.target,
@@ -672,11 +689,7 @@ class StateStore:
                 r.last_success_at.isoformat() if r.last_success_at else None,
             )
             for r in records
-        ]
-        if rows:
-            await self._call(self._record_polls_sync, rows)
-
-    def _record_polls_sync(self, rows: list[tuple[Any, ...]]) -> None:
+        )
         db = self._require()
         with _transaction(db):
             # A failed call keeps the time of the last success.
@@ -704,6 +717,27 @@ class StateStore:
         if self._db is None:
             raise RuntimeError("the state store is not open")
         return self._db
+
+
+class _Sharing(dict[Any, Any]):
+    """Called with a value, gives the first equal value it was called with: one object for all."""
+
+    __slots__ = ()
+
+    def __call__(self, value: Any) -> Any:
+        return self.setdefault(value, value)
+
+
+class _Moments(dict[str, datetime]):
+    """Called with an ISO 8601 text, gives its datetime: one object per distinct text."""
+
+    __slots__ = ()
+
+    def __call__(self, text: str) -> datetime:
+        found = self.get(text)
+        if found is None:
+            found = self[text] = datetime.fromisoformat(text)
+        return found
 
 
 class _transaction:

@@ -23,6 +23,7 @@ from watcher.sources.base import FetchOutcome, FetchResult, ParseError
 from watcher.sources.guard import CallGuard, Refusal
 from watcher.sources.mastercard_parse import (
     PROVIDER,
+    ListingKeys,
     describe_error_body,
     parse_mastercard_json,
     parse_mastercard_xml,
@@ -88,6 +89,7 @@ class MastercardSendSource:
         self._timeouts = transport.Timeouts.of(config)
         self._guard = guard if guard is not None else CallGuard.of(config, clock)
         self._sign_pool = sign_pool
+        self._listing_keys = ListingKeys()
 
     @property
     def name(self) -> str:
@@ -196,7 +198,8 @@ class MastercardSendSource:
             return done("bad_response", f"asked for {_ACCEPT[fmt]}, got Content-Type {shown}")
         try:
             parsed = self._parse(
-                got.body, source=self.name, observed_at=self._clock(), correlation_id=correlation
+                got.body, source=self.name, observed_at=self._clock(), correlation_id=correlation,
+                keys=self._listing_keys if target == LISTING else None,
             )
         except ParseError as exc:
             return done("bad_response", str(exc))

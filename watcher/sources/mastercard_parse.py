@@ -3,7 +3,8 @@
 Both endpoints are read: one account (`.../non-card-tokens/{token}/account-balance`) and every account of
 the partner (`.../account-balances`). The documented samples spell the top-level key two ways
 (`account_balances`, `account-balances`); both are read in JSON and in XML. A listing of 100,000 accounts
-is read without holding its whole tree: JSON entries are converted one by one, XML ones as they stream.
+is read without holding its whole tree: JSON and XML entries are converted as they stream, each let go
+before the next is read; a JSON body of another shape than the plain listing is read whole.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from xml.etree.ElementTree import Element
 
 from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey, Observation
 from watcher.sources.base import ParsedBalances, ParseError
+from watcher.sources.json_listing import JsonListing, NotStreamable
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import (
     PAUSE_GC_BYTES,
     UNSIGNED_AMOUNT,
     EntryError,
     collector_paused,
-    finish,
+    duplicate,
+    finished,
     load_json,
     parse_timestamp,
     read_amount,
@@ -33,7 +36,6 @@ from watcher.sources.xmlsafe import parse_untrusted_xml, stream_untrusted_xml
 PROVIDER = "mastercard-send"
 _TOP_KEYS = ("account_balances", "account-balances")
 _ENTRY_KEYS = ("account_balance", "account-balance")
-_STATES = (IN_CREDIT, IN_DEBIT)
 _MISSING = object()
 _MAX_XML_DEPTH = 8  # an account is three levels deep; deeper is not an account
 
@@ -41,16 +43,46 @@ _MAX_XML_DEPTH = 8  # an account is three levels deep; deeper is not an account
 # --- parsing -----------------------------------------------------------------------------------------
 
 
+class ListingKeys:
+    """A source's keys of its latest listing, by token. The next listing's observations take these keys
+    (and their token strings) instead of 100,000 new ones: the state store holds them already, so a
+    listing costs that much less memory while it is evaluated, and a look-up of a key finds the very
+    object. Only the latest listing's keys are kept; a listing that fails to parse changes nothing."""
+
+    __slots__ = ("latest",)
+
+    def __init__(self) -> None:
+        self.latest: dict[str, BalanceKey] = {}
+
+
 class _Seen:
     """What one parse call already checked, so that a listing pays once per distinct value, not once
     per account: parsed balance timestamps (every account updated in the same second has the same
-    one) and currency codes found valid. Bounded by the listing itself."""
+    one) and currency codes found valid. Bounded by the listing itself.
 
-    __slots__ = ("currencies", "stamps")
+    It also hands out one string object per distinct currency code and timestamp text, and one `extra`
+    tuple per creation date: 100,000 observations (and the known balances made of them) then share a
+    handful of them instead of holding a copy each."""
 
-    def __init__(self) -> None:
+    __slots__ = ("currencies", "extras", "keys", "previous", "stamps", "texts")
+
+    def __init__(self, keys: ListingKeys | None = None) -> None:
         self.stamps: dict[str, datetime | None] = {}
-        self.currencies: set[str] = set()
+        self.currencies: dict[str, str] = {}
+        self.texts: dict[str, str] = {}
+        self.extras: dict[str, tuple[tuple[str, str], ...]] = {}
+        # The keys of the source's previous listing, and of this one (None: not a listing, none kept).
+        self.previous: dict[str, BalanceKey] = keys.latest if keys is not None else {}
+        self.keys: dict[str, BalanceKey] | None = {} if keys is not None else None
+
+    def key(self, source: str, token: str) -> BalanceKey:
+        """The key of `token`: the one of the previous listing when there is one."""
+        key = self.previous.get(token)
+        if key is None or key.source != source:
+            key = BalanceKey(source, token, "")
+        if self.keys is not None:
+            self.keys[key.account] = key
+        return key
 
     def timestamp(self, text: str) -> datetime | None:
         try:
@@ -58,6 +90,17 @@ class _Seen:
         except KeyError:
             parsed = self.stamps[text] = parse_timestamp(text)
             return parsed
+
+    def text(self, text: str) -> str:
+        """`text`, or an equal string seen before."""
+        return self.texts.setdefault(text, text)
+
+    def extra(self, created: str) -> tuple[tuple[str, str], ...]:
+        try:
+            return self.extras[created]
+        except KeyError:
+            made = self.extras[created] = (("created_date", created),)
+            return made
 
 
 def _account(
@@ -83,22 +126,26 @@ def _account(
         amount = Decimal(amount_raw)  # what read_amount makes of a plain unsigned decimal string
     else:
         amount = read_amount(amount_raw, f"{path} ({token}).balance.amount", signed=False)
-    currency = balance.get("currency")
-    if not isinstance(currency, str) or currency not in seen.currencies:
-        seen.currencies.add(read_currency(currency, f"{path} ({token}).balance.currency"))
-    assert isinstance(currency, str)
+    currency_raw = balance.get("currency")
+    currency = seen.currencies.get(currency_raw) if isinstance(currency_raw, str) else None
+    if currency is None:
+        currency = read_currency(currency_raw, f"{path} ({token}).balance.currency")
+        seen.currencies[currency] = currency
     state = balance.get("state")
-    if state not in _STATES:
+    if state == IN_CREDIT:
+        state = IN_CREDIT  # the one string object, not the body's copy
+    elif state == IN_DEBIT:
+        state = IN_DEBIT
+    else:
         raise EntryError(
             f"{path} ({token}).balance.state", f"expected IN_CREDIT or IN_DEBIT, found {show(state)}"
         )
-    assert isinstance(state, str)
     stamp = raw.get("balance_timestamp")
-    stamp_text = stamp if isinstance(stamp, str) else None if stamp is None else show(stamp)
+    stamp_text = seen.text(stamp) if isinstance(stamp, str) else None if stamp is None else show(stamp)
     created = raw.get("created_date")
     description = raw.get("account_description")
     return Observation(
-        key=BalanceKey(source, token, ""),
+        key=seen.key(source, token),
         provider=PROVIDER,
         balance=Balance(amount=amount, currency=currency, state=state),
         observed_at=observed_at,
@@ -107,33 +154,68 @@ def _account(
         provider_timestamp=seen.timestamp(stamp_text) if stamp_text is not None else None,
         # Kept even when invalid: a documented sample has a time with 80 seconds.
         provider_timestamp_text=stamp_text,
-        extra=(("created_date", created),) if isinstance(created, str) else (),
+        extra=seen.extra(created) if isinstance(created, str) else (),
     )
 
 
-def _build(
-    entries: Iterable[tuple[str, object]], *, source: str, observed_at: datetime, correlation_id: str
-) -> ParsedBalances:
-    """Each entry an observation or a rejection (an entry may already be an EntryError, from XML).
+# An entry of a body: the path of its parent (e.g. `account-balances`), its index there (None for the one
+# entry of a shape without an array), and the entry itself (already an EntryError, from XML, when it has no
+# account shape). Its path is `prefix[index]`, or `prefix`.
+_Entry = tuple[str, int | None, object]
 
-    `entries` may be a generator that reads the body as it goes (XML): each entry is converted and let
-    go before the next is read.
+
+def _path(prefix: str, index: int | None) -> str:
+    return prefix if index is None else f"{prefix}[{index}]"
+
+
+def _build(
+    entries: Iterable[_Entry],
+    *,
+    source: str,
+    observed_at: datetime,
+    correlation_id: str,
+    keys: ListingKeys | None = None,
+) -> ParsedBalances:
+    """Each entry an observation or a rejection, as values.finish makes them, the first of each key kept.
+
+    `entries` may be a generator that reads the body as it goes (JSON, XML): each entry is converted and
+    let go before the next is read. What is kept per entry is its observation, and where it was for a
+    later duplicate: its index (its prefix is nearly always the first entry's), not its whole path.
     """
-    results: list[tuple[str, Observation | EntryError]] = []
-    seen = _Seen()
-    for path, raw in entries:
+    kept: list[Observation] = []
+    rejected: list[str] = []
+    first_at: dict[BalanceKey, int | tuple[str, int | None]] = {}
+    common: str | None = None
+    seen = _Seen(keys)
+    for prefix, index, raw in entries:
         if isinstance(raw, EntryError):
-            results.append((path, raw))
+            rejected.append(str(raw))
             continue
+        path = _path(prefix, index)
         try:
             obs = _account(
                 raw, path, source=source, observed_at=observed_at, correlation_id=correlation_id, seen=seen
             )
         except EntryError as exc:
-            results.append((path, exc))
-        else:
-            results.append((path, obs))
-    return finish(results)
+            rejected.append(str(exc))
+            continue
+        first = first_at.get(obs.key)
+        if first is not None:
+            if isinstance(first, tuple):
+                where = _path(*first)
+            else:
+                assert common is not None  # set with the first entry kept
+                where = _path(common, first)
+            rejected.append(duplicate(path, obs, where))
+            continue
+        if common is None:
+            common = prefix
+        first_at[obs.key] = index if index is not None and prefix == common else (prefix, index)
+        kept.append(obs)
+    parsed = finished(kept, rejected)
+    if keys is not None and seen.keys is not None:
+        keys.latest = seen.keys
+    return parsed
 
 
 def _unexpected(top: str, names: Iterable[str]) -> ParseError:
@@ -153,42 +235,68 @@ def _top_key(found: Sequence[str], where: str) -> str:
 
 
 def parse_mastercard_json(
-    body: bytes, *, source: str, observed_at: datetime, correlation_id: str
+    body: bytes,
+    *,
+    source: str,
+    observed_at: datetime,
+    correlation_id: str,
+    keys: ListingKeys | None = None,
 ) -> ParsedBalances:
     """Read a JSON answer of either endpoint; raise ParseError when the body has no usable account.
 
     Shapes: `{"account_balances": {"account_balance": {...}}}` (one account) and
     `{"account-balances": [{...}, ...]}` (a listing), with either spelling of the top-level key; a
     listing may also hold one account object instead of an array, and `account_balance` an array.
+    `keys`: the source's ListingKeys, for a listing.
     """
     with collector_paused(len(body) >= PAUSE_GC_BYTES):
-        return _read_json(body, source=source, observed_at=observed_at, correlation_id=correlation_id)
+        return _read_json(
+            body, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
+        )
 
 
-def _read_json(body: bytes, *, source: str, observed_at: datetime, correlation_id: str) -> ParsedBalances:
+def _read_json(
+    body: bytes, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
+) -> ParsedBalances:
+    """The plain listing, `{"account-balances": [...]}`, streamed (see JsonListing); any other body (the
+    other shapes, and every body the stream cannot take to its end: invalid JSON, ...) read whole, which
+    gives the same result for a listing, and the same ParseError for a body that is not valid JSON."""
+    if len(body) >= _STREAM_JSON_BYTES:
+        try:
+            listing = JsonListing(body)
+            top = listing.start(_TOP_KEYS)
+            return _build(
+                ((top, i, item) for i, item in enumerate(listing.items())),
+                source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys,
+            )
+        except NotStreamable:
+            pass  # read whole below: the same result, or the same error, as if it was never streamed
     doc = load_json(body)
     if not isinstance(doc, dict):
         raise ParseError(f"top level: expected a JSON object, found {show(doc)}")
     top = _top_key(list(doc), "top level")
     value = doc[top]
-    entries: list[tuple[str, object]]
+    entries: list[_Entry]
     if value is None:
         entries = []
     elif isinstance(value, list):
-        entries = [(f"{top}[{i}]", item) for i, item in enumerate(value)]
+        entries = [(top, i, item) for i, item in enumerate(value)]
     elif isinstance(value, dict):
         inner = next((k for k in _ENTRY_KEYS if k in value), None)
         if inner is None:
-            entries = [(top, value)]  # a listing with the one account object in place of an array
+            entries = [(top, None, value)]  # a listing with the one account object in place of an array
         elif isinstance(value[inner], list):
-            entries = [(f"{top}.{inner}[{i}]", item) for i, item in enumerate(value[inner])]
+            prefix = f"{top}.{inner}"
+            entries = [(prefix, i, item) for i, item in enumerate(value[inner])]
         else:
-            entries = [(f"{top}.{inner}", value[inner])]
+            entries = [(f"{top}.{inner}", None, value[inner])]
     else:
         raise ParseError(f"{top}: expected an array or an object, found {show(value)}")
-    return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id)
+    return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys)
 
 
+# A JSON body at least this large is streamed when it is a plain listing; a smaller one is read whole.
+_STREAM_JSON_BYTES = 64 * 1024
 def _local(tag: str) -> str:
     """The tag without a namespace: `{urn:x}amount` is `amount`."""
     return tag.rsplit("}", 1)[-1]
@@ -240,21 +348,31 @@ def _xml_entry(element: Element, path: str) -> object:
 
 
 def parse_mastercard_xml(
-    body: bytes, *, source: str, observed_at: datetime, correlation_id: str
+    body: bytes,
+    *,
+    source: str,
+    observed_at: datetime,
+    correlation_id: str,
+    keys: ListingKeys | None = None,
 ) -> ParsedBalances:
     """Read an XML answer of either endpoint; raise ParseError when the body has no usable account.
 
     The root is `<account_balances>` or `<account-balances>`, with one or many `<account_balance>`.
+    `keys`: the source's ListingKeys, for a listing.
     """
     with collector_paused(len(body) >= PAUSE_GC_BYTES):
-        return _read_xml(body, source=source, observed_at=observed_at, correlation_id=correlation_id)
+        return _read_xml(
+            body, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
+        )
 
 
 class _NotAListing(Exception):
     """The root has a <balance> child: the body is one account spelt directly under the root."""
 
 
-def _read_xml(body: bytes, *, source: str, observed_at: datetime, correlation_id: str) -> ParsedBalances:
+def _read_xml(
+    body: bytes, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
+) -> ParsedBalances:
     """The body streamed: each account is converted as soon as the parser reaches its end tag, then let
     go, so that a listing of 100,000 accounts never is a whole tree (a third of the peak memory of the
     parse, and the time to build and free it). Everything else as _read_xml_tree, which reads the
@@ -262,12 +380,16 @@ def _read_xml(body: bytes, *, source: str, observed_at: datetime, correlation_id
     root, children = stream_untrusted_xml(body)
     try:
         entries = _xml_listing(root, children)
-        return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id)
+        return _build(
+            entries, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
+        )
     except _NotAListing:
-        return _read_xml_tree(body, source=source, observed_at=observed_at, correlation_id=correlation_id)
+        return _read_xml_tree(
+            body, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
+        )
 
 
-def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[tuple[str, object]]:
+def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[_Entry]:
     """The entries of the root's <account_balance> children, each as its end tag is read.
 
     What a whole tree would show is kept: a fault of the document anywhere is raised before a wrong root
@@ -281,6 +403,7 @@ def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[tuple[s
             pass
         raise
     unexpected: set[str] = set()
+    prefixes = {name: f"{top}.{name}" for name in _ENTRY_KEYS}  # one string each, not one per child
     for i, child in enumerate(children):
         name = _local(child.tag)
         if name == "balance":
@@ -288,31 +411,31 @@ def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[tuple[s
         if name not in _ENTRY_KEYS:
             unexpected.add(name)
         elif not unexpected:  # after one unexpected child the body is refused: nothing more to convert
-            path = f"{top}.{name}[{i}]"
-            yield path, _xml_entry(child, path)
+            prefix = prefixes[name]
+            yield prefix, i, _xml_entry(child, _path(prefix, i))
     if unexpected:
         raise _unexpected(top, unexpected)
 
 
 def _read_xml_tree(
-    body: bytes, *, source: str, observed_at: datetime, correlation_id: str
+    body: bytes, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
 ) -> ParsedBalances:
     root = parse_untrusted_xml(body)
     top = _top_key([_local(root.tag)], "root element")
     children = [c for c in root if isinstance(c.tag, str)]
     names = {_local(c.tag) for c in children}
-    entries: list[tuple[str, object]]
+    entries: list[_Entry]
     if "balance" in names:
         # The account's fields directly under the root, as the JSON listing-with-an-object shape.
-        entries = [(top, _xml_entry(root, top))]
+        entries = [(top, None, _xml_entry(root, top))]
     elif names - set(_ENTRY_KEYS):
         raise _unexpected(top, names - set(_ENTRY_KEYS))
     else:
         entries = []
         for i, child in enumerate(children):
-            path = f"{top}.{_local(child.tag)}[{i}]"
-            entries.append((path, _xml_entry(child, path)))
-    return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id)
+            prefix = f"{top}.{_local(child.tag)}"
+            entries.append((prefix, i, _xml_entry(child, _path(prefix, i))))
+    return _build(entries, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys)
 
 
 def describe_error_body(body: bytes | None) -> str:

@@ -7,6 +7,7 @@ same way for every provider. Nothing here ever sees or prints request headers (t
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import time
 from collections.abc import Mapping
@@ -134,14 +135,17 @@ async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The whole body, or None as soon as it is known to exceed `limit` (after decompression)."""
     if response.content_length is not None and response.content_length > limit:
         return None
-    chunks: list[bytes] = []
+    # Gathered in one buffer that grows in place and becomes the body without a copy: a list of
+    # chunks joined at the end would hold the body twice at that moment (74 MiB for a listing of
+    # 100,000 accounts, instead of 37).
+    body = io.BytesIO()
     size = 0
     while chunk := await response.content.read(_CHUNK):
         size += len(chunk)
         if size > limit:
             return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body.write(chunk)
+    return body.getvalue()
 
 
 async def request(

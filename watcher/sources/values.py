@@ -99,14 +99,14 @@ def show(value: object, limit: int = 60) -> str:
     return type(value).__name__
 
 
-def _refuse_constant(name: str) -> object:
+def refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
 def load_json(body: bytes) -> object:
     """Decode a JSON body with every number as an exact Decimal; NaN and Infinity are refused."""
     try:
-        return json.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant)
+        return json.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=refuse_constant)
     except RecursionError:
         raise ParseError("not valid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -181,14 +181,25 @@ def finish(results: Sequence[tuple[str, Observation | EntryError]]) -> ParsedBal
         if isinstance(item, EntryError):
             rejected.append(str(item))
         elif item.key in first_at:
-            rejected.append(
-                f"{path}: account {show(item.key.account)}"
-                + (f" balance type {show(item.key.balance_type)}" if item.key.balance_type else "")
-                + f" appears again (first at {first_at[item.key]}); the first is kept"
-            )
+            rejected.append(duplicate(path, item, first_at[item.key]))
         else:
             first_at[item.key] = path
             kept.append(item)
+    return finished(kept, rejected)
+
+
+def duplicate(path: str, item: Observation, first_path: str) -> str:
+    """Why `item`, at `path`, is left out: its key was first seen at `first_path` (as `finish` says it)."""
+    return (
+        f"{path}: account {show(item.key.account)}"
+        + (f" balance type {show(item.key.balance_type)}" if item.key.balance_type else "")
+        + f" appears again (first at {first_path}); the first is kept"
+    )
+
+
+def finished(kept: Sequence[Observation], rejected: Sequence[str]) -> ParsedBalances:
+    """The end of `finish` (for a parser that keeps and rejects entries as it reads them): the balances
+    kept, or the ParseError of a body that had entries but not one usable."""
     if rejected and not kept:
         shown = "; ".join(rejected[:_REASONS_SHOWN])
         more = len(rejected) - _REASONS_SHOWN
