@@ -75,7 +75,9 @@ def tick(
     balance and the annotations of the transitions; only looked up for the transitions, with `get`).
 
     A caller that indexes its states may pass only the active (pending and firing) ones as `alerts`,
-    with `stored`, the look-up of all the states of one key (resolved ones included), and
+    or only those of some keys (a slice: all the active states of each of its keys; the suppressors
+    of other keys are then read through `stored`), with `stored`, the look-up of all the states of one
+    key (resolved ones included), and
     `freshness_of`, the look-up of one subject's record: then nothing is walked but the active states
     and the freshness records. Without them, both are indexed from `alerts` and `freshness`. A caller
     that also passes `listed_of` (the accounts of a source whose records are listed) may leave the
@@ -166,7 +168,14 @@ def tick(
     current.update({(after.rule, after.key): after for _, _, after in stepped})
 
     def state_of(name: str, key: BalanceKey) -> AlertState | None:
-        return current.get((name, key))
+        found = current.get((name, key))
+        if found is not None or stored is None:
+            return found
+        # Not among the states given (a caller that ticks a slice of the keys at a time): as stored.
+        for state in stored(key).values():
+            if state.rule == name and state.key == key and state.status in ACTIVE_STATUSES:
+                return state
+        return None
 
     def record_of(subject: BalanceKey) -> Freshness | None:
         # A due subject's record, else (a reminder of a stale alert whose subject is fresh again) the

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from rules.compiled import fingerprint
 from rules.model import Rule, Scope
 from rules.timeline import REMOVED_REASON, reconcile, tick
-from rules.types import IN_CREDIT, AlertState, Balance, BalanceKey, KnownBalance
+from rules.types import ACTIVE_STATUSES, IN_CREDIT, AlertState, Balance, BalanceKey, KnownBalance
 
 T0 = datetime(2024, 5, 6, 9, 0, tzinfo=UTC)
 KEY = BalanceKey("mc-gbp", "acct-1")
@@ -107,3 +111,71 @@ def test_reconcile_keeps_everything_when_no_rule_is_removed() -> None:
     rules = [below("a"), below("b")]
     update = reconcile([alert("a", "firing"), alert("b", "pending")], rules, LATER, old_rules=rules)
     assert (update.transitions, update.alerts) == ((), ())
+
+
+# --- the daemon's alert clock ticks a slice of the keys at a time ---------------------------------------
+
+SLICE_RULES = [
+    below("low", for_duration=timedelta(minutes=10), repeat=timedelta(minutes=30)),
+    Rule("critical", "below", Decimal(50), severity="critical", for_duration=timedelta(minutes=5),
+         suppresses=("low",)),
+    Rule("account-stale", "stale", after=timedelta(minutes=15), for_duration=timedelta(minutes=5)),
+    Rule("source-down", "stale", after=timedelta(minutes=15), per="source", suppresses=("account-stale",)),
+]
+SLICE_STATES = st.sampled_from([None, "pending", "firing"])
+
+
+def _state(rule: str, key: BalanceKey, status: str, minutes: int) -> AlertState:
+    at = LATER - timedelta(minutes=minutes)
+    return AlertState(fingerprint(rule, key), rule, key, status, 1, at, pending_since=at,  # type: ignore[arg-type]
+                      last_sent_at=at if status == "firing" else None, published=status == "firing")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(SLICE_STATES, SLICE_STATES, SLICE_STATES, st.integers(0, 40)), min_size=1,
+             max_size=12),
+    st.sampled_from([None, "pending", "firing"]),
+    st.integers(1, 5),
+    st.randoms(use_true_random=False),
+)
+def test_a_tick_in_slices_of_keys_equals_one_tick(
+    accounts: list[tuple[str | None, str | None, str | None, int]],
+    source_down: str | None,
+    size: int,
+    shuffle: random.Random,
+) -> None:
+    """Ticking the keys a slice at a time, each slice's states stored before the next is read, and the
+    sources' own keys first, ends with the same states and publishes the same transitions as one tick
+    over every key: suppressors in an earlier slice (a source-wide stale alert over its accounts' ones)
+    are read as stored."""
+    store: dict[BalanceKey, dict[str, AlertState]] = {}
+    for i, (low, critical, stale_state, minutes) in enumerate(accounts):
+        key = BalanceKey("mc-gbp", f"acct-{i}")
+        for rule, status in (("low", low), ("critical", critical), ("account-stale", stale_state)):
+            if status is not None:
+                store.setdefault(key, {})[fingerprint(rule, key)] = _state(rule, key, status, minutes)
+    if source_down is not None:
+        whole = BalanceKey("mc-gbp", "*")
+        store[whole] = {fingerprint("source-down", whole): _state("source-down", whole, source_down, 20)}
+    active = [s for by_fp in store.values() for s in by_fp.values() if s.status in ACTIVE_STATUSES]
+
+    whole_tick = tick(LATER, SLICE_RULES, active, stored=lambda k: store.get(k, {}))
+    expected = {k: dict(v) for k, v in store.items()}
+    for state in whole_tick.alerts:
+        expected.setdefault(state.key, {})[state.fingerprint] = state
+
+    sliced = {k: dict(v) for k, v in store.items()}
+    keys = list(dict.fromkeys(s.key for s in active))
+    shuffle.shuffle(keys)
+    keys.sort(key=lambda key: key.account != "*")  # as the daemon does: a source's own alerts first
+    transitions = []
+    for start in range(0, len(keys), size):
+        states = [s for k in keys[start:start + size] for s in sliced.get(k, {}).values()
+                  if s.status in ACTIVE_STATUSES]
+        update = tick(LATER, SLICE_RULES, states, stored=lambda k: sliced.get(k, {}))
+        for state in update.alerts:
+            sliced.setdefault(state.key, {})[state.fingerprint] = state
+        transitions += update.transitions
+    assert sliced == expected
+    assert sorted(map(repr, transitions)) == sorted(map(repr, whole_tick.transitions))
