@@ -11,6 +11,7 @@ PATCHES is a comma-separated list (or "none"):
   trace-stalls   event loop lags over 10 ms, garbage collections and group commit durations (in
                  $BENCH_STALLS_FILE)
   relay-serial   the outbox relay with one batch in flight (for comparison)
+  tick-whole     the alert clock's tick over every key at once (for comparison)
 
 The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit) measured
 changes that are now made in watcher/ itself: `[signing] threads`, the group commit with
@@ -101,7 +102,8 @@ def patch_trace_stalls() -> None:
             started[0] = _time.perf_counter()
         else:
             took_ms = (_time.perf_counter() - started[0]) * 1000
-            out.write(f"gc {_time.time():.6f} {info['generation']} {took_ms:.2f}\n")
+            tracked = len(gc.get_objects(2)) if info["generation"] == 2 else 0  # after it: what it walks
+            out.write(f"gc {_time.time():.6f} {info['generation']} {took_ms:.2f} {tracked}\n")
 
     gc.callbacks.append(on_gc)
     real_write = StateStore._write_sync
@@ -145,10 +147,18 @@ def patch_relay_serial() -> None:
     OutboxRelay.__init__ = functools.partialmethod(OutboxRelay.__init__, max_in_flight=1)  # type: ignore[assignment,method-assign]
 
 
+def patch_tick_whole() -> None:
+    """The alert clock's tick over every key in one hold of the loop, as before ticks were sliced."""
+    import watcher.alerting
+
+    watcher.alerting.TICK_SLICE_KEYS = 1 << 62
+
+
 PATCHES = {
     "trace-latency": patch_trace_latency,
     "trace-stalls": patch_trace_stalls,
     "relay-serial": patch_relay_serial,
+    "tick-whole": patch_tick_whole,
 }
 
 
