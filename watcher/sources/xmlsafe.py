@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections import deque
 from collections.abc import Iterator
-from typing import cast
+from typing import Any
 from xml.etree.ElementTree import Element
 
 from watcher.sources.base import ParseError
@@ -159,9 +160,15 @@ def _children(data: bytes, chunk_bytes: int) -> Iterator[Element]:
     # The C parser, its encoding forced to UTF-8 as in parse_untrusted_xml, with its own event queue:
     # XMLPullParser's `_parser` is how `iterparse(..., parser=)` hands it one.
     parser = ET.XMLPullParser(("start", "end"), _parser=ET.XMLParser(encoding="utf-8"))
+    # A listing of 100,000 accounts is 900,000 elements. The queue is read directly (read_events is a
+    # generator step per event), and once the root is known only end events are asked for (`_setevents`,
+    # what XMLPullParser itself calls): the root's children end in order, so the one that ends next is
+    # `root[given]` (the events are read after the feed that queued them, the tree then holds more).
+    events: deque[Any] = parser._events_queue  # type: ignore[attr-defined]
     view = memoryview(data)  # chunks without copies
     root: Element | None = None
-    depth = 0
+    ended = False  # the root's end tag was read
+    given = 0  # the root's children given out and still held by it
     at = 0
     try:
         while True:
@@ -171,29 +178,32 @@ def _children(data: bytes, chunk_bytes: int) -> Iterator[Element]:
             else:
                 # After the root's end tag, only comments or faults can follow: in one piece, as the
                 # parse of a whole tree reads them (the words of a fault depend on where a feed ends).
-                ended = root is not None and depth == 0
                 end = len(data) if ended else _chunk_end(data, at, chunk_bytes)
                 parser.feed(view[at:end])
                 at = end
-            # Raises the fault queued by feed, after the events before it; only start and end events
-            # were asked for, so each comes with an element.
-            for event, element in cast(Iterator[tuple[str, Element]], parser.read_events()):
-                if event == "start":
-                    depth += 1
-                    if root is None:
-                        root = element
-                        yield root
-                elif depth == 2:
-                    depth = 1
+            while events:
+                item = events.popleft()
+                if isinstance(item, Exception):
+                    raise item  # the fault feed queued, after the events before it
+                event, element = item
+                if root is None:
+                    root = element  # the first event: the root's start
+                    parser._parser._setevents(events, ("end",))  # type: ignore[attr-defined]
+                    yield root
+                elif event != "end":
+                    continue  # queued before the switch
+                elif element is root:
+                    ended = True
+                elif given < len(root) and root[given] is element:
+                    given += 1
                     yield element
-                else:
-                    depth -= 1
             if last:
                 return
-            if root is not None:
+            if given and root is not None:
                 # The chunk's children were given out: the root lets them go. The one still being read
-                # (if any) goes too; the parser goes on building it, and its end event gives it out.
-                del root[:]
+                # (if any) stays; the parser goes on building it, and its end event gives it out.
+                del root[:given]
+                given = 0
     except ET.ParseError as exc:
         raise _not_well_formed(exc) from None
     except (ValueError, LookupError) as exc:  # defensive, as in parse_untrusted_xml
