@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness import DaemonProcess, Record, SandboxProcess, read_topics, sandbox_post, write_config
+from structlog.testing import capture_logs
 
 from rules.engine import BalanceChange
 from rules.types import Balance, BalanceKey, Observation
@@ -177,6 +178,27 @@ async def test_a_refused_batch_in_flight_sends_it_and_every_later_one_again(tmp_
     assert await relay.publish_pending() == 20
     again = [e.ce_id for b in publisher.batches[3:] for e in b]
     assert again == [e.id for e in written]
+    await store.close()
+
+
+async def test_new_events_do_not_hide_that_kafka_keeps_the_relay_waiting(tmp_path: Path) -> None:
+    """Events that keep arriving wake the relay, but do not restart its patience: once the oldest batch
+    in flight has waited `patience_s`, the relay says so (and says when Kafka acknowledges again)."""
+    store, _ = await store_with_changes(tmp_path)
+    publisher = RecordingPublisher(hold=True)
+    relay = OutboxRelay(store, publisher, batch_size=7, patience_s=0.2, max_in_flight=8)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        publishing = asyncio.create_task(relay.publish_pending())
+        for _ in range(10):  # a wake-up every 50 ms, for 0.5 s
+            await asyncio.sleep(0.05)
+            relay.wake()
+        waiting = [line for line in logs if line["event"].startswith("Kafka has not acknowledged")]
+        assert waiting
+        assert waiting[0]["waited_s"] >= 0.2
+        for acked in publisher.acks:
+            acked.set_result(None)
+        assert await publishing == 20
+    assert any(line["event"] == "Kafka acknowledged again" for line in logs)
     await store.close()
 
 

@@ -41,7 +41,7 @@ class OutboxRelay:
     ) -> None:
         self._patience_s = patience_s
         self._max_in_flight = max_in_flight
-        self._waited = 0.0  # seconds the oldest batch in flight has waited for Kafka, when over patience
+        self._waited = 0.0  # seconds the oldest batch has waited for Kafka, as last said (0: not said)
         self._store = store
         self._publisher = publisher
         self._batch_size = batch_size
@@ -68,7 +68,8 @@ class OutboxRelay:
         events made durable meanwhile go out with the producer's next request instead of waiting for
         the previous acknowledgement and a turn of the relay. Batches are acknowledged in order."""
         sent = 0
-        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[None]]] = deque()
+        # Each batch in flight with its acknowledgement and when it was handed to the producer.
+        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[None], float]] = deque()
         handed = 0  # events in flight
         try:
             while True:
@@ -78,21 +79,22 @@ class OutboxRelay:
                     if not batch:
                         break
                     appending = asyncio.ensure_future(self._publisher.append(batch))
+                    since = time.monotonic()
                     try:
-                        while not await self._wait(appending):
+                        while not await self._wait(appending, since=since):
                             pass  # the producer waits for room or for the broker's metadata
                     finally:
                         if not appending.done():
                             appending.cancel()
                     acked = appending.result()
                     acked.add_done_callback(_retrieve)
-                    in_flight.append((batch, acked))
+                    in_flight.append((batch, acked, since))
                     handed += len(batch)
                 if not in_flight:
                     return sent
-                batch, acked = in_flight[0]
+                batch, acked, since = in_flight[0]
                 if not acked.done():
-                    await self._wait(acked, or_new_events=len(in_flight) < self._max_in_flight)
+                    await self._wait(acked, since=since, or_new_events=len(in_flight) < self._max_in_flight)
                     continue  # acknowledged, or new events to hand over first
                 in_flight.popleft()
                 handed -= len(batch)
@@ -113,28 +115,29 @@ class OutboxRelay:
                 self.published += len(batch)
         finally:
             # Left in flight after a failure (or a cancel): never acknowledged here, so sent again.
-            for _, acked in in_flight:
+            for _, acked, _ in in_flight:
                 acked.cancel()
 
-    async def _wait(self, future: asyncio.Future[Any], *, or_new_events: bool = False) -> bool:
-        """Until `future` is done or, if asked, new events are in the outbox: True. False after
-        `patience_s` with neither, having said so: while Kafka is away the producer retries on its own,
-        so rather than cancel (and resend) we wait."""
+    async def _wait(self, future: asyncio.Future[Any], *, since: float, or_new_events: bool = False) -> bool:
+        """Until `future` (waited for since `since`, on the monotonic clock) is done or, if asked, new
+        events are in the outbox: True. False, having said so, at each `patience_s` it has waited: while
+        Kafka is away the producer retries on its own, so rather than cancel (and resend) we wait."""
         woken: asyncio.Future[Any] | None = None
         waiting: set[asyncio.Future[Any]] = {future}
         if or_new_events:
             woken = asyncio.ensure_future(self._wake.wait())
             waiting.add(woken)
         try:
+            due = since + self._waited + self._patience_s  # the next time to say it still waits
             done, _ = await asyncio.wait(
-                waiting, timeout=self._patience_s, return_when=asyncio.FIRST_COMPLETED
+                waiting, timeout=max(0.0, due - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             if woken is not None and not woken.done():
                 woken.cancel()
         if done:
             return True
-        self._waited += self._patience_s
+        self._waited = time.monotonic() - since
         log.warning("Kafka has not acknowledged yet; the events wait in the outbox",
                     waited_s=round(self._waited, 1), outbox_depth=self._store.outbox_depth)
         return False
