@@ -113,6 +113,12 @@ def resolve_listed(record: Freshness, listing_at: datetime | None) -> Freshness:
     return replace(record, last_success_at=listing_at)
 
 
+def last_listing(freshness_of: FreshnessOf, source: str) -> datetime | None:
+    """When `source` last answered a listing, as its record says (None: never)."""
+    record = freshness_of(subject_key(source))
+    return None if record is None else record.last_listing_at
+
+
 def resolving(freshness_of: FreshnessOf) -> FreshnessOf:
     """A look-up of stored records that fills in the last success of listed accounts."""
 
@@ -120,8 +126,7 @@ def resolving(freshness_of: FreshnessOf) -> FreshnessOf:
         record = freshness_of(subject)
         if record is None or not record.listed:
             return record
-        source_record = freshness_of(subject_key(subject.source))
-        return resolve_listed(record, None if source_record is None else source_record.last_listing_at)
+        return resolve_listed(record, last_listing(freshness_of, subject.source))
 
     return lookup
 
@@ -198,8 +203,7 @@ def assess_poll(
         assert listed_of is not None
         listed_before = listed_of(source)
         subjects += [subject_key(source, account) for account in answered if account not in listed_before]
-        source_record = freshness_of(subjects[0])
-        previous_listing = None if source_record is None else source_record.last_listing_at
+        previous_listing = last_listing(freshness_of, source)
         for account in listed_before:
             if account not in answered:  # dropped out of the listing: it last answered in the previous one
                 dropped = freshness_of(subject_key(source, account))
@@ -264,14 +268,8 @@ def assess_poll(
         return PollAssessment(tuple(records), (), ())
     settled = _settle(compiled, stepped, at, alerts_of)
     by_subject = {record.subject: record for record in records}
-
-    def current(subject: BalanceKey) -> Freshness | None:
-        record = by_subject.get(subject) or freshness_of(subject)
-        if record is None or not record.listed:
-            return record
-        of_source = by_subject.get(subject_key(subject.source)) or freshness_of(subject_key(subject.source))
-        return resolve_listed(record, None if of_source is None else of_source.last_listing_at)
-
+    # As stored once this call's records are: a transition names the last success they hold.
+    current = resolving(lambda subject: by_subject.get(subject) or freshness_of(subject))
     transitions = tuple(
         stale_transition(s, at, current(s.after.key)) for s in settled if s.status is not None
     )

@@ -98,14 +98,12 @@ def tick(
     if freshness_of is None:
         freshness_of = {record.subject: record for record in records}.get
     record_of_stored = resolving(freshness_of)
-    listing_at: dict[str, datetime | None] = {}  # by source: when it last answered a listing
-
-    def last_listing(source: str) -> datetime | None:
-        if source not in listing_at:
-            assert freshness_of is not None
-            of_source = freshness_of(subject_key(source))
-            listing_at[source] = None if of_source is None else of_source.last_listing_at
-        return listing_at[source]
+    if listed_of is None:  # every record was given: index the listed ones by source
+        listed: dict[str, set[str]] = {}
+        for record in records:
+            if record.listed:
+                listed.setdefault(record.subject.source, set()).add(record.subject.account)
+        listed_of = lambda source: listed.get(source, ())  # noqa: E731
 
     def stale_of(subject: BalanceKey) -> dict[str, AlertState]:
         states = by_key.get(subject, {}) if stored is None else stored(subject)
@@ -126,31 +124,26 @@ def tick(
         # common case; no per-record work beyond it.
         cutoff = None if shortest is None else now - shortest
         for record in records:
-            if record.listed and listed_of is not None:
+            if record.listed:
                 continue  # reached below through its source, if that is due
-            listed_at = last_listing(record.subject.source) if record.listed else None
             if cutoff is not None and not record.access_revoked:
                 since = record.last_success_at or record.watched_since
-                if listed_at is not None and listed_at > since:  # its last success: its source's listing
-                    since = listed_at
                 if since > cutoff:
                     continue
-            record = resolve_listed(record, listed_at)
             due[record.subject] = record
             stepped += stale_verdicts(compiled, record, now, stale_of)
-        if listed_of is not None:
-            for of_source in [r for r in records if r.subject.account == WHOLE_SOURCE]:
-                listed_at = of_source.last_listing_at
-                if listed_at is None or (cutoff is not None and listed_at > cutoff):
-                    continue  # listed in a listing answered since the cutoff: fresh (never revoked)
-                source = of_source.subject.source
-                for account in list(listed_of(source)):
-                    record = freshness_of(subject_key(source, account))
-                    if record is None or not record.listed:
-                        continue
-                    record = resolve_listed(record, listed_at)
-                    due[record.subject] = record
-                    stepped += stale_verdicts(compiled, record, now, stale_of)
+        for of_source in [r for r in records if r.subject.account == WHOLE_SOURCE]:
+            listed_at = of_source.last_listing_at
+            if listed_at is None or (cutoff is not None and listed_at > cutoff):
+                continue  # listed in a listing answered since the cutoff: fresh (never revoked)
+            source = of_source.subject.source
+            for account in list(listed_of(source)):
+                record = freshness_of(subject_key(source, account))
+                if record is None or not record.listed:
+                    continue
+                record = resolve_listed(record, listed_at)
+                due[record.subject] = record
+                stepped += stale_verdicts(compiled, record, now, stale_of)
     done = {after.fingerprint for _, _, after in stepped}
     for state in active:
         if state.fingerprint in done:

@@ -47,7 +47,7 @@ class AlertClock:
         keys.sort(key=lambda key: key.account != WHOLE_SOURCE)
         delivered = 0
         in_flight: tuple[Awaitable[None], int] | None = None
-        for start in range(0, max(len(keys), 1), TICK_SLICE_KEYS):
+        for start in range(0, max(len(keys), 1), TICK_SLICE_KEYS):  # once at least: the stale subjects
             async with self._c.lock:
                 states = [
                     state for key in keys[start : start + TICK_SLICE_KEYS]

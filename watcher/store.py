@@ -285,19 +285,31 @@ class StateStore:
 
     def _install(self, snapshot: _Snapshot) -> None:
         self._known = snapshot.known
-        self._alerts = snapshot.alerts
-        self._active = {
-            (a.key, a.fingerprint): a for by_fp in self._alerts.values() for a in by_fp.values()
-            if a.status in ACTIVE_STATUSES
-        }
-        self._freshness = snapshot.freshness
-        self._listed = {}
-        self._unlisted = {}
+        self._alerts, self._active = snapshot.alerts, {}
+        for by_fp in self._alerts.values():
+            for alert in by_fp.values():
+                self._index_alert(alert)
+        self._freshness, self._listed, self._unlisted = snapshot.freshness, {}, {}
         for fresh in self._freshness.values():
-            if fresh.listed:
-                self._listed.setdefault(fresh.subject.source, set()).add(fresh.subject.account)
-            else:
-                self._unlisted[fresh.subject] = fresh
+            self._index_freshness(fresh)
+
+    def _index_alert(self, alert: AlertState) -> None:
+        """Put a stored alert state in the index of active ones, or take it out."""
+        if alert.status in ACTIVE_STATUSES:
+            self._active[(alert.key, alert.fingerprint)] = alert
+        else:
+            self._active.pop((alert.key, alert.fingerprint), None)
+
+    def _index_freshness(self, fresh: Freshness) -> None:
+        """Put a stored freshness record in the index of listed accounts, or among the unlisted."""
+        subject = fresh.subject
+        if fresh.listed:
+            self._listed.setdefault(subject.source, set()).add(subject.account)
+            self._unlisted.pop(subject, None)
+        else:
+            self._unlisted[subject] = fresh
+            if subject.source in self._listed:
+                self._listed[subject.source].discard(subject.account)
 
     async def close(self) -> None:
         """Write what is staged, then close the database and its worker thread."""
@@ -386,19 +398,10 @@ class StateStore:
             self._known[key] = known
         for alert in update.alerts:
             self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
-            if alert.status in ACTIVE_STATUSES:
-                self._active[(alert.key, alert.fingerprint)] = alert
-            else:
-                self._active.pop((alert.key, alert.fingerprint), None)
+            self._index_alert(alert)
         for fresh in update.freshness:
             self._freshness[fresh.subject] = fresh
-            if fresh.listed:
-                self._listed.setdefault(fresh.subject.source, set()).add(fresh.subject.account)
-                self._unlisted.pop(fresh.subject, None)
-            else:
-                self._unlisted[fresh.subject] = fresh
-                if fresh.subject.source in self._listed:
-                    self._listed[fresh.subject.source].discard(fresh.subject.account)
+            self._index_freshness(fresh)
         self._queue.append(staged)
         self._wakeup.set()
         return staged
