@@ -209,16 +209,19 @@ class CompiledRules(Sequence[Rule]):
         # mute window. (The end of a suppression comes with a change of the suppressor's state.)
         self._repeats = {rule.name: rule.repeat for rule in self._rules if rule.repeat is not None}
         self._muted = frozenset(rule.name for rule in self._rules if rule.mute)
+        self.muted_names = self._muted  # rules whose alerts time may mute or unmute at any moment
         windows = [rule.window for rule in self._rules if rule.kind == "drop" and rule.window is not None]
         self.history_window: timedelta | None = max(windows) if windows else None
         self._order = {rule.name: index for index, rule in enumerate(self._rules)}
         self.stale_names = frozenset(c.rule.name for c in self._stale_rules)
         # The rules judged on balances: only their active alerts can move on an observation.
         self.balance_names = frozenset(rule.name for rule in self._rules if rule.watches_balances)
-        # Below this long without an answer, no subject is stale (revocations aside).
-        self.shortest_stale_after: timedelta | None = min(
-            (c.rule.after for c in self._stale_rules if c.rule.after is not None), default=None
+        # Every distinct stale `after`, shortest first: the ages at which subjects turn stale for more rules.
+        self.stale_afters: tuple[timedelta, ...] = tuple(
+            sorted({c.rule.after for c in self._stale_rules if c.rule.after is not None})
         )
+        # Below this long without an answer, no subject is stale (revocations aside).
+        self.shortest_stale_after: timedelta | None = self.stale_afters[0] if self.stale_afters else None
         # How stale a stored last success may be allowed to get while a subject keeps answering: a
         # success this soon after the stored one, with nothing else new, is not stored (see
         # rules.staleness.assess_poll). A tenth of the shortest `after`; zero without stale rules.
@@ -333,6 +336,10 @@ class CompiledRules(Sequence[Rule]):
             return True
         repeat = self._repeats.get(firing.rule)
         return repeat is not None and at - (firing.last_sent_at or firing.started_at) >= repeat
+
+    def suppressors_of(self, name: str) -> tuple[Rule, ...]:
+        """The rules that list rule `name` in their `suppresses`."""
+        return tuple(self._by_name[by].rule for by in self._suppressed_by.get(name, ()))
 
     def suppressor(self, rule: Rule, key: BalanceKey, at: datetime, firing: StateLookup) -> str | None:
         """The name of a rule suppressing `rule`'s alert on `key` at `at`: one listing it in `suppresses`

@@ -5,14 +5,17 @@ and the same delivery as the polls, under the same evaluation lock."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 
 import structlog
 
+from rules.compiled import compile_rules
+from rules.deadlines import TickSchedule
 from rules.model import Rule
+from rules.staleness import resolving
 from rules.timeline import AlertUpdate, reconcile, tick
-from rules.types import ACTIVE_STATUSES, WHOLE_SOURCE
+from rules.types import ACTIVE_STATUSES, WHOLE_SOURCE, AlertState, BalanceKey
 from watcher.app import Components
 from watcher.events import Event, alert_event
 from watcher.store import OutboxFull, StateUpdate
@@ -30,39 +33,95 @@ class AlertClock:
         self._c = components
         self._clock = clock
         self._providers = {s.name: s.type for s in components.settings.sources}
+        self._schedule = TickSchedule()
+        self.last_visited = 0  # keys the latest tick visited (every key after a start or a reload)
+        self._resolving = resolving(components.store.freshness)
 
     async def tick(self) -> int:
-        """Advance every alert to now; returns how many events it delivered.
+        """Advance the alerts that are due to now; returns how many events it delivered.
 
-        A slice of the keys with active alerts at a time, each under the evaluation lock and staged,
-        the loop free between slices: a tick that fires a thousand alerts at once (their `for` ending
-        together) must not hold the loop, and every poll waiting on it, for the whole burst. The first
-        slice also takes the subjects that went stale, and the sources' own keys (their alerts may
-        suppress their accounts' ones): the result is that of one tick over every key."""
+        Only the keys whose moment came (`rules.deadlines`: a `for` elapsing, a subject turning stale,
+        a reminder) or whose states or freshness changed since are visited; every key after a start, a
+        rules reload or a reload of the store's memory. A firing alert with nothing due costs nothing.
+
+        A slice of the keys at a time, each under the evaluation lock and staged, the loop free between
+        slices: a tick that fires a thousand alerts at once (their `for` ending together) must not hold
+        the loop, and every poll waiting on it, for the whole burst. The sources' own keys go first
+        (their alerts may suppress their accounts' ones): the result is that of one tick over every key."""
         store = self._c.store
         rules = self._c.rules.rules  # one set of rules for the whole tick, even across a reload
+        compiled = compile_rules(rules)
         now = self._clock()
-        keys = list(dict.fromkeys(state.key for state in store.active_alerts()))
+        schedule = self._schedule
+        async with self._c.lock:
+            self._take_touched(set())
+            plan = schedule.due(compiled, now)
+            if plan is None:  # everything: every key with an active alert or a record of its own
+                keys = {state.key for state in store.active_alerts()}
+                keys.update(record.subject for record in store.unlisted_freshness())
+                walk_listings: Callable[[str], Collection[str]] = store.listed_accounts
+            else:
+                keys, sources = plan
+                walk_listings = lambda source: store.listed_accounts(source) if source in sources else ()  # noqa: E731
         # A source's own alerts first: they may suppress its accounts' ones (never the other way round).
-        keys.sort(key=lambda key: key.account != WHOLE_SOURCE)
+        ordered = sorted(keys, key=lambda key: key.account != WHOLE_SOURCE)
+        self.last_visited = len(ordered)
         delivered = 0
         in_flight: tuple[Awaitable[None], int] | None = None
-        for start in range(0, max(len(keys), 1), TICK_SLICE_KEYS):  # once at least: the stale subjects
-            async with self._c.lock:
-                states = [
-                    state for key in keys[start : start + TICK_SLICE_KEYS]
-                    for state in store.alerts_view(key).values() if state.status in ACTIVE_STATUSES
-                ]
-                update = tick(
-                    now, rules, states, store.unlisted_freshness() if start == 0 else (), store.known_view(),
-                    stored=store.alerts_view, freshness_of=store.freshness,
-                    listed_of=store.listed_accounts if start == 0 else None,
-                )
-                staged = self._stage(update)
-            delivered += await self._durable(in_flight)
-            in_flight = staged
-            await asyncio.sleep(0)  # polls, the relay, heartbeats: between slices
+        try:
+            for start in range(0, len(ordered), TICK_SLICE_KEYS):
+                async with self._c.lock:
+                    part = ordered[start : start + TICK_SLICE_KEYS]
+                    staged, visited = self._tick_slice(part, now, rules, walk_listings)
+                    self._take_touched(visited)
+                delivered += await self._durable(in_flight)
+                in_flight = staged
+                await asyncio.sleep(0)  # polls, the relay, heartbeats: between slices
+        except BaseException:
+            schedule.touch_all()  # the keys taken for this tick and not ticked would be forgotten
+            raise
         return delivered + await self._durable(in_flight)
+
+    def _tick_slice(
+        self,
+        keys: Sequence[BalanceKey],
+        now: datetime,
+        rules: Sequence[Rule],
+        walk_listings: Callable[[str], Collection[str]],
+    ) -> tuple[tuple[Awaitable[None], int] | None, set[BalanceKey]]:
+        """Under the lock: tick these keys, stage the result, and schedule every key it visited."""
+        store = self._c.store
+        states = [
+            state for key in keys
+            for state in store.alerts_view(key).values() if state.status in ACTIVE_STATUSES
+        ]
+        records = [r for r in map(store.freshness, keys) if r is not None and not r.listed]
+        update = tick(
+            now, rules, states, records, store.known_view(),
+            stored=store.alerts_view, freshness_of=store.freshness, listed_of=walk_listings,
+        )
+        staged = self._stage(update)
+        visited = set(keys)
+        visited.update(state.key for state in update.alerts)
+        for key in visited:
+            states_now = store.alerts_view(key).values()
+            self._schedule.settle(key, states_now, self._resolving(key), now, self._state_of)
+        return staged, visited
+
+    def _take_touched(self, settled: set[BalanceKey]) -> None:
+        """Under the lock: the keys the store changed since last asked are due, except those just settled
+        (ticked after the change)."""
+        touched = self._c.store.take_touched()
+        if touched is None:
+            self._schedule.touch_all()
+        else:
+            self._schedule.touch(touched - settled if settled else touched)
+
+    def _state_of(self, name: str, key: BalanceKey) -> AlertState | None:
+        for state in self._c.store.alerts_view(key).values():
+            if state.rule == name and state.status in ACTIVE_STATUSES:
+                return state
+        return None
 
     async def reconcile(self, old_rules: Sequence[Rule] = ()) -> int:
         """After a (re)load: resolve the alerts of rules that are gone; the others keep their state."""

@@ -175,6 +175,8 @@ class StateStore:
         # and the records that are not listed, which the alert clock walks.
         self._listed: dict[str, set[str]] = {}
         self._unlisted: dict[BalanceKey, Freshness] = {}
+        # Keys whose alerts or freshness changed since the alert clock last asked (None: every key).
+        self._touched: set[BalanceKey] | None = None
         # The group commit: staged updates waiting for the writer, and the batch it is writing.
         self._queue: list[StagedCommit] = []
         self._writing: list[StagedCommit] = []
@@ -284,6 +286,7 @@ class StateStore:
         return _Snapshot(known, alerts, freshness, depth, first, last_seq)
 
     def _install(self, snapshot: _Snapshot) -> None:
+        self._touched = None  # everything is new
         self._known = snapshot.known
         self._alerts, self._active = snapshot.alerts, {}
         for by_fp in self._alerts.values():
@@ -295,6 +298,8 @@ class StateStore:
 
     def _index_alert(self, alert: AlertState) -> None:
         """Put a stored alert state in the index of active ones, or take it out."""
+        if self._touched is not None:
+            self._touched.add(alert.key)
         if alert.status in ACTIVE_STATUSES:
             self._active[(alert.key, alert.fingerprint)] = alert
         else:
@@ -303,6 +308,8 @@ class StateStore:
     def _index_freshness(self, fresh: Freshness) -> None:
         """Put a stored freshness record in the index of listed accounts, or among the unlisted."""
         subject = fresh.subject
+        if self._touched is not None:
+            self._touched.add(subject)
         if fresh.listed:
             self._listed.setdefault(subject.source, set()).add(subject.account)
             self._unlisted.pop(subject, None)
@@ -358,6 +365,12 @@ class StateStore:
     def unlisted_freshness(self) -> list[Freshness]:
         """The freshness records that are not `listed` (the sources' own among them)."""
         return list(self._unlisted.values())
+
+    def take_touched(self) -> set[BalanceKey] | None:
+        """The keys whose alert states or freshness record changed since the last call (None: any may
+        have, as after memory was reloaded); for the alert clock, which visits only what changed or is due."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def active_alerts(self) -> list[AlertState]:
         """The pending and firing alert states."""

@@ -1,0 +1,101 @@
+"""The daemon's alert clock over the real store: visiting only the keys that are due or changed gives the
+events and states that visiting every key gives, and a tick with nothing due visits nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+from rules.loader import parse_rules
+from rules.staleness import assess_poll
+from rules.types import PollOutcome
+from watcher.alerting import AlertClock
+from watcher.app import Components
+from watcher.events import Event
+from watcher.poller import OutboxDelivery, RulesHolder
+from watcher.store import StateStore, StateUpdate
+
+T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
+SOURCE = "mc"
+ACCOUNTS = [f"tok-{i:03d}" for i in range(60)]
+RULES = parse_rules({"rules": [
+    {"name": "account-stale", "kind": "stale", "after": "15m", "for": "5m", "repeat": "1h"},
+    {"name": "source-down", "kind": "stale", "after": "15m", "per": "source",
+     "suppresses": ["account-stale"]},
+]}, "test.toml")
+
+
+class Daemon:
+    """The parts of a daemon the alert clock works with: the real store, the outbox delivery, the lock."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.events: list[Event] = []
+        self.now = T0
+        components = SimpleNamespace(
+            settings=SimpleNamespace(sources=[SimpleNamespace(name=SOURCE, type="mastercard-send")]),
+            store=store, lock=asyncio.Lock(), rules=RulesHolder(RULES),
+            delivery=OutboxDelivery(store, wake=lambda: None, on_event=self.events.append),
+        )
+        self.clock = AlertClock(cast(Components, components), lambda: self.now)
+
+    async def poll(self, minutes: float, accounts: list[str], ok: bool) -> None:
+        """What a poll of these accounts stores (the poller's path, without a source)."""
+        outcome = PollOutcome(SOURCE, T0 + timedelta(minutes=minutes), tuple(accounts), ok,
+                              None if ok else "HTTP 503")
+        result = assess_poll(outcome, RULES, self.store.freshness, self.store.alerts_view)
+        await self.store.commit(StateUpdate(balances=(), alerts=result.alerts, freshness=result.freshness))
+
+    async def tick(self, minutes: float, *, every_key: bool) -> list[tuple[str, str]]:
+        self.now = T0 + timedelta(minutes=minutes)
+        if every_key:
+            self.clock._schedule.touch_all()  # as after a start: every key
+        before = len(self.events)
+        await self.clock.tick()
+        return [(e.type, e.id) for e in self.events[before:]]
+
+
+async def test_the_scheduled_clock_equals_a_clock_over_every_key(tmp_path: Path) -> None:
+    """Through polls that answer and fail and ticks minutes apart (alerts going pending, firing,
+    reminding, resolving, withheld by a source-wide alert), the clock that visits only the keys due or
+    changed delivers the same events and stores the same states as one that visits every key each tick;
+    a tick with nothing due or changed visits no key."""
+    daemons = []
+    for name in ("scheduled", "every"):
+        store = StateStore(tmp_path / f"{name}.db")
+        await store.open()
+        daemons.append(Daemon(store))
+    scheduled, every = daemons
+    script: list[tuple[str, float, list[str], bool]] = [
+        ("poll", 0, ACCOUNTS, True), ("tick", 1, [], True), ("tick", 2, [], True),
+        ("poll", 5, ACCOUNTS[:20], True), ("tick", 16, [], True), ("tick", 19, [], True),
+        ("tick", 22, [], True), ("poll", 23, ACCOUNTS[20:30], True), ("tick", 24, [], True),
+        ("poll", 25, ACCOUNTS[30:40], False), ("poll", 25.5, ["*"], False), ("tick", 26, [], True),
+        ("tick", 45, [], True), ("tick", 83, [], True), ("poll", 84, ACCOUNTS[40:], True),
+        ("tick", 85, [], True), ("tick", 86, [], True),
+    ]
+    quiet_ticks = 0
+    for action, minutes, accounts, ok in script:
+        if action == "poll":
+            for daemon in daemons:
+                await daemon.poll(minutes, [] if accounts == ["*"] else accounts, ok)
+            continue
+        expected = await every.tick(minutes, every_key=True)
+        got = await scheduled.tick(minutes, every_key=False)
+        assert got == expected, f"at {minutes} min"
+        assert scheduled.store.all_alerts() == every.store.all_alerts()
+        if minutes in (2, 86):  # nothing changed or fell due since the previous tick
+            assert scheduled.clock.last_visited == 0
+            quiet_ticks += 1
+    assert quiet_ticks == 2
+    kinds = {event_type for event_type, _ in (await every.tick(87, every_key=True))}
+    assert not kinds
+    fired = [e.key for e in every.events if e.type == "balance.alert.firing"]
+    assert f"{SOURCE}:*" in fired
+    assert len(set(fired)) == len(ACCOUNTS) + 1, "every account went stale once"
+    assert len(fired) > len(set(fired)), "and reminders followed"
+    for daemon in daemons:
+        await daemon.store.close()
