@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import lru_cache
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -27,6 +28,7 @@ def parse_duration(value: object, *, allow_zero: bool = False) -> timedelta:
     return duration
 
 
+@lru_cache(maxsize=256)  # a handful of rule durations, spelled once per stale subject and tick
 def format_duration(duration: timedelta) -> str:
     """The shortest spelling parse_duration reads back: "1h30m", "90s" is "1m30s", zero is "0s"."""
     total_ms = round(duration.total_seconds() * 1000)
