@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
 from rules.types import Balance, BalanceKey, Observation
+from watcher.sandbox.mastercard import AccountBalanceView, render_xml
 from watcher.sources import values
 from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.mastercard_parse import describe_error_body, parse_mastercard_json, parse_mastercard_xml
@@ -764,3 +765,270 @@ def test_a_listing_takes_the_keys_of_the_previous_one(parse: Any) -> None:
     assert keys.latest is kept
     other = parse(body, keys=keys, **{**KW, "source": "other"})
     assert all(o.key.source == "other" for o in other.observations)
+
+
+# --- the XML listing's direct path for plain accounts ----------------------------------------------------
+
+
+def _sandbox_account(i: int, **fields: str) -> AccountBalanceView:
+    plain = {"account_description": "Main prefunding", "amount": "23998.19", "currency": "GBP",
+             "state": "IN_CREDIT", "balance_timestamp": "2026-12-02T12:00:00Z",
+             "created_date": "2018-01-10T09:30:00Z", "non_card_token": f"non_card_token:sbx-P-{i:04d}"}
+    return AccountBalanceView(**{**plain, **fields})
+
+
+def _sandbox_listing(*views: AccountBalanceView) -> bytes:
+    """A listing as the sandbox renders it (the daemon's bench and tests read the same bytes)."""
+    return render_xml(views, listing=True)
+
+
+def _second_changed(old: str, new: str) -> bytes:
+    """The sandbox's listing of two plain accounts, the second one's first `old` replaced by `new`. The
+    first account is the first of its currency (read the general way), so the second is the one the
+    direct path may take."""
+    body = _sandbox_listing(_sandbox_account(1), _sandbox_account(2)).decode()
+    at = body.index("<account_balance>", body.index("</account_balance>"))
+    assert old in body[at:], old
+    return (body[:at] + body[at:].replace(old, new, 1)).encode()
+
+
+def _xml_read(body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None = None) -> tuple[object, int]:
+    """parse_mastercard_xml's outcome as a comparable text (the result's repr, so that 1000 and 1000.00
+    differ, or the ParseError's message), and how many accounts the direct path read; `direct=False`
+    turns the direct path off, leaving the general one (dict shape, then _account) for every account."""
+    plain = mastercard._plain_xml_account
+    taken = 0
+
+    def counting(*args: Any) -> Observation | None:
+        nonlocal taken
+        found = plain(*args) if direct else None
+        taken += found is not None
+        return found
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mastercard, "_plain_xml_account", counting)
+        try:
+            outcome: object = repr(parse_mastercard_xml(body, keys=keys, **KW))
+        except ParseError as exc:
+            outcome = f"ParseError: {exc}"
+    return outcome, taken
+
+
+_ACCOUNT_OPEN = "<account_balance>"
+_BALANCE = ("<balance>\n            <amount>23998.19</amount>\n            <currency>GBP</currency>\n"
+            "            <state>IN_CREDIT</state>\n        </balance>")
+_TOKEN2 = "non_card_token:sbx-P-0002"
+
+# (what, old, new, read by the direct path: True, False, or None when either is right)
+DIRECT_TABLE: list[tuple[str, str, str, bool | None]] = [
+    ("plain", "<", "<", True),
+    ("IN_DEBIT", ">IN_CREDIT<", ">IN_DEBIT<", True),
+    ("whitespace around every value", ">23998.19<", "> \n\t23998.19 \r\n<", True),
+    ("whitespace around the token", f">{_TOKEN2}<", f">\n  {_TOKEN2}\t<", True),
+    ("whitespace around state and currency", ">IN_CREDIT<", "> IN_CREDIT\n<", True),
+    ("currency padded", ">GBP<", "> GBP <", True),
+    ("attributes", _ACCOUNT_OPEN, '<account_balance id="7" xmlns:q="urn:q" q:x="y">', True),
+    ("attribute on a leaf", "<amount>", '<amount currency="EUR" sign="-">', True),
+    ("comment between children", "<balance>", "<!-- c --><balance><!-- d -->", True),
+    ("comment inside a value", ">23998.19<", ">239<!-- c -->98.19<", True),
+    ("processing instruction inside", "<balance>", "<?pi x?><balance>", True),
+    ("CDATA", ">23998.19<", "><![CDATA[23998.19]]><", True),
+    ("CDATA token", f">{_TOKEN2}<", f"><![CDATA[{_TOKEN2}]]><", True),
+    ("character references", ">23998.19<", ">&#50;3998.19<", True),
+    ("text between children", "<balance>", "stray text<balance>", True),
+    ("non-ASCII description", ">Main prefunding<", ">Comptes \u00e9trangers \u20ac \U0001f4b6<", True),
+    ("escaped description", ">Main prefunding<", ">a &lt;b&gt; &amp; c<", True),
+    ("empty description", "<account_description>Main prefunding</account_description>",
+     "<account_description/>", True),
+    ("empty timestamp", ">2026-12-02T12:00:00Z<", "><", True),
+    ("empty creation date", ">2018-01-10T09:30:00Z<", "> <", True),
+    ("timestamp with 80 seconds", ">2026-12-02T12:00:00Z<", ">2018-05-18T10:19:80Z<", True),
+    ("timestamp not a time", ">2026-12-02T12:00:00Z<", ">yesterday<", True),
+    ("timestamp with offset", ">2026-12-02T12:00:00Z<", ">2026-12-02t13:00:00.5+01:00<", True),
+    ("amount with leading zeros", ">23998.19<", ">0023998.190<", True),
+    ("amount zero", ">23998.19<", ">0<", True),
+    ("amount at the bounds", ">23998.19<", f">{'9' * 18}.{'1' * 18}<", True),
+    ("amount too long", ">23998.19<", f">{'9' * 19}<", False),
+    ("amount too fine", ">23998.19<", f">1.{'1' * 19}<", False),
+    ("amount exponent", ">23998.19<", ">1e3<", False),
+    ("amount negative", ">23998.19<", ">-5.00<", False),
+    ("amount plus", ">23998.19<", ">+5<", False),
+    ("amount trailing dot", ">23998.19<", ">5.<", False),
+    ("amount leading dot", ">23998.19<", ">.5<", False),
+    ("amount NaN", ">23998.19<", ">NaN<", False),
+    ("amount full-width digits", ">23998.19<", ">\uff11\uff12<", False),
+    ("amount with a comma", ">23998.19<", ">23,998.19<", False),
+    ("amount empty", "<amount>23998.19</amount>", "<amount/>", False),
+    ("amount blank", ">23998.19<", ">  <", False),
+    ("amount missing", "<amount>23998.19</amount>", "", False),
+    ("amount twice", "<amount>23998.19</amount>", "<amount>1</amount><amount>2</amount>", False),
+    ("amount with a child", ">23998.19<", "><x/>23998.19<", False),
+    ("currency lower case", ">GBP<", ">gbp<", False),
+    ("currency empty", ">GBP<", "><", False),
+    ("currency not seen before", ">GBP<", ">EUR<", False),
+    ("currency with a child", ">GBP<", "><c>GBP</c><", False),
+    ("currency missing", "<currency>GBP</currency>", "", False),
+    ("state lower case", ">IN_CREDIT<", ">in_credit<", False),
+    ("state other", ">IN_CREDIT<", ">OVERDRAWN<", False),
+    ("state empty", ">IN_CREDIT<", "><", False),
+    ("state missing", "<state>IN_CREDIT</state>", "", False),
+    ("state twice", "<state>IN_CREDIT</state>", "<state>IN_CREDIT</state><state>IN_DEBIT</state>", False),
+    ("balance children reordered", "<amount>23998.19</amount>", "", False),  # with the line below
+    ("balance with an extra child", "<state>IN_CREDIT</state>", "<state>IN_CREDIT</state><x>1</x>", False),
+    ("balance a leaf", _BALANCE, "<balance>23998.19</balance>", False),
+    ("balance empty", _BALANCE, "<balance/>", False),
+    ("balance missing", _BALANCE, "", False),
+    ("balance twice", _BALANCE, _BALANCE + _BALANCE, False),
+    ("token empty", f">{_TOKEN2}<", "><", False),
+    ("token blank", f">{_TOKEN2}<", "> \n <", False),
+    ("token missing", f"<non_card_token>{_TOKEN2}</non_card_token>", "", False),
+    ("token twice", f"<non_card_token>{_TOKEN2}</non_card_token>",
+     f"<non_card_token>{_TOKEN2}</non_card_token><non_card_token>x</non_card_token>", False),
+    ("token with a child", f">{_TOKEN2}<", f"><a/>{_TOKEN2}<", False),
+    ("token the first account's", _TOKEN2, "non_card_token:sbx-P-0001", True),
+    ("token first", "<account_description>",
+     f"<non_card_token>{_TOKEN2}</non_card_token><account_description>", False),
+    ("description missing", "<account_description>Main prefunding</account_description>", "", False),
+    ("description with a child", ">Main prefunding<", "><b>Main</b> prefunding<", False),
+    ("description twice", "</account_description>", "</account_description><account_description/>", False),
+    ("timestamp missing", "<balance_timestamp>2026-12-02T12:00:00Z</balance_timestamp>", "", False),
+    ("timestamp with a child", ">2026-12-02T12:00:00Z<", "><t>2026-12-02T12:00:00Z</t><", False),
+    ("creation date missing", "<created_date>2018-01-10T09:30:00Z</created_date>", "", False),
+    ("creation date with a child", ">2018-01-10T09:30:00Z<", "><d/><", False),
+    ("extra child", "<balance_timestamp>", "<note>x</note><balance_timestamp>", False),
+    ("extra child, deeply nested", "<balance_timestamp>",
+     "<a><b><c><d><e><f><g><h><i><j/></i></h></g></f></e></d></c></b></a><balance_timestamp>", False),
+    ("namespaced children", "<amount>23998.19</amount>", '<m:amount xmlns:m="urn:m">23998.19</m:amount>',
+     False),
+    ("default namespace", _ACCOUNT_OPEN, '<account_balance xmlns="urn:mc">', False),
+    ("no children", _ACCOUNT_OPEN, "<account_balance>text only</account_balance><account_balance>", None),
+    ("other entry spelling", _ACCOUNT_OPEN, "<account-balance>", None),
+    ("balance renamed", _BALANCE, _BALANCE.replace("balance>", "bal>"), False),
+    ("balance with a namespace", _BALANCE, _BALANCE.replace("<balance>", '<balance xmlns="urn:b">'), False),
+]
+_LEAVES = {"account_description": "Main prefunding", "amount": "23998.19", "currency": "GBP",
+           "state": "IN_CREDIT", "balance_timestamp": "2026-12-02T12:00:00Z",
+           "created_date": "2018-01-10T09:30:00Z", "non_card_token": _TOKEN2}
+for _tag, _text in _LEAVES.items():
+    _leaf = f"<{_tag}>{_text}</{_tag}>"
+    DIRECT_TABLE += [
+        (f"{_tag} padded", _leaf, f"<{_tag}>\n {_text}\t </{_tag}>", True),
+        (f"{_tag} renamed", _leaf, f"<{_tag}_x>{_text}</{_tag}_x>", False),
+        (f"{_tag} with a child", _leaf, f"<{_tag}>{_text}<c/></{_tag}>", False),
+        (f"{_tag} namespaced", _leaf, f'<{_tag} xmlns="urn:n">{_text}</{_tag}>', False),
+    ]
+
+
+def _table_body(what: str, old: str, new: str) -> bytes:
+    body = _second_changed(old, new)
+    if what == "balance children reordered":
+        body = body.replace(b"<state>IN_CREDIT</state>\n        </balance>",
+                            b"<state>IN_CREDIT</state><amount>23998.19</amount>\n        </balance>", 1)
+    if what == "other entry spelling":
+        body = body.replace(b"</account_balance>\n</account", b"</account-balance>\n</account")
+    return body
+
+
+@pytest.mark.parametrize(("what", "old", "new", "direct"), DIRECT_TABLE, ids=[row[0] for row in DIRECT_TABLE])
+def test_xml_direct_path_reads_as_the_general_one(what: str, old: str, new: str, direct: bool | None) -> None:
+    """Each variation of a sandbox-rendered account (whitespace, attributes, comments, CDATA, namespaces,
+    missing, extra, repeated or reordered children, empty or odd values, IN_DEBIT, invalid timestamps)
+    gives the same observations, rejections and ParseError messages with the direct path as without it;
+    and the direct path reads exactly the variations it is meant to (the plain layout with acceptable
+    values), leaving every other one to the general path."""
+    body = _table_body(what, old, new)
+    with_direct, taken = _xml_read(body, direct=True)
+    without, none_taken = _xml_read(body, direct=False)
+    assert with_direct == without
+    assert none_taken == 0
+    if direct is not None:
+        assert taken == (1 if direct else 0), with_direct
+
+
+def test_xml_direct_path_takes_a_sandbox_listing() -> None:
+    """A sandbox listing (both states, several currencies, repeated values) is read by the direct path for
+    every account but the first of each currency, with the same result as the general path and as the
+    whole-tree reader; repeated values and the source's previous keys are shared the same way."""
+    views = [_sandbox_account(i, amount=f"{i}.{i % 100:02d}", state=("IN_DEBIT", "IN_CREDIT")[i % 2],
+                              currency=("GBP", "EUR", "USD")[i % 3]) for i in range(300)]
+    body = _sandbox_listing(*views)
+    keys = mastercard.ListingKeys()
+    first, taken = _xml_read(body, direct=True, keys=keys)
+    assert taken == 300 - 3
+    assert first == _xml_read(body, direct=False)[0] == repr(mastercard._read_xml_tree(body, **KW))
+    parsed = parse_mastercard_xml(body, keys=keys, **KW)
+    assert repr(parsed) == first
+    assert all(o.key is keys.latest[o.key.account] for o in parsed.observations)
+    assert all(o.balance.state in ("IN_CREDIT", "IN_DEBIT") for o in parsed.observations)
+    states = {id(o.balance.state) for o in parsed.observations}
+    stamps = {id(o.provider_timestamp_text) for o in parsed.observations}
+    assert len(states) == 2
+    assert len(stamps) == 1
+
+
+_ODD_TEXTS = ["", " ", "0", "1000", " 12.50 ", "1e3", "-1", "NaN", "GBP", "gbp", "EUR", "IN_CREDIT",
+              "IN_DEBIT", "in_debit", "2018-05-18T10:19:22Z", "2018-05-18T10:19:80Z", "x", "\u20ac", "&amp;"]
+_FIELDS = ("account_description", "balance", "balance_timestamp", "created_date", "non_card_token")
+_BALANCE_FIELDS = ("amount", "currency", "state")
+_PLAIN = {"account_description": "d", "amount": "10.50", "currency": "GBP", "state": "IN_CREDIT",
+          "balance_timestamp": "2018-05-18T10:19:22Z", "created_date": "2012-06-05T11:47:51Z"}
+
+
+@st.composite
+def _xml_leaf(draw: st.DrawFn, tag: str, plain: str) -> str:
+    """One leaf: usually plain, else an odd text, CDATA, a child element, attributes or a namespace;
+    sometimes missing or repeated."""
+    if draw(st.integers(0, 7)):  # most leaves as the sandbox writes them, so that whole accounts are
+        return f"<{tag}>{plain}</{tag}>"  # plain often enough for the direct path to read them
+    text = draw(st.one_of(st.just(plain), st.just(f" \n{plain}\t"), st.sampled_from(_ODD_TEXTS),
+                          st.text(st.sampled_from("0123456789.-+ \n\tEINGBP_CRDTe"), max_size=6)))
+    form = draw(st.sampled_from(["plain", "plain", "plain", "cdata", "child", "attribute", "namespace",
+                                 "missing", "twice"]))
+    if form == "missing":
+        return ""
+    if form == "cdata":
+        return f"<{tag}><![CDATA[{text}]]></{tag}>"
+    if form == "child":
+        return f"<{tag}><x/>{text}</{tag}>"
+    if form == "attribute":
+        return f'<{tag} a="1">{text}</{tag}>'
+    if form == "namespace":
+        return f'<n:{tag} xmlns:n="urn:n">{text}</n:{tag}>'
+    leaf = f"<{tag}>{text}</{tag}>"
+    return leaf + leaf if form == "twice" else leaf
+
+
+@st.composite
+def _xml_account(draw: st.DrawFn, token: str) -> str:
+    """An account element close to the sandbox's, each part possibly changed (see _xml_leaf), the
+    children possibly shuffled or joined by an extra one."""
+    inner = [draw(_xml_leaf(tag, _PLAIN[tag])) for tag in _BALANCE_FIELDS]
+    if draw(st.integers(0, 9)) == 0:
+        inner = draw(st.permutations(inner))
+    parts = {tag: draw(_xml_leaf(tag, token if tag == "non_card_token" else _PLAIN.get(tag, "")))
+             for tag in _FIELDS}
+    parts["balance"] = "<balance>" + "".join(inner) + "</balance>"
+    if draw(st.integers(0, 9)) == 0:
+        parts["balance"] = draw(st.sampled_from(["", "<balance/>", "<balance>1</balance>", "<bal/>"]))
+    children = [parts[tag] for tag in _FIELDS]
+    if draw(st.integers(0, 9)) == 0:
+        children = draw(st.permutations(children))
+    if draw(st.integers(0, 7)) == 0:
+        children.insert(draw(st.integers(0, len(children))), draw(st.sampled_from(
+            ["<extra/>", "<!-- c -->", "text", "<?pi x?>", "<balance/>"])))
+    return "<account_balance>" + "\n  ".join(children) + "</account_balance>"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=5).flatmap(
+    lambda tokens: st.tuples(*(_xml_account(t) for t in tokens))), st.sampled_from(["GBP", "EUR"]))
+def test_xml_direct_path_reads_as_the_general_one_property(accounts: tuple[str, ...], primed: str) -> None:
+    """Whatever mix of plain and changed accounts a listing holds (repeated tokens included), the direct
+    path gives the same observations, rejections and ParseError messages as the general path. A plain
+    account comes first, so that later ones find their currency already seen."""
+    first = f"<account_balance>{_BALANCE.replace('GBP', primed)}<non_card_token>p</non_card_token>" \
+            "</account_balance>"
+    body = f"<account-balances>{first}{''.join(accounts)}</account-balances>".encode()
+    with_direct, taken = _xml_read(body, direct=True)
+    assert with_direct == _xml_read(body, direct=False)[0]
+    event(f"accounts read directly: {taken}")

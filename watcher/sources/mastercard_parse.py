@@ -160,7 +160,7 @@ def _account(
 
 # An entry of a body: the path of its parent (e.g. `account-balances`), its index there (None for the one
 # entry of a shape without an array), and the entry itself (already an EntryError, from XML, when it has no
-# account shape). Its path is `prefix[index]`, or `prefix`.
+# account shape; or the XML account element, converted by _build). Its path is `prefix[index]`, or `prefix`.
 _Entry = tuple[str, int | None, object]
 
 
@@ -181,6 +181,7 @@ def _build(
     `entries` may be a generator that reads the body as it goes (JSON, XML): each entry is converted and
     let go before the next is read. What is kept per entry is its observation, and where it was for a
     later duplicate: its index (its prefix is nearly always the first entry's), not its whole path.
+    An entry may be an XML account element: see _plain_xml_account.
     """
     kept: list[Observation] = []
     rejected: list[str] = []
@@ -188,19 +189,26 @@ def _build(
     common: str | None = None
     seen = _Seen(keys)
     for prefix, index, raw in entries:
-        if isinstance(raw, EntryError):
-            rejected.append(str(raw))
-            continue
-        path = _path(prefix, index)
-        try:
-            obs = _account(
-                raw, path, source=source, observed_at=observed_at, correlation_id=correlation_id, seen=seen
-            )
-        except EntryError as exc:
-            rejected.append(str(exc))
-            continue
+        obs: Observation | None = None
+        if type(raw) is Element:  # an XML account: read directly when plain, else as its dict shape
+            obs = _plain_xml_account(raw, source, observed_at, correlation_id, seen)
+            if obs is None:
+                raw = _xml_entry(raw, _path(prefix, index))
+        if obs is None:
+            if isinstance(raw, EntryError):
+                rejected.append(str(raw))
+                continue
+            try:
+                obs = _account(
+                    raw, _path(prefix, index), source=source, observed_at=observed_at,
+                    correlation_id=correlation_id, seen=seen,
+                )
+            except EntryError as exc:
+                rejected.append(str(exc))
+                continue
         first = first_at.get(obs.key)
         if first is not None:
+            path = _path(prefix, index)
             if isinstance(first, tuple):
                 where = _path(*first)
             else:
@@ -339,6 +347,75 @@ def _xml_value(element: Element, depth: int = 0) -> object:
     return result
 
 
+def _plain_xml_account(
+    element: Element, source: str, observed_at: datetime, correlation_id: str, seen: _Seen
+) -> Observation | None:
+    """The observation of a plain account element, read directly (no dict in between); None for any
+    other element, which is then read as its dict shape (_xml_entry, then _account).
+
+    Plain is the documented layout and the sandbox's, exactly: `<account_description>`, `<balance>` with
+    `<amount>`, `<currency>`, `<state>`, then `<balance_timestamp>`, `<created_date>`,
+    `<non_card_token>`, in that order, each once, without namespaces, the leaves without children; a
+    non-empty token, a plain unsigned amount, a currency already found valid in this body, IN_CREDIT or
+    IN_DEBIT. The result is what _account makes of the dict shape (texts stripped, attributes ignored,
+    as _xml_value reads them); anything else (a missing, extra, repeated or reordered child, a bad value,
+    the first account of each currency) returns None before anything is recorded, so that every
+    rejection and every error message comes from the one general path. A property test checks both
+    paths agree.
+    """
+    try:
+        described, balance, stamped, creation, tokened = element
+        amount_el, currency_el, state_el = balance
+    except ValueError:  # another number of children
+        return None
+    if (
+        described.tag != "account_description"
+        or balance.tag != "balance"
+        or stamped.tag != "balance_timestamp"
+        or creation.tag != "created_date"
+        or tokened.tag != "non_card_token"
+        or amount_el.tag != "amount"
+        or currency_el.tag != "currency"
+        or state_el.tag != "state"
+        or len(described) or len(stamped) or len(creation) or len(tokened)
+        or len(amount_el) or len(currency_el) or len(state_el)
+    ):
+        return None
+    text = tokened.text
+    token = text.strip() if text else ""
+    text = amount_el.text
+    amount_text = text.strip() if text else ""
+    text = currency_el.text
+    currency = seen.currencies.get(text.strip() if text else "")
+    text = state_el.text
+    state_text = text.strip() if text else ""
+    if state_text == IN_CREDIT:
+        state = IN_CREDIT  # the one string object, as _account
+    elif state_text == IN_DEBIT:
+        state = IN_DEBIT
+    else:
+        return None
+    if not token or currency is None or not UNSIGNED_AMOUNT.fullmatch(amount_text):
+        return None
+    text = described.text
+    description = text.strip() if text else ""
+    text = stamped.text
+    stamp_text = seen.text(text.strip() if text else "")
+    text = creation.text
+    created = text.strip() if text else ""
+    return Observation(
+        key=seen.key(source, token),
+        provider=PROVIDER,
+        balance=Balance(amount=Decimal(amount_text), currency=currency, state=state),
+        observed_at=observed_at,
+        correlation_id=correlation_id,
+        description=description,
+        provider_timestamp=seen.timestamp(stamp_text),
+        provider_timestamp_text=stamp_text,
+        extra=seen.extra(created),
+    )
+
+
 def _xml_entry(element: Element, path: str) -> object:
     """The account's dict shape, or the EntryError that says why it has none."""
     try:
@@ -390,7 +467,8 @@ def _read_xml(
 
 
 def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[_Entry]:
-    """The entries of the root's <account_balance> children, each as its end tag is read.
+    """The entries of the root's <account_balance> children, each as its end tag is read: the element
+    itself, which _build converts before the next one is read.
 
     What a whole tree would show is kept: a fault of the document anywhere is raised before a wrong root
     or an unexpected child is reported (the rest of the body is read first), and _NotAListing as soon
@@ -405,14 +483,18 @@ def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[_Entry]
     unexpected: set[str] = set()
     prefixes = {name: f"{top}.{name}" for name in _ENTRY_KEYS}  # one string each, not one per child
     for i, child in enumerate(children):
+        prefix = prefixes.get(child.tag)  # an entry without a namespace, the common case: no _local
+        if prefix is not None:
+            if not unexpected:
+                yield prefix, i, child  # converted by _build, before the next child is read
+            continue
         name = _local(child.tag)
         if name == "balance":
             raise _NotAListing
         if name not in _ENTRY_KEYS:
             unexpected.add(name)
         elif not unexpected:  # after one unexpected child the body is refused: nothing more to convert
-            prefix = prefixes[name]
-            yield prefix, i, _xml_entry(child, _path(prefix, i))
+            yield prefixes[name], i, child  # converted by _build, before the next child is read
     if unexpected:
         raise _unexpected(top, unexpected)
 
