@@ -950,7 +950,8 @@ def test_xml_direct_path_takes_a_sandbox_listing() -> None:
     every account but the first of each currency, with the same result as the general path and as the
     whole-tree reader; repeated values and the source's previous keys are shared the same way."""
     views = [_sandbox_account(i, amount=f"{i}.{i % 100:02d}", state=("IN_DEBIT", "IN_CREDIT")[i % 2],
-                              currency=("GBP", "EUR", "USD")[i % 3]) for i in range(300)]
+                              currency=("GBP", "EUR", "USD")[i % 3], created_date=f"2018-01-{1 + i % 7:02d}",
+                              balance_timestamp=f"2026-12-02T12:00:0{i % 5}Z") for i in range(300)]
     body = _sandbox_listing(*views)
     keys = mastercard.ListingKeys()
     first, taken = _xml_read(body, direct=True, keys=keys)
@@ -960,10 +961,11 @@ def test_xml_direct_path_takes_a_sandbox_listing() -> None:
     assert repr(parsed) == first
     assert all(o.key is keys.latest[o.key.account] for o in parsed.observations)
     assert all(o.balance.state in ("IN_CREDIT", "IN_DEBIT") for o in parsed.observations)
-    states = {id(o.balance.state) for o in parsed.observations}
-    stamps = {id(o.provider_timestamp_text) for o in parsed.observations}
-    assert len(states) == 2
-    assert len(stamps) == 1
+    assert len({id(o.balance.state) for o in parsed.observations}) == 2
+    assert len({id(o.balance.currency) for o in parsed.observations}) == 3
+    assert len({id(o.provider_timestamp_text) for o in parsed.observations}) == 5
+    assert len({id(o.provider_timestamp) for o in parsed.observations}) == 5
+    assert len({id(o.extra) for o in parsed.observations}) == 7
 
 
 _ODD_TEXTS = ["", " ", "0", "1000", " 12.50 ", "1e3", "-1", "NaN", "GBP", "gbp", "EUR", "IN_CREDIT",

@@ -399,20 +399,29 @@ def _plain_xml_account(
         return None
     text = described.text
     description = text.strip() if text else ""
+    # What _Seen.text, .timestamp, .extra and .key do, inline: four calls fewer per account.
     text = stamped.text
-    stamp_text = seen.text(text.strip() if text else "")
+    text = text.strip() if text else ""
+    stamp_text = seen.texts.setdefault(text, text)
+    try:
+        stamp = seen.stamps[stamp_text]
+    except KeyError:
+        stamp = seen.timestamp(stamp_text)
     text = creation.text
     created = text.strip() if text else ""
+    extra = seen.extras.get(created)
+    if extra is None:
+        extra = seen.extra(created)
+    key = seen.previous.get(token)
+    if key is None or key.source != source:
+        key = BalanceKey(source, token, "")
+    if seen.keys is not None:
+        seen.keys[key.account] = key
+    # Positional, in the dataclasses' field order: faster than keywords; the tests compare every field
+    # with the observations _account builds by keyword.
     return Observation(
-        key=seen.key(source, token),
-        provider=PROVIDER,
-        balance=Balance(amount=Decimal(amount_text), currency=currency, state=state),
-        observed_at=observed_at,
-        correlation_id=correlation_id,
-        description=description,
-        provider_timestamp=seen.timestamp(stamp_text),
-        provider_timestamp_text=stamp_text,
-        extra=seen.extra(created),
+        key, PROVIDER, Balance(Decimal(amount_text), currency, state), observed_at, correlation_id,
+        description, stamp, stamp_text, extra,
     )
 
 
