@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import tostring
 
 import pytest
 from hypothesis import given, settings
@@ -220,3 +221,15 @@ def test_stream_holds_no_more_than_a_chunk() -> None:
     assert count == 5000
     assert held <= 4
     assert len(root) == 0
+
+
+def test_stream_gives_each_child_complete_at_every_chunk_size() -> None:
+    """Wherever a chunk ends (inside a child, right after its end tag, with the root's end tag in the same
+    chunk or not), each child the stream gives is already complete, all its descendants and texts as the
+    whole tree has them, and every child is given once, in order."""
+    child = "<a i='{i}'><b><c>{i}</c><d/>t</b>x<e><f><g>{i}</g></f></e></a>"
+    body = ("<r>" + "".join(child.format(i=i) for i in range(12)) + "<z/></r>\n<!-- end -->").encode()
+    whole = [tostring(c) for c in parse_untrusted_xml(body)]
+    for chunk_bytes in range(1, len(body) + 2):
+        _, children = stream_untrusted_xml(body, chunk_bytes)
+        assert [tostring(c) for c in children] == whole, chunk_bytes

@@ -164,6 +164,8 @@ def _children(data: bytes, chunk_bytes: int) -> Iterator[Element]:
     # generator step per event), and once the root is known only end events are asked for (`_setevents`,
     # what XMLPullParser itself calls): the root's children end in order, so the one that ends next is
     # `root[given]` (the events are read after the feed that queued them, the tree then holds more).
+    # A feed that queued no fault is not even read event by event: its last event says how many of the
+    # root's children have ended (see below), and the queue is cleared at once.
     events: deque[Any] = parser._events_queue  # type: ignore[attr-defined]
     view = memoryview(data)  # chunks without copies
     root: Element | None = None
@@ -181,7 +183,21 @@ def _children(data: bytes, chunk_bytes: int) -> Iterator[Element]:
                 end = len(data) if ended else _chunk_end(data, at, chunk_bytes)
                 parser.feed(view[at:end])
                 at = end
-            while events:
+            if root is not None and events and not isinstance(events[-1], Exception):
+                # Only end events, and no fault: the children that ended are all those but an open
+                # last one. The last one has ended when the last event is its end or the root's (no
+                # element starts after it without being a later child), so no event need be looked at.
+                element = events[-1][1]
+                if element is root:
+                    ended = True
+                    done = len(root)
+                else:
+                    done = len(root) if len(root) and root[-1] is element else len(root) - 1
+                events.clear()
+                while given < done:
+                    given += 1
+                    yield root[given - 1]
+            while events:  # the root's start, the events queued before the switch, or a fault
                 item = events.popleft()
                 if isinstance(item, Exception):
                     raise item  # the fault feed queued, after the events before it
