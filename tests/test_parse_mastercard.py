@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
-from rules.types import Balance, BalanceKey, Observation
+from rules.types import Balance, BalanceKey, KnownBalance, Observation
 from watcher.sandbox.mastercard import AccountBalanceView, render_xml
 from watcher.sources import values
 from watcher.sources.base import ParsedBalances, ParseError
@@ -1034,3 +1034,82 @@ def test_xml_direct_path_reads_as_the_general_one_property(accounts: tuple[str, 
     with_direct, taken = _xml_read(body, direct=True)
     assert with_direct == _xml_read(body, direct=False)[0]
     event(f"accounts read directly: {taken}")
+
+
+# --- sharing the known balances' objects ------------------------------------------------------------------
+
+
+def _accounts_body(parse: Any, accounts: list[tuple[str, str, str, str]]) -> bytes:
+    """A listing of (token, amount, state, description), in the format `parse` reads."""
+    if parse is parse_mastercard_json:
+        return _listing([
+            {"non_card_token": token, "account_description": description, "created_date": "2026-01-01",
+             "balance_timestamp": "2026-11-22T04:25:14Z",
+             "balance": {"amount": amount, "currency": "GBP", "state": state}}
+            for token, amount, state, description in accounts
+        ])
+    entries = "".join(
+        f"<account_balance><non_card_token>{token}</non_card_token>"
+        f"<account_description>{description}</account_description><created_date>2026-01-01</created_date>"
+        "<balance_timestamp>2026-11-22T04:25:14Z</balance_timestamp>"
+        f"<balance><amount>{amount}</amount><currency>GBP</currency><state>{state}</state></balance>"
+        "</account_balance>"
+        for token, amount, state, description in accounts
+    )
+    return f"<account-balances>{entries}</account-balances>".encode()
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_unchanged_accounts_take_the_known_objects(parse: Any) -> None:
+    """With a look-up of the known balances, an account whose amount (digits and exponent alike), state,
+    currency and description are the known ones takes the known Balance and description objects; any
+    difference (even 100.0 for 100.00, or another state) gives a new Balance of its own text. The
+    observations are equal to those of a parse without the look-up, every time."""
+    first_body = _accounts_body(parse, [
+        ("t1", "100.00", "IN_CREDIT", "Main"), ("t2", "100.00", "IN_CREDIT", "Main"),
+        ("t3", "5.00", "IN_CREDIT", "Fees"), ("t4", "7.00", "IN_CREDIT", "Other"),
+    ])
+    keys = mastercard.ListingKeys()
+    first = parse(first_body, keys=keys, **KW)
+    known = {
+        o.key: KnownBalance(o.balance, T0, "corr-0", 1, o.description) for o in first.observations
+    }
+    keys.known = known.get
+    second_body = _accounts_body(parse, [
+        ("t1", "100.00", "IN_CREDIT", "Main"), ("t2", "100.0", "IN_CREDIT", "Main"),
+        ("t3", "5.00", "IN_DEBIT", "Fees"), ("t4", "7.00", "IN_CREDIT", "Renamed"),
+        ("t5", "1.00", "IN_CREDIT", "Main"),
+    ])
+    second = parse(second_body, keys=keys, **KW)
+    assert second == parse(second_body, **KW)
+    by_token = {o.key.account: o for o in second.observations}
+    was = {o.key.account: o for o in first.observations}
+    assert by_token["t1"].balance is was["t1"].balance
+    assert by_token["t1"].description is was["t1"].description
+    assert by_token["t2"].balance is not was["t2"].balance
+    assert str(by_token["t2"].balance.amount) == "100.0"
+    assert by_token["t3"].balance is not was["t3"].balance
+    assert by_token["t3"].balance.state == "IN_DEBIT"
+    assert by_token["t4"].balance is was["t4"].balance
+    assert by_token["t4"].description == "Renamed"
+    # Accounts that share a description share one string.
+    assert was["t2"].description is was["t1"].description
+    assert by_token["t5"].description == "Main"
+
+
+def test_known_balances_of_another_source_are_not_looked_up() -> None:
+    """The look-up is asked only for the keys of the source's previous listing of the same source name."""
+    body = _accounts_body(parse_mastercard_json, [("t1", "1.00", "IN_CREDIT", "Main")])
+    keys = mastercard.ListingKeys()
+    parse_mastercard_json(body, keys=keys, **KW)
+    asked: list[BalanceKey] = []
+
+    def lookup(key: BalanceKey) -> KnownBalance | None:
+        asked.append(key)
+        return None
+
+    keys.known = lookup
+    parse_mastercard_json(body, keys=keys, **{**KW, "source": "other"})
+    assert asked == []
+    parse_mastercard_json(body, keys=keys, **{**KW, "source": "other"})
+    assert asked == [BalanceKey("other", "t1")]

@@ -318,3 +318,33 @@ async def test_failed_write_changes_nothing_and_the_retry_has_the_same_ids(tmp_p
     assert [e.id for e in delivered] == [e.id for e in reference_events]
     assert [e.ce_id for e in await store.outbox_batch(10)] == [e.id for e in reference_events]
     await store.close()
+
+
+class SharingSource(ScriptedSource):
+    """A ScriptedSource that takes the known balances' look-up, as the Mastercard source does."""
+
+    def __init__(self, amounts: list[str | None]) -> None:
+        super().__init__(amounts)
+        self.known: object = None
+
+    def share_known(self, known: object) -> None:
+        self.known = known
+
+
+async def test_a_source_that_shares_known_objects_is_given_the_stores_look_up(tmp_path: Path) -> None:
+    """A source with `share_known` gets the state store's look-up of known balances, when the poller is
+    built and when a reload replaces the source; what it looks up is what the store holds."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    source = SharingSource(["4000.00"])
+    delivery = OutboxDelivery(store, wake=lambda: None)
+    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    await poller.poll_round()
+    assert callable(source.known)
+    key = BalanceKey("mc", "tok")
+    assert source.known(key) is store.known(key) is not None
+    replacement = SharingSource([])
+    poller.source = replacement
+    assert callable(replacement.known)
+    assert replacement.known(key) is store.known(key)
+    await store.close()

@@ -42,7 +42,7 @@ from rules.types import (
 )
 from watcher.events import Event, alert_event, events_of
 from watcher.metrics import Metrics
-from watcher.sources.base import BalanceSource, FetchResult, PacedSource
+from watcher.sources.base import BalanceSource, FetchResult, PacedSource, SharesKnown
 from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate
 
 # Observations of one result assessed and staged under one hold of the evaluation lock: a listing of
@@ -148,11 +148,11 @@ class Poller:
         clock: Callable[[], datetime],
         lock: asyncio.Lock | None = None,
     ) -> None:
+        self._store = store
         self.source = source
         # Shared by every poller and the daemon's tick: an evaluation and the staging of its result are
         # one step (the store applies a staged update to memory at once; durability comes after).
         self._lock = lock or asyncio.Lock()
-        self._store = store
         self._delivery = delivery
         self._rules = rules
         self._clock = clock
@@ -169,6 +169,8 @@ class Poller:
         self._source = source
         # A runtime Protocol check is slow: made once per source, not per call.
         self._paced: PacedSource | None = source if isinstance(source, PacedSource) else None
+        if isinstance(source, SharesKnown):
+            source.share_known(self._store.known)
 
     def _poll_outcome(self, result: FetchResult) -> PollOutcome:
         """The call as the staleness rules see it: which accounts it covered, and how it went."""

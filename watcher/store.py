@@ -521,9 +521,11 @@ class StateStore:
                 " VALUES (?,?,?,?,?,?,?)",
                 outbox_rows,
             )
+            # Each row made as SQLite takes it (generators, not lists): the freshness rows of a first
+            # listing of 100,000 accounts would otherwise all be held at once, at the round's peak.
             db.executemany(
                 "INSERT OR REPLACE INTO balances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
+                (
                     (
                         k.source,
                         k.account,
@@ -539,11 +541,11 @@ class StateStore:
                         json.dumps([[t.isoformat(), str(a)] for t, a in b.history]),
                     )
                     for k, b in balances.items()
-                ],
+                ),
             )
             db.executemany(
                 "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
+                (
                     (
                         a.fingerprint,
                         a.rule,
@@ -557,18 +559,18 @@ class StateStore:
                         alert_detail_to_json(a),
                     )
                     for a in alerts.values()
-                ],
+                ),
             )
             db.executemany(
                 "INSERT OR REPLACE INTO freshness (source, account, watched_since, last_success_at,"
                 " last_error, access_revoked, listed, last_listing_at) VALUES (?,?,?,?,?,?,?,?)",
-                [
+                (
                     (f.subject.source, f.subject.account, f.watched_since.isoformat(),
                      f.last_success_at.isoformat() if f.last_success_at else None, f.last_error,
                      int(f.access_revoked), int(f.listed),
                      f.last_listing_at.isoformat() if f.last_listing_at else None)
                     for f in freshness.values()
-                ],
+                ),
             )
         return entries
 

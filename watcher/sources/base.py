@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
-from rules.types import Observation
+from rules.types import BalanceKey, KnownBalance, Observation
 
 # The last three are calls the source refused to make: "circuit_open" while the source's breaker holds
 # a failing API off, "budget_exhausted" when a PSD2 account's daily access budget is used up,
@@ -102,3 +102,12 @@ class PacedSource(Protocol):
 
         None: never, until the source is rebuilt from a reloaded config (access revoked).
         """
+
+
+@runtime_checkable
+class SharesKnown(Protocol):
+    """A source whose parse can take the objects of balances already known instead of equal new ones
+    (memory only: the values, and so the results, are the same)."""
+
+    def share_known(self, known: Callable[[BalanceKey], KnownBalance | None]) -> None:
+        """`known`: the last known balance of a key (the state store's look-up), or None."""

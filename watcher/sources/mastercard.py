@@ -15,7 +15,7 @@ from urllib.parse import quote
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from rules.types import Observation
+from rules.types import BalanceKey, KnownBalance, Observation
 from watcher.config import MastercardSendConfig
 from watcher.signing import authorization_header
 from watcher.sources import transport
@@ -127,6 +127,11 @@ class MastercardSendSource:
         return await loop.run_in_executor(
             self._sign_pool, authorization_header, url, "GET", consumer_key, self._key
         )
+
+    def share_known(self, known: Callable[[BalanceKey], KnownBalance | None]) -> None:
+        """A listing's unchanged accounts take the known Balance and description objects (see
+        ListingKeys): the poller hands over the state store's look-up."""
+        self._listing_keys.known = known
 
     def next_allowed(self, target: str, now: datetime) -> datetime | None:
         """`now`, or when the circuit breaker lets calls through again."""

@@ -9,12 +9,12 @@ before the next is read; a JSON body of another shape than the plain listing is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from xml.etree.ElementTree import Element
 
-from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey, Observation
+from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey, KnownBalance, Observation
 from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.json_listing import JsonListing, NotStreamable
 from watcher.sources.provider_errors import read_mastercard_error
@@ -47,12 +47,19 @@ class ListingKeys:
     """A source's keys of its latest listing, by token. The next listing's observations take these keys
     (and their token strings) instead of 100,000 new ones: the state store holds them already, so a
     listing costs that much less memory while it is evaluated, and a look-up of a key finds the very
-    object. Only the latest listing's keys are kept; a listing that fails to parse changes nothing."""
+    object. Only the latest listing's keys are kept; a listing that fails to parse changes nothing.
 
-    __slots__ = ("latest",)
+    `known`, when set (the poller sets the state store's look-up), gives the last known balance of a
+    key: an account whose amount (to its last digit and exponent), currency, state and description are
+    those already known takes the known Balance and description objects instead of new ones, so that
+    the steady listing of 100,000 accounts, nearly all unchanged, holds no second copy of them while it
+    is evaluated. The values are equal either way: only which objects hold them differs."""
+
+    __slots__ = ("known", "latest")
 
     def __init__(self) -> None:
         self.latest: dict[str, BalanceKey] = {}
+        self.known: Callable[[BalanceKey], KnownBalance | None] | None = None
 
 
 class _Seen:
@@ -64,7 +71,7 @@ class _Seen:
     tuple per creation date: 100,000 observations (and the known balances made of them) then share a
     handful of them instead of holding a copy each."""
 
-    __slots__ = ("currencies", "extras", "keys", "previous", "stamps", "texts")
+    __slots__ = ("currencies", "extras", "keys", "known", "previous", "stamps", "texts")
 
     def __init__(self, keys: ListingKeys | None = None) -> None:
         self.stamps: dict[str, datetime | None] = {}
@@ -74,6 +81,17 @@ class _Seen:
         # The keys of the source's previous listing, and of this one (None: not a listing, none kept).
         self.previous: dict[str, BalanceKey] = keys.latest if keys is not None else {}
         self.keys: dict[str, BalanceKey] | None = {} if keys is not None else None
+        self.known = keys.known if keys is not None else None
+
+    def known_of(self, source: str, token: str) -> KnownBalance | None:
+        """The last known balance of the previous listing's key of `token`, if there is one."""
+        known = self.known
+        if known is None:
+            return None
+        key = self.previous.get(token)
+        if key is None or key.source != source:
+            return None
+        return known(key)
 
     def key(self, source: str, token: str) -> BalanceKey:
         """The key of `token`: the one of the previous listing when there is one."""
@@ -144,13 +162,33 @@ def _account(
     stamp_text = seen.text(stamp) if isinstance(stamp, str) else None if stamp is None else show(stamp)
     created = raw.get("created_date")
     description = raw.get("account_description")
+    if not isinstance(description, str):
+        description = None
+    # The objects already known when they hold the very same values (see ListingKeys).
+    known = seen.known_of(source, token)
+    shared: Balance | None = None
+    if known is not None:
+        last = known.balance
+        if (
+            last.state == state
+            and last.currency == currency
+            and last.balance_type is None
+            and last.amount == amount
+            and last.amount.same_quantum(amount)
+            and last.amount.is_signed() == amount.is_signed()
+        ):
+            shared = last
+        if description is not None and description == known.description:
+            description = known.description
+    if description is not None and (known is None or description is not known.description):
+        description = seen.text(description)  # one string for the accounts that share a description
     return Observation(
         key=seen.key(source, token),
         provider=PROVIDER,
-        balance=Balance(amount=amount, currency=currency, state=state),
+        balance=shared if shared is not None else Balance(amount=amount, currency=currency, state=state),
         observed_at=observed_at,
         correlation_id=correlation_id,
-        description=description if isinstance(description, str) else None,
+        description=description,
         provider_timestamp=seen.timestamp(stamp_text) if stamp_text is not None else None,
         # Kept even when invalid: a documented sample has a time with 80 seconds.
         provider_timestamp_text=stamp_text,
