@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 
 from rules.annotations import render_annotations
 from rules.compiled import CompiledRules, compile_rules
@@ -163,6 +164,7 @@ def assess_poll(
     *,
     listed_of: ListedOf | None = None,
     active_alerts: Callable[[], Iterable[AlertState]] | None = None,
+    subject_of: Callable[[str], BalanceKey] | None = None,
 ) -> PollAssessment:
     """Take one call's outcome: update the freshness of its source and of each account it covered, and
     step their `stale` alerts (resolve on success; fire at once on a revocation; on other failures,
@@ -186,6 +188,10 @@ def assess_poll(
     the source's record with `last_listing_at`, exact; a record only for the accounts that were not
     listed (new, failing before, or answered by single calls) and, unlisted with the time of the
     previous listing, for those that dropped out of it. An account listed again costs nothing.
+
+    `subject_of`, given, makes the subject key of an account of the call: an object equal to
+    `subject_key(source, account)` (the caller's own key of that account, so that 100,000 new records
+    do not each hold a key of their own).
     """
     compiled = compile_rules(rules)
     at = outcome.at
@@ -197,12 +203,13 @@ def assess_poll(
     as_listing = ok and outcome.listing and listed_of is not None and active_alerts is not None
     records: list[Freshness] = []
     subjects = [subject_key(source)]
+    make_subject = subject_of if subject_of is not None else partial(subject_key, source)
     answered = dict.fromkeys(outcome.accounts)
     listed_before: Collection[str] = ()
     if as_listing:
         assert listed_of is not None
         listed_before = listed_of(source)
-        subjects += [subject_key(source, account) for account in answered if account not in listed_before]
+        subjects += [make_subject(account) for account in answered if account not in listed_before]
         previous_listing = last_listing(freshness_of, source)
         for account in listed_before:
             if account not in answered:  # dropped out of the listing: it last answered in the previous one
@@ -210,7 +217,7 @@ def assess_poll(
                 if dropped is not None and dropped.listed:
                     records.append(replace(resolve_listed(dropped, previous_listing), listed=False))
     else:
-        subjects += [subject_key(source, account) for account in answered]
+        subjects += [make_subject(account) for account in answered]
     stepped: list[tuple[Rule, AlertState | None, AlertState]] = []
     for subject in subjects:
         previous = stored(subject)

@@ -348,3 +348,43 @@ async def test_a_source_that_shares_known_objects_is_given_the_stores_look_up(tm
     assert callable(replacement.known)
     assert replacement.known(key) is store.known(key)
     await store.close()
+
+
+class TwoAccountListing:
+    """A partner-wide listing of two accounts (one call, target "*")."""
+
+    name = "mc"
+    provider = "mastercard-send"
+    max_concurrency = 1
+
+    def targets(self) -> Sequence[str]:
+        return ["*"]
+
+    async def fetch(self, target: str) -> FetchResult:
+        observations = tuple(
+            Observation(
+                key=BalanceKey(self.name, account), provider=self.provider,
+                balance=Balance(Decimal("9000.00"), "GBP", "IN_CREDIT"), observed_at=T0, correlation_id="c",
+            )
+            for account in ("a", "b")
+        )
+        return FetchResult(self.name, target, "ok", "c", observations=observations, http_status=200)
+
+
+async def test_a_listings_freshness_records_hold_its_observations_keys(tmp_path: Path) -> None:
+    """With stale rules, the freshness records of a first listing's accounts hold the very key objects
+    of its observations (and of the stored balances), not keys of their own."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    rules = parse_rules({"rules": [{"name": "quiet", "kind": "stale", "after": "1h"}]}, "test.toml")
+    poller = Poller(TwoAccountListing(), store, OutboxDelivery(store, wake=lambda: None), RulesHolder(rules),
+                    clock=lambda: T0)
+    await poller.poll_round()
+    keys = {key.account: key for key in store.known_view()}
+    assert set(keys) == {"a", "b"}
+    for account, key in keys.items():
+        record = store.freshness(BalanceKey("mc", account))
+        assert record is not None
+        assert record.listed
+        assert record.subject is key
+    await store.close()

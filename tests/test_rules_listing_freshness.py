@@ -229,3 +229,21 @@ def test_listing_freshness_equals_exact_per_account_records(script: list[Step]) 
             states = polls.alerts.get(key(account), {})
             is_firing = any(s.status == "firing" for s in states.values())
             assert is_firing == firing.get(account, False), (account, minutes)
+
+
+def test_records_take_the_subject_keys_the_caller_gives() -> None:
+    """With `subject_of`, the records of a listing's accounts (and of single calls) hold the caller's own
+    key objects; the records and transitions are equal to those made without it."""
+    own = {account: BalanceKey(SOURCE, account) for account in ("a", "b")}
+    for as_listing in (True, False):
+        outcome = PollOutcome(SOURCE, at(0), ("a", "b"), True, None, False, listing=as_listing)
+        rules = compile_rules([stale()])
+        kwargs = {"listed_of": lambda source: (), "active_alerts": list} if as_listing else {}
+        plain = assess_poll(outcome, rules, {}.get, {}.get, **kwargs)  # type: ignore[arg-type]
+        shared = assess_poll(
+            outcome, rules, {}.get, {}.get, subject_of=own.__getitem__, **kwargs  # type: ignore[arg-type]
+        )
+        assert shared == plain
+        records = {r.subject.account: r for r in shared.freshness}
+        assert records["a"].subject is own["a"]
+        assert records["b"].subject is own["b"]

@@ -192,6 +192,26 @@ class Poller:
             listing=result.target == WHOLE_SOURCE,
         )
 
+    def _subjects(self, result: FetchResult) -> Callable[[str], BalanceKey]:
+        """The subject key of an account of `result`: its observations' own key object when that key is
+        the account's subject key (one balance per account, as Mastercard's), else a new one. Made only
+        when asked (a first listing asks for every account; a steady one for none)."""
+        source = self.source.name
+        by_account: dict[str, BalanceKey] | None = None
+
+        def subject(account: str) -> BalanceKey:
+            nonlocal by_account
+            if by_account is None:
+                by_account = {
+                    o.key.account: o.key
+                    for o in result.observations
+                    if o.key.balance_type == "" and o.key.source == source
+                }
+            found = by_account.get(account)
+            return found if found is not None else subject_key(source, account)
+
+        return subject
+
     def _description(self, key: BalanceKey) -> str | None:
         known = self._store.known(key)
         return known.description if known is not None else None
@@ -418,6 +438,7 @@ class Poller:
             stale = assess_poll(
                 self._poll_outcome(result), rules, store.freshness, alerts_of,
                 listed_of=store.listed_accounts, active_alerts=store.active_alerts,
+                subject_of=self._subjects(result),
             )
             freshness = stale.freshness
             alerts.extend(stale.alerts)
