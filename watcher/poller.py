@@ -172,18 +172,30 @@ class Poller:
         if isinstance(source, SharesKnown):
             source.share_known(self._store.known)
 
-    def _poll_outcome(self, result: FetchResult) -> PollOutcome:
-        """The call as the staleness rules see it: which accounts it covered, and how it went."""
+    def _poll_outcome(self, result: FetchResult) -> tuple[PollOutcome, Callable[[str], BalanceKey]]:
+        """The call as the staleness rules see it: which accounts it covered, and how it went; and the
+        subject key of each of those accounts: its observations' own key object when that key is the
+        account's subject key (one balance per account, as Mastercard's), so that the freshness records
+        of a first listing of 100,000 accounts hold no keys of their own."""
+        source = self.source.name
+        keys: dict[str, BalanceKey] = {}
         if result.target != WHOLE_SOURCE:
             accounts: tuple[str, ...] = (result.target,)
         elif result.outcome == "ok":
-            accounts = tuple(dict.fromkeys(o.key.account for o in result.observations))
+            for o in result.observations:
+                keys.setdefault(o.key.account, o.key)
+            accounts = tuple(keys)
         else:  # a failed listing leaves every account of the source unanswered
-            accounts = tuple(
-                dict.fromkeys(k.account for k in self._store.all_known() if k.source == self.source.name)
-            )
-        return PollOutcome(
-            source=self.source.name,
+            accounts = tuple(dict.fromkeys(k.account for k in self._store.all_known() if k.source == source))
+
+        def subject(account: str) -> BalanceKey:
+            found = keys.get(account)
+            if found is not None and found.balance_type == "" and found.source == source:
+                return found
+            return subject_key(source, account)
+
+        outcome = PollOutcome(
+            source=source,
             at=self._clock(),
             accounts=accounts,
             ok=result.outcome == "ok",
@@ -191,26 +203,7 @@ class Poller:
             access_revoked=result.access_revoked or result.outcome == "access_revoked",
             listing=result.target == WHOLE_SOURCE,
         )
-
-    def _subjects(self, result: FetchResult) -> Callable[[str], BalanceKey]:
-        """The subject key of an account of `result`: its observations' own key object when that key is
-        the account's subject key (one balance per account, as Mastercard's), else a new one. Made only
-        when asked (a first listing asks for every account; a steady one for none)."""
-        source = self.source.name
-        by_account: dict[str, BalanceKey] | None = None
-
-        def subject(account: str) -> BalanceKey:
-            nonlocal by_account
-            if by_account is None:
-                by_account = {
-                    o.key.account: o.key
-                    for o in result.observations
-                    if o.key.balance_type == "" and o.key.source == source
-                }
-            found = by_account.get(account)
-            return found if found is not None else subject_key(source, account)
-
-        return subject
+        return outcome, subject
 
     def _description(self, key: BalanceKey) -> str | None:
         known = self._store.known(key)
@@ -435,10 +428,10 @@ class Poller:
                 events.extend(events_of(assessment))
         freshness: tuple[Freshness, ...] = ()
         if staleness and rules.has_stale_rules:
+            outcome, subject_of = self._poll_outcome(result)
             stale = assess_poll(
-                self._poll_outcome(result), rules, store.freshness, alerts_of,
-                listed_of=store.listed_accounts, active_alerts=store.active_alerts,
-                subject_of=self._subjects(result),
+                outcome, rules, store.freshness, alerts_of,
+                listed_of=store.listed_accounts, active_alerts=store.active_alerts, subject_of=subject_of,
             )
             freshness = stale.freshness
             alerts.extend(stale.alerts)

@@ -180,8 +180,6 @@ def _account(
             shared = last
         if description is not None and description == known.description:
             description = known.description
-    if description is not None and (known is None or description is not known.description):
-        description = seen.text(description)  # one string for the accounts that share a description
     return Observation(
         key=seen.key(source, token),
         provider=PROVIDER,
