@@ -488,7 +488,8 @@ class StateStore:
         # A later update of the same row wins, as it did in memory.
         balances: dict[BalanceKey, KnownBalance] = {}
         alerts: dict[str, AlertState] = {}
-        freshness: dict[tuple[str, str], Freshness] = {}
+        # By subject (its key is (source, account): no new tuple per record of a first listing).
+        freshness: dict[BalanceKey, Freshness] = {}
         seq = first_seq
         # The events of a batch share most of their headers (source, type, time, correlation id of one
         # listing): one (name, value) pair each, not one per event held by the relay's memory.
@@ -510,7 +511,7 @@ class StateStore:
             for alert in update.alerts:
                 alerts[alert.fingerprint] = alert
             for fresh in update.freshness:
-                freshness[(fresh.subject.source, fresh.subject.account)] = fresh
+                freshness[fresh.subject] = fresh
         db = self._require()
         with _transaction(db):
             if delete_through:
