@@ -72,7 +72,7 @@ class Balance:
 
     def same_as(self, other: Balance) -> bool:
         """True when amount, currency and state are equal; 1000 and 1000.00 are the same money."""
-        return (
+        return self is other or (
             self.amount == other.amount
             and self.currency == other.currency
             and self.state == other.state

@@ -164,18 +164,19 @@ def _account(
     description = raw.get("account_description")
     if not isinstance(description, str):
         description = None
-    # The objects already known when they hold the very same values (see ListingKeys).
-    known = seen.known_of(source, token)
+    # The objects already known when they hold the very same values (see ListingKeys): the same amount
+    # to its exponent (100.0 is not 100.00) and sign (-0 is not 0), currency and state.
+    known = seen.known_of(source, token) if seen.known is not None else None
     shared: Balance | None = None
     if known is not None:
         last = known.balance
         if (
-            last.state == state
+            last.amount == amount
+            and last.amount.same_quantum(amount)
+            and (amount or last.amount.is_signed() == amount.is_signed())
+            and last.state == state
             and last.currency == currency
             and last.balance_type is None
-            and last.amount == amount
-            and last.amount.same_quantum(amount)
-            and last.amount.is_signed() == amount.is_signed()
         ):
             shared = last
         if description is not None and description == known.description:

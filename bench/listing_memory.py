@@ -1,0 +1,207 @@
+"""The listing's memory, in process: peak RSS (VmHWM) of each round of a partner-wide listing.
+
+    .venv/bin/python bench/listing_memory.py [--format json|xml] [--accounts 100000] [--rounds 4] [--trace]
+
+No broker, no sandbox process, no HTTP: the real state store (SQLite, in a temporary folder), the real
+poller and rules (rules.example.toml), the real parser of the Mastercard source on a body the sandbox's
+renderer made, and an outbox relay whose "Kafka" acknowledges each batch after --ack-delay seconds.
+Round 1 is first sight; before each later round, every 100th account's amount moves (1 % changed).
+
+The body is made once (in a child process, so that the sandbox's world does not stay in this one's
+heap) and kept as a bytearray; each fetch copies it into a new bytes object, as a read does. So RSS
+here is the daemon's plus that one body (the bytearray), ~35 MiB for JSON, and minus what the daemon
+has besides (aiohttp, aiokafka, the alert clock). The peak of each round is measured alone: VmHWM is
+reset before it (/proc/self/clear_refs). `--trace` adds tracemalloc (slow): traced memory at the end of
+each round and its peak, and the largest allocation sites still alive at the end of the round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import structlog  # noqa: E402
+
+from rules.loader import load_rule_files  # noqa: E402
+from watcher.poller import OutboxDelivery, Poller, RulesHolder  # noqa: E402
+from watcher.relay import OutboxRelay  # noqa: E402
+from watcher.sources.base import FetchResult  # noqa: E402
+from watcher.sources.mastercard_parse import ListingKeys, parse_mastercard_json, parse_mastercard_xml  # noqa: E402
+from watcher.store import OutboxEntry, StateStore  # noqa: E402
+
+WORK = ROOT / "bench" / ".work"
+
+
+def status() -> dict[str, float]:
+    """VmHWM and VmRSS of this process, in MiB."""
+    out: dict[str, float] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                name, value = line.split(":", 1)
+                out[name] = int(value.split()[0]) / 1024
+    return out
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def make_body(fmt: str, accounts: int) -> tuple[Path, Path]:
+    """The sandbox's rendering of a listing of `accounts` accounts, and every 100th token (cached)."""
+    body = WORK / f"listing-{fmt}-{accounts}.body"
+    tokens = body.with_suffix(".tokens")
+    if not body.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        script = f"""
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from watcher.sandbox.mastercard import render_{fmt}, view_of
+from watcher.sandbox.world import World
+world = World(seed=7, accounts_per_partner={accounts}, mypos_accounts=0, tick_seconds=0, clock=time.monotonic,
+              wall_clock=lambda: datetime.now(UTC), mypos_seed_body=b"")
+accounts = world.mastercard_accounts("bench")
+Path({str(body)!r}).write_bytes(render_{fmt}([view_of(a) for a in accounts], listing=True))
+Path({str(tokens)!r}).write_text("\\n".join(a.non_card_token for a in accounts[::100]))
+"""
+        subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+    return body, tokens
+
+
+class Body:
+    """The listing as the sandbox would answer it now; `move` changes 1 % of the amounts (the cents of
+    every 100th account, in place: the body keeps its length)."""
+
+    def __init__(self, fmt: str, accounts: int) -> None:
+        path, tokens = make_body(fmt, accounts)
+        self.buffer = bytearray(path.read_bytes())
+        number = re.compile(rb"[0-9][0-9.]*")
+        self.cents: list[tuple[int, int]] = []
+        for token in tokens.read_text().split("\n"):
+            at = self.buffer.index(b"amount", self.buffer.index(token.encode()))
+            found = number.search(self.buffer, at)
+            assert found is not None
+            self.cents.append((found.end() - 2, found.end()))
+
+    def move(self, round_no: int) -> None:
+        for start, end in self.cents:
+            self.buffer[start:end] = b"%02d" % ((int(self.buffer[start:end]) + 1 + round_no) % 100)
+
+
+class Source:
+    """The Mastercard listing's parse on the body, as MastercardSendSource.fetch does it after the read."""
+
+    name = "mc-list"
+    provider = "mastercard-send"
+    max_concurrency = 1
+
+    def __init__(self, body: Body, fmt: str) -> None:
+        self._body = body
+        self._parse = parse_mastercard_json if fmt == "json" else parse_mastercard_xml
+        self._keys = ListingKeys()
+
+    def targets(self) -> Sequence[str]:
+        return ("*",)
+
+    def share_known(self, known: object) -> None:
+        if hasattr(self._keys, "known"):
+            self._keys.known = known  # type: ignore[assignment]
+
+    async def fetch(self, target: str) -> FetchResult:
+        started = time.monotonic()
+        body = bytes(self._body.buffer)  # a new body, as a read makes
+        parsed = self._parse(
+            body, source=self.name, observed_at=datetime.now(UTC), correlation_id="corr", keys=self._keys
+        )
+        del body
+        return FetchResult(self.name, target, "ok", "corr", observations=parsed.observations,
+                           rejected=parsed.rejected, http_status=200, duration_s=time.monotonic() - started)
+
+
+class Kafka:
+    """Acknowledges every batch after a delay."""
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+
+    async def append(self, entries: Sequence[OutboxEntry]) -> asyncio.Future[None]:
+        return asyncio.ensure_future(asyncio.sleep(self._delay))
+
+
+async def run(args: argparse.Namespace) -> None:
+    body = Body(args.format, args.accounts)
+    folder = Path(tempfile.mkdtemp(prefix="listing-memory-", dir=WORK))
+    store = StateStore(folder / "state.db", outbox_limit=10_000_000)
+    await store.open()
+    relay = OutboxRelay(store, Kafka(args.ack_delay), batch_size=1000)  # type: ignore[arg-type]
+    relay_task = asyncio.create_task(relay.run())
+    rules = load_rule_files([ROOT / "rules.example.toml"])
+    poller = Poller(Source(body, args.format), store, OutboxDelivery(store, relay.wake),  # type: ignore[arg-type]
+                    RulesHolder(rules.rules), lambda: datetime.now(UTC))
+    gc.collect()
+    print(f"before round 1: RSS {status()['VmRSS']:.1f} MiB (the body's bytearray "
+          f"{len(body.buffer) / 2**20:.1f} MiB of it)")
+    if args.trace:
+        tracemalloc.start()
+    for round_no in range(1, args.rounds + 1):
+        if round_no > 1:
+            body.move(round_no)
+        gc.collect()
+        reset_peak()
+        if args.trace:
+            tracemalloc.reset_peak()
+        wall, cpu = time.monotonic(), time.process_time()
+        summary = await poller.poll_round()
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        while store.outbox_depth:  # every event acknowledged, as the listing bench waits for  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await store.flush()
+        now = status()
+        print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events; "
+              f"peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB")
+        if args.trace:
+            current, peak = tracemalloc.get_traced_memory()
+            print(f"  traced: {current / 2**20:.1f} MiB alive, peak {peak / 2**20:.1f} MiB")
+            for stat in tracemalloc.take_snapshot().statistics("lineno")[:12]:
+                frame = stat.traceback[0]
+                print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d}  {frame.filename}:{frame.lineno}")
+    relay.stop()
+    relay.wake()
+    relay_task.cancel()
+    await store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--format", choices=["json", "xml"], default="json")
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--ack-delay", type=float, default=0.05)
+    parser.add_argument("--trace", action="store_true")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
