@@ -1048,12 +1048,12 @@ def _accounts_body(parse: Any, accounts: list[tuple[str, str, str, str]]) -> byt
              "balance": {"amount": amount, "currency": "GBP", "state": state}}
             for token, amount, state, description in accounts
         ])
+    # The documented layout: after the first account, each is read by the direct path.
     entries = "".join(
-        f"<account_balance><non_card_token>{token}</non_card_token>"
-        f"<account_description>{description}</account_description><created_date>2026-01-01</created_date>"
-        "<balance_timestamp>2026-11-22T04:25:14Z</balance_timestamp>"
+        f"<account_balance><account_description>{description}</account_description>"
         f"<balance><amount>{amount}</amount><currency>GBP</currency><state>{state}</state></balance>"
-        "</account_balance>"
+        "<balance_timestamp>2026-11-22T04:25:14Z</balance_timestamp><created_date>2026-01-01</created_date>"
+        f"<non_card_token>{token}</non_card_token></account_balance>"
         for token, amount, state, description in accounts
     )
     return f"<account-balances>{entries}</account-balances>".encode()
@@ -1093,6 +1093,12 @@ def test_unchanged_accounts_take_the_known_objects(parse: Any) -> None:
     assert by_token["t4"].balance is was["t4"].balance
     assert by_token["t4"].description == "Renamed"
     assert by_token["t5"].description == "Main"
+    if parse is parse_mastercard_xml:  # the direct path (every account but the first) shares as the general one
+        direct, taken = _xml_read(second_body, direct=True, keys=keys)
+        assert taken == 4
+        assert direct == _xml_read(second_body, direct=False, keys=keys)[0]
+        again = parse(second_body, keys=keys, **KW)
+        assert [o.balance for o in again.observations][3] is by_token["t4"].balance
 
 
 def test_known_balances_of_another_source_are_not_looked_up() -> None:

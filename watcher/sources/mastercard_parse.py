@@ -121,6 +121,21 @@ class _Seen:
             return made
 
 
+def _known_balance(last: Balance, amount: Decimal, currency: str, state: str) -> Balance | None:
+    """`last` when it holds the very values read: the same amount to its exponent (100.0 is not 100.00)
+    and sign (-0 is not 0), the same currency and state; else None."""
+    if (
+        last.amount == amount
+        and last.amount.same_quantum(amount)
+        and (amount or last.amount.is_signed() == amount.is_signed())
+        and last.state == state
+        and last.currency == currency
+        and last.balance_type is None
+    ):
+        return last
+    return None
+
+
 def _account(
     raw: object, path: str, *, source: str, observed_at: datetime, correlation_id: str, seen: _Seen
 ) -> Observation:
@@ -164,21 +179,11 @@ def _account(
     description = raw.get("account_description")
     if not isinstance(description, str):
         description = None
-    # The objects already known when they hold the very same values (see ListingKeys): the same amount
-    # to its exponent (100.0 is not 100.00) and sign (-0 is not 0), currency and state.
+    # The objects already known when they hold the very same values (see ListingKeys).
     known = seen.known_of(source, token) if seen.known is not None else None
     shared: Balance | None = None
     if known is not None:
-        last = known.balance
-        if (
-            last.amount == amount
-            and last.amount.same_quantum(amount)
-            and (amount or last.amount.is_signed() == amount.is_signed())
-            and last.state == state
-            and last.currency == currency
-            and last.balance_type is None
-        ):
-            shared = last
+        shared = _known_balance(known.balance, amount, currency, state)
         if description is not None and description == known.description:
             description = known.description
     return Observation(
@@ -449,16 +454,24 @@ def _plain_xml_account(
     extra = seen.extras.get(created)
     if extra is None:
         extra = seen.extra(created)
+    amount = Decimal(amount_text)
+    shared: Balance | None = None
     key = seen.previous.get(token)
     if key is None or key.source != source:
         key = BalanceKey(source, token, "")
+    elif seen.known is not None:  # the objects already known, as _account takes them (see ListingKeys)
+        known = seen.known(key)
+        if known is not None:
+            shared = _known_balance(known.balance, amount, currency, state)
+            if description == known.description and known.description is not None:
+                description = known.description
     if seen.keys is not None:
         seen.keys[key.account] = key
     # Positional, in the dataclasses' field order: faster than keywords; the tests compare every field
     # with the observations _account builds by keyword.
     return Observation(
-        key, PROVIDER, Balance(Decimal(amount_text), currency, state), observed_at, correlation_id,
-        description, stamp, stamp_text, extra,
+        key, PROVIDER, shared if shared is not None else Balance(amount, currency, state), observed_at,
+        correlation_id, description, stamp, stamp_text, extra,
     )
 
 
