@@ -1093,7 +1093,7 @@ def test_unchanged_accounts_take_the_known_objects(parse: Any) -> None:
     assert by_token["t4"].balance is was["t4"].balance
     assert by_token["t4"].description == "Renamed"
     assert by_token["t5"].description == "Main"
-    if parse is parse_mastercard_xml:  # the direct path (every account but the first) shares as the general one
+    if parse is parse_mastercard_xml:  # the direct path (all accounts but the first) shares as the general
         direct, taken = _xml_read(second_body, direct=True, keys=keys)
         assert taken == 4
         assert direct == _xml_read(second_body, direct=False, keys=keys)[0]
