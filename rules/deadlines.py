@@ -9,8 +9,7 @@ one key; `TickSchedule` keeps them for every key, with the keys whose states or 
 (which are due at once), and says which keys a tick must visit.
 
 A key's alerts may also depend on another key's: an alert withheld by a suppressor that fires source-wide
-waits for that source's key to change. `TickSchedule` visits such keys again whenever their source's key
-changes.
+waits for that source's own alerts to change. `TickSchedule` visits such keys again whenever they do.
 """
 
 from __future__ import annotations
@@ -123,6 +122,7 @@ class TickSchedule:
         self._rules: CompiledRules | None = None
         self._everything = True
         self._touched: set[BalanceKey] = set()
+        self._suppressing: set[str] = set()
         # POSIX seconds: a float per key is the smallest thing to keep for 100,000 of them.
         self._due: dict[BalanceKey, float] = {}
         self._listings: dict[str, float] = {}
@@ -133,9 +133,11 @@ class TickSchedule:
         """How many keys have a moment scheduled."""
         return len(self._due)
 
-    def touch(self, keys: Iterable[BalanceKey]) -> None:
-        """These keys' alert states or freshness changed: due at the next tick."""
+    def touch(self, keys: Iterable[BalanceKey], suppressing: Iterable[str] = ()) -> None:
+        """These keys' alert states or freshness changed: due at the next tick; and the source-wide alert
+        states of the `suppressing` sources changed: their keys with a withheld alert are due too."""
         self._touched.update(keys)
+        self._suppressing.update(suppressing)
 
     def touch_all(self) -> None:
         """Anything may have changed: the next tick visits every key."""
@@ -149,6 +151,7 @@ class TickSchedule:
             self._rules = rules
             self._everything = False
             self._touched.clear()
+            self._suppressing.clear()
             self._due.clear()
             self._listings.clear()
             self._waiting.clear()
@@ -157,10 +160,12 @@ class TickSchedule:
         keys = self._touched
         self._touched = set()
         keys.update(key for key, when in self._due.items() if when <= moment)
+        for source in self._suppressing:
+            keys.update(self._waiting.get(source, ()))
+        self._suppressing = set()
         sources = {source for source, when in self._listings.items() if when <= moment}
-        for key in [key for key in keys if key.account == WHOLE_SOURCE]:
-            keys.update(self._waiting.get(key.source, ()))
-            sources.add(key.source)  # its listing may have changed: the tick walks it if it is late
+        # A source's record may have changed: the tick walks its listed accounts if its listing is late.
+        sources.update(key.source for key in keys if key.account == WHOLE_SOURCE)
         keys.update(subject_key(source) for source in sources)
         return keys, sources
 

@@ -211,7 +211,8 @@ class World:
         for state in states:
             self.alerts.setdefault(state.key, {})[state.fingerprint] = state
         if self.schedule is not None:
-            self.schedule.touch([r.subject for r in records] + [s.key for s in states])
+            sources = [s.key.source for s in states if s.key.account == "*"]
+            self.schedule.touch([r.subject for r in records] + [s.key for s in states], sources)
 
     def listed_of(self, source: str) -> set[str]:
         return {k.account for k, f in self.freshness.items() if f.listed and k.source == source}

@@ -115,7 +115,8 @@ class AlertClock:
         if touched is None:
             self._schedule.touch_all()
         else:
-            self._schedule.touch(touched - settled if settled else touched)
+            keys, sources = touched
+            self._schedule.touch(keys - settled if settled else keys, sources)
 
     def _state_of(self, name: str, key: BalanceKey) -> AlertState | None:
         for state in self._c.store.alerts_view(key).values():

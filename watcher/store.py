@@ -37,7 +37,15 @@ from typing import Any
 
 import structlog
 
-from rules.types import ACTIVE_STATUSES, AlertState, Balance, BalanceKey, Freshness, KnownBalance
+from rules.types import (
+    ACTIVE_STATUSES,
+    WHOLE_SOURCE,
+    AlertState,
+    Balance,
+    BalanceKey,
+    Freshness,
+    KnownBalance,
+)
 from watcher.events import Event
 from watcher.store_schema import (
     SCHEMA,
@@ -177,6 +185,7 @@ class StateStore:
         self._unlisted: dict[BalanceKey, Freshness] = {}
         # Keys whose alerts or freshness changed since the alert clock last asked (None: every key).
         self._touched: set[BalanceKey] | None = None
+        self._touched_sources: set[str] = set()  # sources whose own (source-wide) alerts changed
         # The group commit: staged updates waiting for the writer, and the batch it is writing.
         self._queue: list[StagedCommit] = []
         self._writing: list[StagedCommit] = []
@@ -300,6 +309,8 @@ class StateStore:
         """Put a stored alert state in the index of active ones, or take it out."""
         if self._touched is not None:
             self._touched.add(alert.key)
+            if alert.key.account == WHOLE_SOURCE:
+                self._touched_sources.add(alert.key.source)
         if alert.status in ACTIVE_STATUSES:
             self._active[(alert.key, alert.fingerprint)] = alert
         else:
@@ -366,11 +377,13 @@ class StateStore:
         """The freshness records that are not `listed` (the sources' own among them)."""
         return list(self._unlisted.values())
 
-    def take_touched(self) -> set[BalanceKey] | None:
-        """The keys whose alert states or freshness record changed since the last call (None: any may
-        have, as after memory was reloaded); for the alert clock, which visits only what changed or is due."""
-        touched, self._touched = self._touched, set()
-        return touched
+    def take_touched(self) -> tuple[set[BalanceKey], set[str]] | None:
+        """For the alert clock, which visits only what changed or is due: the keys whose alert states or
+        freshness record changed since the last call, and the sources whose own (source-wide) alert
+        states did; None when any may have (memory was reloaded)."""
+        touched, sources = self._touched, self._touched_sources
+        self._touched, self._touched_sources = set(), set()
+        return None if touched is None else (touched, sources)
 
     def active_alerts(self) -> list[AlertState]:
         """The pending and firing alert states."""
