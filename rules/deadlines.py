@@ -123,6 +123,7 @@ class TickSchedule:
         self._everything = True
         self._touched: set[BalanceKey] = set()
         self._suppressing: set[str] = set()
+        self._walk: set[str] = set()  # sources whose record changed: their listings are walked if late
         # POSIX seconds: a float per key is the smallest thing to keep for 100,000 of them.
         self._due: dict[BalanceKey, float] = {}
         self._listings: dict[str, float] = {}
@@ -143,15 +144,33 @@ class TickSchedule:
         """Anything may have changed: the next tick visits every key."""
         self._everything = True
 
+    def take_changed(self, rules: CompiledRules) -> set[BalanceKey] | None:
+        """The keys that changed since last asked (with those withheld by a source-wide suppressor whose
+        source's alerts changed), to `settle` as they are now before `due` is asked: a key that changed
+        need be ticked only if that makes it due now. None: every key is to be visited (a start, a
+        reload), and `due` says so."""
+        if self._everything or rules is not self._rules:
+            return None
+        changed = self._touched
+        self._touched = set()
+        for source in self._suppressing:
+            changed.update(self._waiting.get(source, ()))
+        self._suppressing = set()
+        # A source's record may have changed: the tick walks its listed accounts if its listing is late.
+        self._walk.update(key.source for key in changed if key.account == WHOLE_SOURCE)
+        return changed
+
     def due(self, rules: CompiledRules, now: datetime) -> tuple[set[BalanceKey], set[str]] | None:
         """The keys the tick at `now` must visit, and the sources whose listed accounts it must walk;
-        None when it must visit every key and walk every listing. What is returned counts as taken:
-        `settle` each key once it is ticked."""
+        None when it must visit every key and walk every listing. Keys that changed and were not settled
+        (`take_changed`) are visited too. What is returned counts as taken: `settle` each key once it is
+        ticked."""
         if self._everything or rules is not self._rules:
             self._rules = rules
             self._everything = False
             self._touched.clear()
             self._suppressing.clear()
+            self._walk.clear()
             self._due.clear()
             self._listings.clear()
             self._waiting.clear()
@@ -159,11 +178,13 @@ class TickSchedule:
         moment = now.timestamp()
         keys = self._touched
         self._touched = set()
-        keys.update(key for key, when in self._due.items() if when <= moment)
         for source in self._suppressing:
             keys.update(self._waiting.get(source, ()))
         self._suppressing = set()
+        keys.update(key for key, when in self._due.items() if when <= moment)
         sources = {source for source, when in self._listings.items() if when <= moment}
+        sources.update(self._walk)
+        self._walk = set()
         # A source's record may have changed: the tick walks its listed accounts if its listing is late.
         sources.update(key.source for key in keys if key.account == WHOLE_SOURCE)
         keys.update(subject_key(source) for source in sources)

@@ -238,7 +238,14 @@ class World:
         return next((s for s in self.alerts.get(key, {}).values() if s.rule == name and s.active), None)
 
     def tick(self, now: datetime, size: int) -> list[AlertTransition]:
-        plan = None if self.schedule is None else self.schedule.due(RULES, now)
+        plan = None
+        if self.schedule is not None:
+            changed = self.schedule.take_changed(RULES)
+            resolved_now = resolving(self.freshness.get)
+            for key in changed or ():  # as the daemon does: rescheduled first, ticked only if due now
+                self.schedule.settle(key, self.alerts.get(key, {}).values(), resolved_now(key), now,
+                                     self.state_of)
+            plan = self.schedule.due(RULES, now)
         if plan is None:
             keys = {s.key for s in self.active()} | {k for k, f in self.freshness.items() if not f.listed}
             listed_of: object = self.listed_of

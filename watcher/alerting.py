@@ -55,6 +55,17 @@ class AlertClock:
         schedule = self._schedule
         async with self._c.lock:
             self._take_touched(set())
+            changed = schedule.take_changed(compiled)
+        if changed:  # rescheduled as they are now, a slice at a time; ticked below only if due now
+            ordered_changed = list(changed)
+            for start in range(0, len(ordered_changed), TICK_SLICE_KEYS):
+                async with self._c.lock:
+                    for key in ordered_changed[start : start + TICK_SLICE_KEYS]:
+                        schedule.settle(key, store.alerts_view(key).values(), self._resolving(key), now,
+                                        self._state_of)
+                await asyncio.sleep(0)
+        async with self._c.lock:
+            self._take_touched(set())
             plan = schedule.due(compiled, now)
             if plan is None:  # everything: every key with an active alert or a record of its own
                 keys = {state.key for state in store.active_alerts()}
