@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -17,7 +17,7 @@ from typing import overload
 from rules.conditions import History, Predicate, judge_of
 from rules.model import CONDITIONS, UNBOUNDED, Rule
 from rules.schedule import is_muted
-from rules.types import IN_DEBIT, WHOLE_SOURCE, AlertState, Balance, BalanceKey, subject_key
+from rules.types import ACTIVE_STATUSES, IN_DEBIT, WHOLE_SOURCE, AlertState, Balance, BalanceKey, subject_key
 
 # Past this many distinct keys a per-key cache starts over, so a churn of accounts cannot grow it forever.
 _KEY_CACHE_LIMIT = 500_000
@@ -142,6 +142,19 @@ class KeyWatch:
 StateLookup = Callable[[str, BalanceKey], AlertState | None]
 
 
+def active_state_lookup(stored: Callable[[BalanceKey], Mapping[str, AlertState]]) -> StateLookup:
+    """A StateLookup over `stored`, the look-up of all the states of one key by fingerprint (a store's
+    view): the pending or firing state of a rule on a key, or None."""
+
+    def lookup(name: str, key: BalanceKey) -> AlertState | None:
+        for state in stored(key).values():
+            if state.rule == name and state.key == key and state.status in ACTIVE_STATUSES:
+                return state
+        return None
+
+    return lookup
+
+
 def _suppression_cycle(rules: Sequence[Rule]) -> list[str] | None:
     """A cycle in the `suppresses` graph (each name suppressing the next), or None."""
     edges = {rule.name: rule.suppresses for rule in rules}
@@ -208,8 +221,8 @@ class CompiledRules(Sequence[Rule]):
         # What a firing alert may have to publish without a change of state: reminders, the end of a
         # mute window. (The end of a suppression comes with a change of the suppressor's state.)
         self._repeats = {rule.name: rule.repeat for rule in self._rules if rule.repeat is not None}
-        self._muted = frozenset(rule.name for rule in self._rules if rule.mute)
-        self.muted_names = self._muted  # rules whose alerts time may mute or unmute at any moment
+        # The rules whose alerts time may mute or unmute at any moment.
+        self.muted_names = frozenset(rule.name for rule in self._rules if rule.mute)
         windows = [rule.window for rule in self._rules if rule.kind == "drop" and rule.window is not None]
         self.history_window: timedelta | None = max(windows) if windows else None
         self._order = {rule.name: index for index, rule in enumerate(self._rules)}
@@ -332,7 +345,7 @@ class CompiledRules(Sequence[Rule]):
         at `at`: it is withheld, its rule has mute windows, or a reminder is due."""
         if not firing.published or firing.muted or firing.suppressed_by is not None:
             return True
-        if firing.rule in self._muted:
+        if firing.rule in self.muted_names:
             return True
         repeat = self._repeats.get(firing.rule)
         return repeat is not None and at - (firing.last_sent_at or firing.started_at) >= repeat

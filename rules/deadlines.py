@@ -130,10 +130,6 @@ class TickSchedule:
         # Keys with an alert withheld by a suppressor, by source: due again when the source's key changes.
         self._waiting: dict[str, set[BalanceKey]] = {}
 
-    def __len__(self) -> int:
-        """How many keys have a moment scheduled."""
-        return len(self._due)
-
     def touch(self, keys: Iterable[BalanceKey], suppressing: Iterable[str] = ()) -> None:
         """These keys' alert states or freshness changed: due at the next tick; and the source-wide alert
         states of the `suppressing` sources changed: their keys with a withheld alert are due too."""
@@ -151,6 +147,11 @@ class TickSchedule:
         reload), and `due` says so."""
         if self._everything or rules is not self._rules:
             return None
+        return self._take_touched()
+
+    def _take_touched(self) -> set[BalanceKey]:
+        """The keys touched since last taken, with those withheld by a suppressor whose source's alerts
+        changed; the sources among them are walked by the next tick (their records may have changed)."""
         changed = self._touched
         self._touched = set()
         for source in self._suppressing:
@@ -176,16 +177,12 @@ class TickSchedule:
             self._waiting.clear()
             return None
         moment = now.timestamp()
-        keys = self._touched
-        self._touched = set()
-        for source in self._suppressing:
-            keys.update(self._waiting.get(source, ()))
-        self._suppressing = set()
+        keys = self._take_touched()
         keys.update(key for key, when in self._due.items() if when <= moment)
         sources = {source for source, when in self._listings.items() if when <= moment}
         sources.update(self._walk)
         self._walk = set()
-        # A source's record may have changed: the tick walks its listed accounts if its listing is late.
+        # A source whose own moment came is walked too (the tick walks its listing only if it is late).
         sources.update(key.source for key in keys if key.account == WHOLE_SOURCE)
         keys.update(subject_key(source) for source in sources)
         return keys, sources

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from rules.annotations import render_annotations
-from rules.compiled import compile_rules
+from rules.compiled import active_state_lookup, compile_rules
 from rules.conditions import Reading
 from rules.lifecycle import AlertTransition, Settled, settle, step
 from rules.model import RULE_KINDS, SEVERITIES, Rule, RuleKind, Severity
@@ -160,15 +160,14 @@ def tick(
         return AlertUpdate()
     current.update({(after.rule, after.key): after for _, _, after in stepped})
 
+    stored_state_of = None if stored is None else active_state_lookup(stored)
+
     def state_of(name: str, key: BalanceKey) -> AlertState | None:
         found = current.get((name, key))
-        if found is not None or stored is None:
+        if found is not None or stored_state_of is None:
             return found
         # Not among the states given (a caller that ticks a slice of the keys at a time): as stored.
-        for state in stored(key).values():
-            if state.rule == name and state.key == key and state.status in ACTIVE_STATUSES:
-                return state
-        return None
+        return stored_state_of(name, key)
 
     def record_of(subject: BalanceKey) -> Freshness | None:
         # A due subject's record, else (a reminder of a stale alert whose subject is fresh again) the

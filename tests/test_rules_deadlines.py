@@ -12,7 +12,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.compiled import compile_rules, fingerprint
+from rules.compiled import active_state_lookup, compile_rules, fingerprint
 from rules.deadlines import TickSchedule, listing_due, next_due
 from rules.lifecycle import AlertTransition
 from rules.model import Rule
@@ -172,9 +172,7 @@ def test_nothing_changes_before_a_key_is_due(
     record, states, whole, now = subject
     by_key = {KEY: {s.fingerprint: s for s in states}, WHOLE: {s.fingerprint: s for s in whole}}
 
-    def state_of(name: str, key: BalanceKey) -> AlertState | None:
-        return next((s for s in by_key.get(key, {}).values() if s.rule == name and s.active), None)
-
+    state_of = active_state_lookup(lambda key: by_key.get(key, {}))
     due = next_due(RULES, KEY, states, record, now, state_of)
     if due is not None and due <= now:
         return  # due at once: nothing to check
@@ -235,7 +233,7 @@ class World:
         self._keep([], [state])
 
     def state_of(self, name: str, key: BalanceKey) -> AlertState | None:
-        return next((s for s in self.alerts.get(key, {}).values() if s.rule == name and s.active), None)
+        return active_state_lookup(lambda k: self.alerts.get(k, {}))(name, key)
 
     def tick(self, now: datetime, size: int) -> list[AlertTransition]:
         plan = None

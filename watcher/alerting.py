@@ -10,12 +10,12 @@ from datetime import datetime
 
 import structlog
 
-from rules.compiled import compile_rules
+from rules.compiled import active_state_lookup
 from rules.deadlines import TickSchedule
 from rules.model import Rule
 from rules.staleness import resolving
 from rules.timeline import AlertUpdate, reconcile, tick
-from rules.types import ACTIVE_STATUSES, WHOLE_SOURCE, AlertState, BalanceKey
+from rules.types import ACTIVE_STATUSES, WHOLE_SOURCE, BalanceKey
 from watcher.app import Components
 from watcher.events import Event, alert_event
 from watcher.store import OutboxFull, StateUpdate
@@ -36,6 +36,7 @@ class AlertClock:
         self._schedule = TickSchedule()
         self.last_visited = 0  # keys the latest tick visited (every key after a start or a reload)
         self._resolving = resolving(components.store.freshness)
+        self._state_of = active_state_lookup(components.store.alerts_view)
 
     async def tick(self) -> int:
         """Advance the alerts that are due to now; returns how many events it delivered.
@@ -50,23 +51,21 @@ class AlertClock:
         (their alerts may suppress their accounts' ones): the result is that of one tick over every key."""
         store = self._c.store
         rules = self._c.rules.rules  # one set of rules for the whole tick, even across a reload
-        compiled = compile_rules(rules)
         now = self._clock()
         schedule = self._schedule
         async with self._c.lock:
-            self._take_touched(set())
-            changed = schedule.take_changed(compiled)
+            self._take_touched()
+            changed = schedule.take_changed(rules)
         if changed:  # rescheduled as they are now, a slice at a time; ticked below only if due now
             ordered_changed = list(changed)
             for start in range(0, len(ordered_changed), TICK_SLICE_KEYS):
                 async with self._c.lock:
                     for key in ordered_changed[start : start + TICK_SLICE_KEYS]:
-                        schedule.settle(key, store.alerts_view(key).values(), self._resolving(key), now,
-                                        self._state_of)
+                        self._settle(key, now)
                 await asyncio.sleep(0)
         async with self._c.lock:
-            self._take_touched(set())
-            plan = schedule.due(compiled, now)
+            self._take_touched()
+            plan = schedule.due(rules, now)
             if plan is None:  # everything: every key with an active alert or a record of its own
                 keys = {state.key for state in store.active_alerts()}
                 keys.update(record.subject for record in store.unlisted_freshness())
@@ -115,11 +114,15 @@ class AlertClock:
         visited = set(keys)
         visited.update(state.key for state in update.alerts)
         for key in visited:
-            states_now = store.alerts_view(key).values()
-            self._schedule.settle(key, states_now, self._resolving(key), now, self._state_of)
+            self._settle(key, now)
         return staged, visited
 
-    def _take_touched(self, settled: set[BalanceKey]) -> None:
+    def _settle(self, key: BalanceKey, now: datetime) -> None:
+        """Schedule `key` from its states and record as they are now."""
+        store = self._c.store
+        self._schedule.settle(key, store.alerts_view(key).values(), self._resolving(key), now, self._state_of)
+
+    def _take_touched(self, settled: Collection[BalanceKey] = frozenset()) -> None:
         """Under the lock: the keys the store changed since last asked are due, except those just settled
         (ticked after the change)."""
         touched = self._c.store.take_touched()
@@ -127,13 +130,7 @@ class AlertClock:
             self._schedule.touch_all()
         else:
             keys, sources = touched
-            self._schedule.touch(keys - settled if settled else keys, sources)
-
-    def _state_of(self, name: str, key: BalanceKey) -> AlertState | None:
-        for state in self._c.store.alerts_view(key).values():
-            if state.rule == name and state.status in ACTIVE_STATUSES:
-                return state
-        return None
+            self._schedule.touch(keys.difference(settled) if settled else keys, sources)
 
     async def reconcile(self, old_rules: Sequence[Rule] = ()) -> int:
         """After a (re)load: resolve the alerts of rules that are gone; the others keep their state."""
