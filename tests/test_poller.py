@@ -372,8 +372,9 @@ class TwoAccountListing:
 
 
 async def test_a_listings_freshness_records_hold_its_observations_keys(tmp_path: Path) -> None:
-    """With stale rules, the freshness records of a first listing's accounts hold the very key objects
-    of its observations (and of the stored balances), not keys of their own."""
+    """With stale rules, the freshness records of a first listing's accounts are kept by the very account
+    strings of its observations' keys (and of the stored balances), not strings or keys of their own, and
+    read back as listed records of those subjects."""
     store = StateStore(tmp_path / "s.db")
     await store.open()
     rules = parse_rules({"rules": [{"name": "quiet", "kind": "stale", "after": "1h"}]}, "test.toml")
@@ -382,9 +383,13 @@ async def test_a_listings_freshness_records_hold_its_observations_keys(tmp_path:
     await poller.poll_round()
     keys = {key.account: key for key in store.known_view()}
     assert set(keys) == {"a", "b"}
-    for account, key in keys.items():
+    listed = store.listed_accounts("mc")
+    assert set(listed) == {"a", "b"}
+    for account in listed:
+        assert account is keys[account].account
         record = store.freshness(BalanceKey("mc", account))
         assert record is not None
         assert record.listed
-        assert record.subject is key
+        assert record.subject == keys[account]
+        assert record.watched_since == T0
     await store.close()

@@ -47,6 +47,7 @@ from rules.types import (
     KnownBalance,
 )
 from watcher.events import Event
+from watcher.freshness_records import FreshnessRecords
 from watcher.store_schema import (
     SCHEMA,
     add_missing_columns,
@@ -152,7 +153,7 @@ class _Snapshot:
 
     known: dict[BalanceKey, KnownBalance]
     alerts: dict[BalanceKey, dict[str, AlertState]]
-    freshness: dict[BalanceKey, Freshness]
+    freshness: FreshnessRecords
     outbox_depth: int
     first_seq: int | None  # the oldest event of the outbox; None when it is empty
     last_seq: int  # the highest seq the outbox ever used; 0 for none
@@ -178,11 +179,7 @@ class StateStore:
         # tick), without a walk over every state of every key.
         self._active: dict[tuple[BalanceKey, str], AlertState] = {}
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
-        self._freshness: dict[BalanceKey, Freshness] = {}
-        # By source: the accounts whose freshness is `listed` (their source's last listing is theirs);
-        # and the records that are not listed, which the alert clock walks.
-        self._listed: dict[str, set[str]] = {}
-        self._unlisted: dict[BalanceKey, Freshness] = {}
+        self._freshness = FreshnessRecords()
         # Keys whose alerts or freshness changed since the alert clock last asked (None: every key).
         self._touched: set[BalanceKey] | None = None
         self._touched_sources: set[str] = set()  # sources whose own (source-wide) alerts changed
@@ -279,16 +276,16 @@ class StateStore:
                 resolved_at=parse_time(row[8]),
                 **alert_detail_from_json(row[9]),
             )
-        freshness: dict[BalanceKey, Freshness] = {}
-        for row in db.execute(
-            "SELECT source, account, watched_since, last_success_at, last_error, access_revoked, listed,"
-            " last_listing_at FROM freshness"
-        ):
-            subject = BalanceKey(row[0], row[1])
-            freshness[subject] = Freshness(
-                subject, datetime.fromisoformat(row[2]), parse_time(row[3]), row[4], bool(row[5]),
-                listed=bool(row[6]), last_listing_at=parse_time(row[7]),
+        freshness = FreshnessRecords(
+            Freshness(
+                BalanceKey(share(row[0]), row[1]), moment(row[2]), moment(row[3]) if row[3] else None, row[4],
+                bool(row[5]), listed=bool(row[6]), last_listing_at=parse_time(row[7]),
             )
+            for row in db.execute(
+                "SELECT source, account, watched_since, last_success_at, last_error, access_revoked, listed,"
+                " last_listing_at FROM freshness"
+            )
+        )
         depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
         used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         last_seq = max(last or 0, used[0] if used else 0)
@@ -301,9 +298,7 @@ class StateStore:
         for by_fp in self._alerts.values():
             for alert in by_fp.values():
                 self._index_alert(alert)
-        self._freshness, self._listed, self._unlisted = snapshot.freshness, {}, {}
-        for fresh in self._freshness.values():
-            self._index_freshness(fresh)
+        self._freshness = snapshot.freshness
 
     def _index_alert(self, alert: AlertState) -> None:
         """Put a stored alert state in the index of active ones, or take it out."""
@@ -316,18 +311,6 @@ class StateStore:
         else:
             self._active.pop((alert.key, alert.fingerprint), None)
 
-    def _index_freshness(self, fresh: Freshness) -> None:
-        """Put a stored freshness record in the index of listed accounts, or among the unlisted."""
-        subject = fresh.subject
-        if self._touched is not None:
-            self._touched.add(subject)
-        if fresh.listed:
-            self._listed.setdefault(subject.source, set()).add(subject.account)
-            self._unlisted.pop(subject, None)
-        else:
-            self._unlisted[subject] = fresh
-            if subject.source in self._listed:
-                self._listed[subject.source].discard(subject.account)
 
     async def close(self) -> None:
         """Write what is staged, then close the database and its worker thread."""
@@ -371,11 +354,11 @@ class StateStore:
 
     def listed_accounts(self, source: str) -> Collection[str]:
         """The accounts of `source` whose freshness is its last listing's (a live view: do not keep it)."""
-        return self._listed.get(source, ())
+        return self._freshness.listed(source)
 
     def unlisted_freshness(self) -> list[Freshness]:
         """The freshness records that are not `listed` (the sources' own among them)."""
-        return list(self._unlisted.values())
+        return self._freshness.unlisted()
 
     def take_touched(self) -> tuple[set[BalanceKey], set[str]] | None:
         """For the alert clock, which visits only what changed or is due: the keys whose alert states or
@@ -425,9 +408,11 @@ class StateStore:
         for alert in update.alerts:
             self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
             self._index_alert(alert)
+        touched = self._touched
         for fresh in update.freshness:
-            self._freshness[fresh.subject] = fresh
-            self._index_freshness(fresh)
+            self._freshness.put(fresh)
+            if touched is not None:
+                touched.add(fresh.subject)
         self._queue.append(staged)
         self._wakeup.set()
         return staged

@@ -1,0 +1,94 @@
+"""The state store's freshness records in memory, with a listed account's record kept compact.
+
+A partner-wide listing answers for every account at once: each account it answered is `listed`, and its
+record differs from its neighbours' only by its subject and when it was first watched and answered,
+which it shares with every account first seen in the same listing. A listing of 100,000 accounts would
+otherwise keep 100,000 Freshness objects and a dict entry for each (~13 MiB); here such a record is one
+entry in its source's index of listed accounts, pointing at a shared (watched_since, last_success_at)
+pair, and the Freshness is made again when it is looked up (rarely: an account that drops out of a
+listing, or the alert clock's walk of a late listing). Any other record is kept as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import datetime
+
+from rules.types import BalanceKey, Freshness
+
+# When a compact record was first watched and last answered by itself; one object per listing, shared.
+_Since = tuple[datetime, datetime | None]
+# The distinct pairs remembered for sharing; beyond this many the memo starts again (sharing is a saving,
+# not a rule: a daemon that lists new accounts every round must not grow the memo for ever).
+_MEMO_LIMIT = 1024
+
+
+def _compact(fresh: Freshness) -> bool:
+    """Whether a record is exactly what its subject, its listed flag and the pair say."""
+    return (
+        fresh.listed
+        and fresh.last_error is None
+        and not fresh.access_revoked
+        and fresh.last_listing_at is None
+        and fresh.subject.balance_type == ""
+    )
+
+
+class FreshnessRecords:
+    """Every freshness record by subject, an index of the listed accounts by source, and the records that
+    are not listed (which the alert clock walks)."""
+
+    __slots__ = ("_listed", "_memo", "_records", "_unlisted")
+
+    def __init__(self, records: Iterable[Freshness] = ()) -> None:
+        # Records kept as they are: every one that is not listed, and the listed ones that are not compact.
+        self._records: dict[BalanceKey, Freshness] = {}
+        # By source, the listed accounts: their compact pair, or None when the record is in _records.
+        self._listed: dict[str, dict[str, _Since | None]] = {}
+        self._unlisted: dict[BalanceKey, Freshness] = {}
+        self._memo: dict[_Since, _Since] = {}
+        for fresh in records:
+            self.put(fresh)
+
+    def put(self, fresh: Freshness) -> None:
+        """Store `fresh` as its subject's record, replacing any before it."""
+        subject = fresh.subject
+        if fresh.listed:
+            self._unlisted.pop(subject, None)
+            since: _Since | None = None
+            if _compact(fresh):
+                self._records.pop(subject, None)
+                pair = (fresh.watched_since, fresh.last_success_at)
+                since = self._memo.get(pair)
+                if since is None:
+                    if len(self._memo) >= _MEMO_LIMIT:
+                        self._memo.clear()
+                    since = self._memo[pair] = pair
+            else:
+                self._records[subject] = fresh
+            self._listed.setdefault(subject.source, {})[subject.account] = since
+        else:
+            self._records[subject] = fresh
+            self._unlisted[subject] = fresh
+            listed = self._listed.get(subject.source)
+            if listed is not None:
+                listed.pop(subject.account, None)
+
+    def get(self, subject: BalanceKey) -> Freshness | None:
+        """The record of `subject`, or None."""
+        record = self._records.get(subject)
+        if record is not None or subject.balance_type:
+            return record
+        listed = self._listed.get(subject.source)
+        since = None if listed is None else listed.get(subject.account)
+        if since is None:
+            return None
+        return Freshness(subject, since[0], since[1], listed=True)
+
+    def listed(self, source: str) -> Collection[str]:
+        """The listed accounts of `source` (a live view: do not keep it)."""
+        return self._listed.get(source, {}).keys()
+
+    def unlisted(self) -> list[Freshness]:
+        """The records that are not listed (the sources' own among them)."""
+        return list(self._unlisted.values())
