@@ -25,6 +25,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def changes_for(accounts: int) -> list[tuple[str, str]]:
 
 
 def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: float, rounds: int,
-            profile: bool) -> dict[str, Any]:
+            profile: bool, patches: Sequence[str] = ()) -> dict[str, Any]:
     fetch_s = fetch_time(sandbox, env, fmt)
     log(f"listing {fmt}: bare signed fetch of {accounts} accounts {fetch_s:.2f}s")
     folder = env.folder(f"listing-{fmt}")
@@ -80,7 +81,9 @@ def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: fl
     source = mastercard_source(env, sandbox, name=f"mc-list-{fmt}", fmt=fmt, interval=f"{interval}s",
                                timeout="120s")
     config, _topics = write_config(folder, env, source, metrics_port=port)
-    daemon = Daemon(config, metrics_port=port)
+    memory_file = folder / "memory.txt"
+    daemon = Daemon(config, metrics_port=port, patches=patches,
+                    extra_env={"BENCH_MEMORY_FILE": str(memory_file)})
     published = None
     try:
         while True:
@@ -136,6 +139,8 @@ def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: fl
         result["steady_round_s"] = round(statistics.median(s["round_s"] for s in steady), 3)
         result["steady_processing_s"] = round(statistics.median(s["processing_s"] for s in steady), 3)
         result["peak_rss_mib"] = round(daemon.peak_rss_mib(), 1)
+        if memory_file.exists():
+            result["memory_file"] = str(memory_file)
         if profiler is not None:
             profiler.wait(timeout=600)
             if prof_path.exists():
@@ -158,13 +163,16 @@ def main() -> int:
                         help="seconds between the daemon's rounds: more than a first-sight round takes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per format, the first is first sight")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--patch", action="append", default=[],
+                        help="run the daemon with this bench/patched_daemon.py patch (repeatable), e.g."
+                             " trace-memory (written to memory.txt in the format's work folder)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
         sandbox = env.sandbox(args.accounts, 0.0)
         results = [
             measure(env, sandbox, fmt, accounts=args.accounts, interval=args.interval, rounds=args.rounds,
-                    profile=args.profile)
+                    profile=args.profile, patches=args.patch)
             for fmt in args.formats
         ]
     dump({"listing": results}, args.out)

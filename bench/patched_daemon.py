@@ -13,6 +13,9 @@ PATCHES is a comma-separated list (or "none"):
   relay-serial   the outbox relay with one batch in flight (for comparison)
   tick-whole     the alert clock's tick over every key at once (for comparison)
   gc-young       gc.set_threshold(7000, 10, 10) (an experiment)
+  trace-memory   tracemalloc from the start; after each poll round, the memory traced (alive and peak
+                 since the previous round), RSS, and the allocation sites holding the most (in
+                 $BENCH_MEMORY_FILE); slows the daemon down two to three times
 
 The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit) measured
 changes that are now made in watcher/ itself: `[signing] threads`, the group commit with
@@ -163,12 +166,46 @@ def patch_gc_young() -> None:
     gc.set_threshold(7000, 10, 10)
 
 
+def patch_trace_memory() -> None:
+    """What the daemon's memory is made of: after each poll round, tracemalloc's largest allocation sites
+    still alive (by line), the traced total and its peak since the previous round, and VmRSS/VmHWM."""
+    import os
+    import tracemalloc
+
+    from watcher.poller import Poller
+
+    tracemalloc.start()
+    out = open(os.environ["BENCH_MEMORY_FILE"], "a", buffering=1)  # noqa: SIM115
+    real_round = Poller.poll_round
+
+    def proc_status() -> dict[str, str]:
+        with open("/proc/self/status") as lines:
+            return {line.split(":")[0]: line.split()[1] for line in lines
+                    if line.startswith(("VmRSS", "VmHWM"))}
+
+    async def poll_round(self: Poller) -> Any:
+        summary = await real_round(self)
+        current, peak = tracemalloc.get_traced_memory()
+        status = proc_status()
+        out.write(f"round of {summary.source}: {summary.calls} calls, traced {current / 2**20:.1f} MiB alive,"
+                  f" peak {peak / 2**20:.1f} MiB; VmRSS {int(status['VmRSS']) / 1024:.1f} MiB,"
+                  f" VmHWM {int(status['VmHWM']) / 1024:.1f} MiB\n")
+        for stat in tracemalloc.take_snapshot().statistics("lineno")[:30]:
+            frame = stat.traceback[0]
+            out.write(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d}  {frame.filename}:{frame.lineno}\n")
+        tracemalloc.reset_peak()
+        return summary
+
+    Poller.poll_round = poll_round  # type: ignore[method-assign]
+
+
 PATCHES = {
     "trace-latency": patch_trace_latency,
     "trace-stalls": patch_trace_stalls,
     "relay-serial": patch_relay_serial,
     "tick-whole": patch_tick_whole,
     "gc-young": patch_gc_young,
+    "trace-memory": patch_trace_memory,
 }
 
 
