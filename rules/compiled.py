@@ -245,7 +245,13 @@ class CompiledRules(Sequence[Rule]):
         )
         # Per currency and key, which rules watch it; the values are shared between keys (one per set of
         # rules). By currency, then by the key itself (its hash computed once): no tuple kept per key.
-        self._watches: dict[str, dict[BalanceKey, KeyWatch]] = {}
+        # By currency, then by key; or by (source, balance type) when no balance rule's scope names
+        # accounts, as then that is all a scope can tell apart (100,000 accounts: a few entries, not
+        # 100,000).
+        self._watches: dict[str, dict[object, KeyWatch]] = {}
+        self._watch_by_key = any(
+            c.account_test is not None for c in self._compiled if c.rule.watches_balances
+        )
         self._watch_count = 0
         self._shared_watches: dict[tuple[int, ...], KeyWatch] = {}
         self._stale: dict[tuple[str, str], tuple[Rule, ...]] = {}
@@ -281,7 +287,8 @@ class CompiledRules(Sequence[Rule]):
         """The balance rules whose scope takes in this key's balance in that currency, in rule order."""
         # The key's fields and the currency: one balance rule scope per key and currency.
         of_currency = self._watches.get(currency)
-        found = of_currency.get(key) if of_currency is not None else None
+        cache_key: object = key if self._watch_by_key else (key.source, key.balance_type)
+        found = of_currency.get(cache_key) if of_currency is not None else None
         if found is None:
             if self._watch_count >= _KEY_CACHE_LIMIT:
                 self._watches.clear()
@@ -300,7 +307,7 @@ class CompiledRules(Sequence[Rule]):
                 self._shared_watches[in_scope] = found
             if of_currency is None:
                 of_currency = self._watches[currency] = {}
-            of_currency[key] = found
+            of_currency[cache_key] = found
             self._watch_count += 1
         return found
 

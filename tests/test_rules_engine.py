@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules.engine import (
     AlertTransition,
@@ -521,3 +524,34 @@ def test_fingerprint_is_stable_and_hex() -> None:
     assert value == fingerprint("low", BalanceKey(KEY.source, KEY.account))
     assert len(value) == 32
     assert set(value) <= set("0123456789abcdef")
+
+
+SCOPES = [{}, {"source": "mc-*"}, {"source": "mypos-*"}, {"account": "*-0001"}, {"balance_type": "available"},
+          {"currency": "EUR"}, {"source": "mc-*", "account": "*1"}]
+WATCHED_KEYS = [BalanceKey(source, account, balance_type) for source in ("mc-gbp", "mypos-eu")
+                for account in ("A-0001", "A-0002", "B-0001") for balance_type in ("", "available")]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.sampled_from(range(len(SCOPES))), min_size=1, max_size=5),
+    st.lists(st.tuples(st.sampled_from(WATCHED_KEYS), st.sampled_from(["GBP", "EUR"])), max_size=30),
+)
+def test_the_rules_watching_a_key_are_those_in_its_scope_whoever_asked_before(
+    scopes: list[int], asked: list[tuple[BalanceKey, str]]
+) -> None:
+    """One set of compiled rules answers for every key and currency in turn (its cache is by key, or by
+    source and balance type when no rule's scope names accounts): each answer is the rules whose scope
+    takes in that key and currency, as a set of rules compiled afresh for that question alone says."""
+    rules = [below("5000", name=f"r{n}", **SCOPES[index]) for n, index in enumerate(scopes)]
+    shared = compile_rules(rules)
+    for key, currency in asked:
+        expected = {
+            rule.name for rule in rules
+            if (rule.scope.source is None or fnmatch.fnmatchcase(key.source, rule.scope.source))
+            and (rule.scope.account is None or fnmatch.fnmatchcase(key.account, rule.scope.account))
+            and rule.scope.currency in (None, currency)
+            and rule.scope.balance_type in (None, key.balance_type)
+        }
+        assert shared.watching(key, currency).names == expected
+        assert compile_rules(rules).watching(key, currency).names == expected
