@@ -210,7 +210,10 @@ class World:
             self.alerts.setdefault(state.key, {})[state.fingerprint] = state
         if self.schedule is not None:
             sources = [s.key.source for s in states if s.key.account == "*"]
-            self.schedule.touch([r.subject for r in records] + [s.key for s in states], sources)
+            # As the state store reports them: a record that is listed touches nothing (its source's
+            # listing makes it due), any other change of freshness or alerts touches its key.
+            touched = [r.subject for r in records if not r.listed] + [s.key for s in states]
+            self.schedule.touch(touched, sources)
 
     def listed_of(self, source: str) -> set[str]:
         return {k.account for k, f in self.freshness.items() if f.listed and k.source == source}

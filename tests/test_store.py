@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rules.engine import BalanceChange
-from rules.types import AlertState, Balance, BalanceKey, KnownBalance, Observation
+from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance, Observation
 from watcher.events import Event, change_event
 from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate, StateWriteError
 
@@ -375,4 +376,25 @@ async def test_a_database_of_an_earlier_version_gains_the_listing_columns(tmp_pa
 
     assert store.freshness(BalanceKey("mc", "a")) == Freshness(BalanceKey("mc", "a"), T0, T0)
     assert set(store.listed_accounts("mc")) == set()
+    await store.close()
+
+
+async def test_the_alert_clock_hears_of_changed_keys_but_not_of_listed_records(tmp_path: Path) -> None:
+    """`take_touched` reports the keys whose alert states or unlisted freshness changed, and the sources
+    whose own alerts did; a record that is listed (its source's listing makes it due) is not reported, so
+    a first listing of 100,000 accounts hands the alert clock no key of them. After a reload of memory
+    it reports None: anything may have changed."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    assert store.take_touched() is None  # a start: every key
+    listed = [Freshness(BalanceKey("mc", a), T0, T0, listed=True) for a in ("a", "b")]
+    failing = Freshness(BalanceKey("mc", "c"), T0, None, "HTTP 503")
+    source = Freshness(BalanceKey("mc", "*"), T0, T0, last_listing_at=T0)
+    alert = AlertState("fp-1", "low", BalanceKey("mc", "d"), "firing", 1, T0)
+    await store.commit(StateUpdate([], [alert], freshness=[*listed, failing, source]))
+    assert store.take_touched() == ({BalanceKey("mc", "c"), BalanceKey("mc", "*"), BalanceKey("mc", "d")},
+                                    set())
+    assert store.take_touched() == (set(), set())
+    await store.commit(StateUpdate([], [], freshness=[replace(listed[0], listed=False)]))
+    assert store.take_touched() == ({BalanceKey("mc", "a")}, set())
     await store.close()

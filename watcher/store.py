@@ -411,7 +411,9 @@ class StateStore:
         touched = self._touched
         for fresh in update.freshness:
             self._freshness.put(fresh)
-            if touched is not None:
+            # A listed account's record never makes it due (its source's listing does, and the source's
+            # own record is not listed); a first listing of 100,000 accounts touches none of them.
+            if touched is not None and not fresh.listed:
                 touched.add(fresh.subject)
         self._queue.append(staged)
         self._wakeup.set()
