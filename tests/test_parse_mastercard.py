@@ -1117,27 +1117,3 @@ def test_known_balances_of_another_source_are_not_looked_up() -> None:
     assert asked == []
     parse_mastercard_json(body, keys=keys, **{**KW, "source": "other"})
     assert asked == [BalanceKey("other", "t1")]
-
-
-@pytest.mark.parametrize("parse", PARSERS)
-def test_equal_descriptions_of_one_listing_are_one_string(parse: Any) -> None:
-    """A first listing's accounts with equal descriptions hold one string object for them (a listing of
-    100,000 accounts named by purpose holds a few of them, not 100,000 copies), through the JSON stream,
-    the XML direct path and the general paths alike; past the cap of distinct descriptions they are
-    taken as they are. The observations are equal either way."""
-    accounts = [(f"t{n}", "1.00", "IN_CREDIT", ("Main prefunding", "Fees")[n % 2]) for n in range(400)]
-    body = _accounts_body(parse, accounts)
-    parsed = parse(body, keys=mastercard.ListingKeys(), **KW)
-    assert [o.description for o in parsed.observations] == [a[3] for a in accounts]
-    assert len({id(o.description) for o in parsed.observations}) == 2
-    small = _accounts_body(parse, accounts[:3])
-    assert len({id(o.description) for o in parse(small, **KW).observations}) == 2  # not a listing's keys
-    distinct = [(f"t{n}", "1.00", "IN_CREDIT", f"Account {n % 7}") for n in range(30)]
-    capped = mastercard._SHARED_DESCRIPTIONS
-    try:
-        mastercard._SHARED_DESCRIPTIONS = 3
-        over = parse(_accounts_body(parse, distinct), **KW)
-    finally:
-        mastercard._SHARED_DESCRIPTIONS = capped
-    assert [o.description for o in over.observations] == [a[3] for a in distinct]
-    assert len({id(o.description) for o in over.observations}) > 7

@@ -38,8 +38,6 @@ _TOP_KEYS = ("account_balances", "account-balances")
 _ENTRY_KEYS = ("account_balance", "account-balance")
 _MISSING = object()
 _MAX_XML_DEPTH = 8  # an account is three levels deep; deeper is not an account
-# The distinct account descriptions one body shares, at most (see _Seen.description).
-_SHARED_DESCRIPTIONS = 4096
 
 
 # --- parsing -----------------------------------------------------------------------------------------
@@ -73,13 +71,12 @@ class _Seen:
     tuple per creation date: 100,000 observations (and the known balances made of them) then share a
     handful of them instead of holding a copy each."""
 
-    __slots__ = ("currencies", "descriptions", "extras", "keys", "known", "previous", "stamps", "texts")
+    __slots__ = ("currencies", "extras", "keys", "known", "previous", "stamps", "texts")
 
     def __init__(self, keys: ListingKeys | None = None) -> None:
         self.stamps: dict[str, datetime | None] = {}
         self.currencies: dict[str, str] = {}
         self.texts: dict[str, str] = {}
-        self.descriptions: dict[str, str] = {}
         self.extras: dict[str, tuple[tuple[str, str], ...]] = {}
         # The keys of the source's previous listing, and of this one (None: not a listing, none kept).
         self.previous: dict[str, BalanceKey] = keys.latest if keys is not None else {}
@@ -111,18 +108,6 @@ class _Seen:
         except KeyError:
             parsed = self.stamps[text] = parse_timestamp(text)
             return parsed
-
-    def description(self, text: str) -> str:
-        """`text`, or an equal account description met before in this body. Partners name their accounts
-        by purpose ("Main prefunding"), so a first listing of 100,000 accounts holds a few hundred
-        distinct descriptions, not 100,000 copies (~7 MiB); past _SHARED_DESCRIPTIONS distinct ones
-        they are taken as they are, as sharing all-different texts would only cost a dict."""
-        shared = self.descriptions.get(text)
-        if shared is not None:
-            return shared
-        if len(self.descriptions) < _SHARED_DESCRIPTIONS:
-            self.descriptions[text] = text
-        return text
 
     def text(self, text: str) -> str:
         """`text`, or an equal string seen before."""
@@ -199,11 +184,8 @@ def _account(
     shared: Balance | None = None
     if known is not None:
         shared = _known_balance(known.balance, amount, currency, state)
-    if description is not None:
-        if known is not None and description == known.description:
+        if description is not None and description == known.description:
             description = known.description
-        else:
-            description = seen.description(description)
     return Observation(
         key=seen.key(source, token),
         provider=PROVIDER,
@@ -474,7 +456,6 @@ def _plain_xml_account(
         extra = seen.extra(created)
     amount = Decimal(amount_text)
     shared: Balance | None = None
-    known: KnownBalance | None = None
     key = seen.previous.get(token)
     if key is None or key.source != source:
         key = BalanceKey(source, token, "")
@@ -482,10 +463,8 @@ def _plain_xml_account(
         known = seen.known(key)
         if known is not None:
             shared = _known_balance(known.balance, amount, currency, state)
-    if known is not None and description == known.description and known.description is not None:
-        description = known.description
-    else:
-        description = seen.description(description)
+            if description == known.description and known.description is not None:
+                description = known.description
     if seen.keys is not None:
         seen.keys[key.account] = key
     # Positional, in the dataclasses' field order: faster than keywords; the tests compare every field
