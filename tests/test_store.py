@@ -398,3 +398,33 @@ async def test_the_alert_clock_hears_of_changed_keys_but_not_of_listed_records(t
     await store.commit(StateUpdate([], [], freshness=[replace(listed[0], listed=False)]))
     assert store.take_touched() == ({BalanceKey("mc", "a")}, set())
     await store.close()
+
+
+async def test_within_one_group_the_later_update_of_a_row_wins_on_disk(tmp_path: Path) -> None:
+    """Updates of the same balance, alert state and freshness record staged into one group commit are
+    written in the order staged: what reads back after a restart is the later one, as in memory."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    gate = _hold_the_store_thread(store)
+    held = store.stage(StateUpdate([(CARD, _known("0.50"))], []))
+    await asyncio.sleep(0)  # the writer takes that one and waits behind the gate: the next ones group
+    alert = AlertState("f" * 32, "low", KEY, "pending", 1, T0)
+    subject = BalanceKey("mc", "a")
+    staged = [
+        store.stage(StateUpdate([(KEY, _known("1.00"))], [alert],
+                                freshness=[Freshness(subject, T0, T0, listed=True)])),
+        store.stage(StateUpdate([(KEY, _known("2.00"))], [replace(alert, status="firing")],
+                                freshness=[Freshness(subject, T0, T0, "HTTP 503")])),
+    ]
+    gate.set()
+    for commit in (held, *staged):
+        await commit
+    assert store.group_commits == 2
+    await store.close()
+    again = StateStore(tmp_path / "s.db")
+    await again.open()
+    assert again.known(KEY) == _known("2.00")
+    assert [a.status for a in again.all_alerts()] == ["firing"]
+    assert again.freshness(subject) == Freshness(subject, T0, T0, "HTTP 503")
+    assert set(again.listed_accounts("mc")) == set()
+    await again.close()

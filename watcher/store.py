@@ -485,11 +485,13 @@ class StateStore:
     ) -> list[OutboxEntry]:
         entries: list[OutboxEntry] = []
         outbox_rows: list[tuple[Any, ...]] = []
-        # A later update of the same row wins, as it did in memory.
-        balances: dict[BalanceKey, KnownBalance] = {}
-        alerts: dict[str, AlertState] = {}
-        # By subject (its key is (source, account): no new tuple per record of a first listing).
-        freshness: dict[BalanceKey, Freshness] = {}
+        # The rows of every update in the order staged: INSERT OR REPLACE lets a later update of the same
+        # row win, as it did in memory, and nothing gathers them (a first listing's 100,000 freshness
+        # records would be a dict of 100,000 at the round's peak).
+        updates = [staged.update for staged in batch]
+        balances = itertools.chain.from_iterable(u.balances for u in updates)
+        alerts = itertools.chain.from_iterable(u.alerts for u in updates)
+        freshness = itertools.chain.from_iterable(u.freshness for u in updates)
         seq = first_seq
         # The events of a batch share most of their headers (source, type, time, correlation id of one
         # listing): one (name, value) pair each, not one per event held by the relay's memory.
@@ -505,13 +507,6 @@ class StateStore:
                     value, event.time.isoformat(),
                 ))
                 seq += 1
-            update = staged.update
-            for key, known in update.balances:
-                balances[key] = known
-            for alert in update.alerts:
-                alerts[alert.fingerprint] = alert
-            for fresh in update.freshness:
-                freshness[fresh.subject] = fresh
         db = self._require()
         with _transaction(db):
             if delete_through:
@@ -541,7 +536,7 @@ class StateStore:
                         b.version,
                         json.dumps([[t.isoformat(), str(a)] for t, a in b.history]),
                     )
-                    for k, b in balances.items()
+                    for k, b in balances
                 ),
             )
             db.executemany(
@@ -559,7 +554,7 @@ class StateStore:
                         a.resolved_at.isoformat() if a.resolved_at else None,
                         alert_detail_to_json(a),
                     )
-                    for a in alerts.values()
+                    for a in alerts
                 ),
             )
             db.executemany(
@@ -570,7 +565,7 @@ class StateStore:
                      f.last_success_at.isoformat() if f.last_success_at else None, f.last_error,
                      int(f.access_revoked), int(f.listed),
                      f.last_listing_at.isoformat() if f.last_listing_at else None)
-                    for f in freshness.values()
+                    for f in freshness
                 ),
             )
         return entries
