@@ -9,7 +9,7 @@ rules.timeline.tick, which calls `stale_verdicts` here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, KeysView, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -204,7 +204,8 @@ def assess_poll(
     records: list[Freshness] = []
     subjects = [subject_key(source)]
     make_subject = subject_of if subject_of is not None else partial(subject_key, source)
-    answered = dict.fromkeys(outcome.accounts)
+    accounts = outcome.accounts
+    answered = accounts if isinstance(accounts, KeysView) else dict.fromkeys(accounts)
     listed_before: Collection[str] = ()
     if as_listing:
         assert listed_of is not None

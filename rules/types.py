@@ -5,6 +5,7 @@ Pure data, no I/O. Money is always Decimal.
 
 from __future__ import annotations
 
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -213,15 +214,16 @@ class Freshness:
 class PollOutcome:
     """One call to a balance API as the engine sees it: which source, which accounts, and how it went.
 
-    `accounts` are the accounts the call covered: the one asked for; for a partner-wide listing, those
-    it returned, or when it failed, those known for the source. `reason` is why it failed, in the
+    `accounts` are the accounts the call covered, each once, in order: the one asked for; for a
+    partner-wide listing, those it returned, or when it failed, those known for the source. A tuple, or
+    a dict's keys (a listing's 100,000 accounts are not copied again). `reason` is why it failed, in the
     provider's words where there are any. `listing` says the call asked for the whole source: when it
     succeeded, `accounts` are all the accounts the source has now.
     """
 
     source: str
     at: datetime
-    accounts: tuple[str, ...]
+    accounts: tuple[str, ...] | KeysView[str]
     ok: bool
     reason: str | None = None
     access_revoked: bool = False

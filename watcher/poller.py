@@ -19,7 +19,7 @@ import heapq
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -179,12 +179,13 @@ class Poller:
         of a first listing of 100,000 accounts hold no keys of their own."""
         source = self.source.name
         keys: dict[str, BalanceKey] = {}
+        accounts: tuple[str, ...] | KeysView[str]
         if result.target != WHOLE_SOURCE:
-            accounts: tuple[str, ...] = (result.target,)
+            accounts = (result.target,)
         elif result.outcome == "ok":
             for o in result.observations:
                 keys.setdefault(o.key.account, o.key)
-            accounts = tuple(keys)
+            accounts = keys.keys()
         else:  # a failed listing leaves every account of the source unanswered
             accounts = tuple(dict.fromkeys(k.account for k in self._store.all_known() if k.source == source))
 
