@@ -131,9 +131,13 @@ async def open_components(
         holder = RulesHolder(rules)
         lock = asyncio.Lock()
 
+        # A large listing body is spooled next to the state database: a folder on disk that the daemon
+        # may write (the unit's StateDirectory), unlike /tmp, which may be memory (tmpfs).
+        spool_dir = Path(settings.state.path).parent
+
         def make_source(cfg: SourceConfig, key: RSAPrivateKey | None) -> BalanceSource:
             # The store is the PSD2 access ledger: the daily budget survives restarts and reloads.
-            return build_source(cfg, session, key, ledger=store, sign_pool=sign_pool)
+            return build_source(cfg, session, key, ledger=store, sign_pool=sign_pool, spool_dir=spool_dir)
 
         pollers = [
             Poller(make_source(cfg, keys.get(cfg.name)), store, delivery, holder, clock, lock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime
+from pathlib import Path
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -25,15 +26,19 @@ def build_source(
     clock: Callable[[], datetime] = utc_now,
     ledger: AccessLedger | None = None,
     sign_pool: Executor | None = None,
+    spool_dir: Path | None = None,
 ) -> BalanceSource:
     """The adapter for one configured source. Mastercard needs its signing key, already loaded.
 
     `ledger` keeps a PSD2 source's access budget across restarts (the state store); without it the
     budget is counted in memory only. `sign_pool` signs Mastercard requests off the event loop (None:
-    on the loop); the caller owns it and shuts it down.
+    on the loop); the caller owns it and shuts it down. `spool_dir`: a disk-backed folder where a
+    Mastercard listing's large body is spooled while it is parsed (None: kept in memory).
     """
     if isinstance(config, MastercardSendConfig):
         if signing_key is None:
             raise ValueError(f"source {config.name!r}: a Mastercard Send source needs its signing key")
-        return MastercardSendSource(config, session, signing_key, clock=clock, sign_pool=sign_pool)
+        return MastercardSendSource(
+            config, session, signing_key, clock=clock, sign_pool=sign_pool, spool_dir=spool_dir
+        )
     return MyposPsd2Source(config, session, clock=clock, ledger=ledger)

@@ -152,9 +152,20 @@ class CallGuard:
                     f"retry_after_max ({self._policy.retry_after_max_s:g}s)"
                 )
                 return Exchange(got, attempts, retry_after, note)
-            await self._sleep(max(retry_after or 0.0, self._policy.backoff_s(attempts, self._rng)))
-            if self.breaker.wait_s() > 0:
-                note = f"not retried: the circuit breaker opened meanwhile ({self.breaker.why_open()})"
-                return Exchange(got, attempts, retry_after, note)
-            if gate is not None and (refused := await gate()) is not None:
-                return Exchange(got, attempts, retry_after, f"not retried: {refused.error}")
+            try:
+                await self._sleep(max(retry_after or 0.0, self._policy.backoff_s(attempts, self._rng)))
+                if self.breaker.wait_s() > 0:
+                    note = f"not retried: the circuit breaker opened meanwhile ({self.breaker.why_open()})"
+                    return Exchange(got, attempts, retry_after, note)
+                if gate is not None and (refused := await gate()) is not None:
+                    return Exchange(got, attempts, retry_after, f"not retried: {refused.error}")
+            except BaseException:  # cancelled while waiting: nobody will see this answer
+                _close(got)
+                raise
+            _close(got)  # the next attempt's answer replaces it (each attempt spools its own body)
+
+
+def _close(got: Response | Failure) -> None:
+    """Give back an answer's spool file, if it has one."""
+    if isinstance(got, Response):
+        got.close()

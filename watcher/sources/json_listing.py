@@ -15,6 +15,7 @@ import re
 from collections.abc import Collection, Iterator
 from decimal import Decimal
 
+from watcher.sources.body import Body
 from watcher.sources.values import refuse_constant
 
 # The body is decoded to text this many bytes at a time.
@@ -34,7 +35,8 @@ class JsonListing:
     each item is decoded by the json module's own scanner, with the hooks of load_json, then let go.
 
     Neither the text of the whole body (37 MB for 100,000 accounts, more when not ASCII) nor the tree of
-    every item is ever held: a listing's peak memory is the body and its observations. An item is
+    every item is ever held: a listing's peak memory is the body and its observations, or only its
+    observations when the body is spooled (watcher.sources.body). An item is
     exactly what json.loads of the whole body would have made of it (the same decoder, the same UTF-8
     decoding with "surrogatepass"). Anything else raises NotStreamable, the caller then reads the body
     whole: a body of another shape, and a body that is not valid JSON, whose error must be the one of
@@ -43,10 +45,12 @@ class JsonListing:
 
     __slots__ = ("_at", "_body", "_decode", "_pos", "_text")
 
-    def __init__(self, body: bytes) -> None:
-        if json.detect_encoding(body) != "utf-8":  # UTF-16 or 32, or a BOM: read whole
+    def __init__(self, body: Body) -> None:
+        # The encoding is told by the first four bytes at most.
+        if json.detect_encoding(body[:4]) != "utf-8":  # UTF-16 or 32, or a BOM: read whole
             raise NotStreamable
-        self._body = memoryview(body)
+        # Slices of bytes without copies; a spooled body's slices are read from its file.
+        self._body = memoryview(body) if isinstance(body, bytes) else body
         self._at = 0  # bytes of the body decoded so far
         self._decode = codecs.getincrementaldecoder("utf-8")("surrogatepass").decode
         self._text = ""  # decoded, not yet read

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -20,7 +21,8 @@ from watcher.config import MastercardSendConfig
 from watcher.signing import authorization_header
 from watcher.sources import transport
 from watcher.sources.base import FetchOutcome, FetchResult, ParseError
-from watcher.sources.guard import CallGuard, Refusal
+from watcher.sources.body import Spool, whole
+from watcher.sources.guard import CallGuard, Exchange, Refusal
 from watcher.sources.mastercard_parse import (
     PROVIDER,
     ListingKeys,
@@ -75,9 +77,11 @@ class MastercardSendSource:
         *,
         guard: CallGuard | None = None,
         sign_pool: Executor | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         """`sign_pool`: the threads that compute the OAuth1 signatures (the composition root owns it and
-        shuts it down); None signs on the event loop."""
+        shuts it down); None signs on the event loop. `spool_dir`: a disk-backed folder where a large
+        listing body is spooled while it is parsed (see watcher.sources.body); None keeps it in memory."""
         if any(not token for token in config.non_card_tokens):
             raise ValueError(f"source {config.name!r}: non_card_tokens contains an empty token")
         self._config = config
@@ -90,6 +94,7 @@ class MastercardSendSource:
         self._guard = guard if guard is not None else CallGuard.of(config, clock)
         self._sign_pool = sign_pool
         self._listing_keys = ListingKeys()
+        self._spool = Spool(spool_dir) if spool_dir is not None else None
 
     @property
     def name(self) -> str:
@@ -143,12 +148,13 @@ class MastercardSendSource:
         url = self.url_for(target)
         fmt = self._config.format
         limit = self._config.max_listing_bytes if target == LISTING else _ACCOUNT_BODY_LIMIT
+        spool = self._spool if target == LISTING else None  # an account's answer never touches the disk
 
         async def send() -> transport.Response | transport.Failure:
             # Signed per attempt (a fresh nonce and timestamp), the very URL string that is sent.
             headers = {"Accept": _ACCEPT[fmt], "Authorization": await self._authorization(url)}
             return await transport.get(
-                self._session, url, headers=headers, timeouts=self._timeouts, limit=limit
+                self._session, url, headers=headers, timeouts=self._timeouts, limit=limit, spool=spool
             )
 
         called = await self._guard.call(send)
@@ -165,6 +171,18 @@ class MastercardSendSource:
                 self.name, target, started, got.outcome, error=got.error + after + note,
                 retry_after_s=called.retry_after_s, attempts=called.attempts,
             )
+        try:
+            return self._answered(target, started, called, got, limit)
+        finally:
+            got.close()  # the spool file, if the body was spooled
+
+    def _answered(
+        self, target: str, started: float, called: Exchange, got: transport.Response, limit: int
+    ) -> FetchResult:
+        """The FetchResult of the answer `got` (`called`'s last): its status, body and parse."""
+        after = f" (after {called.attempts} attempts)" if called.attempts > 1 else ""
+        note = f"; {called.note}" if called.note else ""
+        fmt = self._config.format
         correlation = transport.clean(got.headers.get("correlation-id", ""), 200)
         status = got.status
 
@@ -191,23 +209,27 @@ class MastercardSendSource:
             )
 
         if status != 200:
-            detail = read_mastercard_error(got.body)
+            body = got.content  # an error body over the spool's threshold is rare: read back whole
+            detail = read_mastercard_error(whole(body) if body is not None else None)
             error = f"HTTP {status} {transport.clean(got.reason, 80)}".rstrip()
             error += f": {detail.text}" if detail is not None and detail.text else ""
             code = detail.reason_code if detail is not None else None
             return done("http_error", error + after + note, reason_code=code)
-        if got.body is None:
+        body = got.content
+        if body is None:
             return done("bad_response", transport.too_large(limit))
         if not transport.media_type_is(got.content_type, fmt):
             shown = transport.clean(got.content_type, 80) or "none"
             return done("bad_response", f"asked for {_ACCEPT[fmt]}, got Content-Type {shown}")
         try:
             parsed = self._parse(
-                got.body, source=self.name, observed_at=self._clock(), correlation_id=correlation,
+                body, source=self.name, observed_at=self._clock(), correlation_id=correlation,
                 keys=self._listing_keys if target == LISTING else None,
             )
         except ParseError as exc:
             return done("bad_response", str(exc))
+        except OSError as exc:  # only a spooled body is read from a file
+            return done("bad_response", f"could not read the spooled response body back: {exc}")
         observations, rejected = parsed.observations, parsed.rejected
         if target != LISTING:
             # A balance attributed to the wrong account is worse than none: keep only the asked one.

@@ -16,6 +16,7 @@ from xml.etree.ElementTree import Element
 
 from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey, KnownBalance, Observation
 from watcher.sources.base import ParsedBalances, ParseError
+from watcher.sources.body import Body, whole
 from watcher.sources.json_listing import JsonListing, NotStreamable
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import (
@@ -285,7 +286,7 @@ def _top_key(found: Sequence[str], where: str) -> str:
 
 
 def parse_mastercard_json(
-    body: bytes,
+    body: Body,
     *,
     source: str,
     observed_at: datetime,
@@ -297,7 +298,8 @@ def parse_mastercard_json(
     Shapes: `{"account_balances": {"account_balance": {...}}}` (one account) and
     `{"account-balances": [{...}, ...]}` (a listing), with either spelling of the top-level key; a
     listing may also hold one account object instead of an array, and `account_balance` an array.
-    `keys`: the source's ListingKeys, for a listing.
+    `keys`: the source's ListingKeys, for a listing. `body` may be spooled (watcher.sources.body): it is
+    then read a chunk at a time, for the same result.
     """
     with collector_paused(len(body) >= PAUSE_GC_BYTES):
         return _read_json(
@@ -306,7 +308,7 @@ def parse_mastercard_json(
 
 
 def _read_json(
-    body: bytes, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
+    body: Body, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
 ) -> ParsedBalances:
     """The plain listing, `{"account-balances": [...]}`, streamed (see JsonListing); any other body (the
     other shapes, and every body the stream cannot take to its end: invalid JSON, ...) read whole, which
@@ -321,7 +323,7 @@ def _read_json(
             )
         except NotStreamable:
             pass  # read whole below: the same result, or the same error, as if it was never streamed
-    doc = load_json(body)
+    doc = load_json(whole(body))
     if not isinstance(doc, dict):
         raise ParseError(f"top level: expected a JSON object, found {show(doc)}")
     top = _top_key(list(doc), "top level")
@@ -484,7 +486,7 @@ def _xml_entry(element: Element, path: str) -> object:
 
 
 def parse_mastercard_xml(
-    body: bytes,
+    body: Body,
     *,
     source: str,
     observed_at: datetime,
@@ -494,7 +496,8 @@ def parse_mastercard_xml(
     """Read an XML answer of either endpoint; raise ParseError when the body has no usable account.
 
     The root is `<account_balances>` or `<account-balances>`, with one or many `<account_balance>`.
-    `keys`: the source's ListingKeys, for a listing.
+    `keys`: the source's ListingKeys, for a listing. `body` may be spooled (watcher.sources.body): it is
+    then read a chunk at a time, for the same result.
     """
     with collector_paused(len(body) >= PAUSE_GC_BYTES):
         return _read_xml(
@@ -507,7 +510,7 @@ class _NotAListing(Exception):
 
 
 def _read_xml(
-    body: bytes, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
+    body: Body, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
 ) -> ParsedBalances:
     """The body streamed: each account is converted as soon as the parser reaches its end tag, then let
     go, so that a listing of 100,000 accounts never is a whole tree (a third of the peak memory of the
@@ -521,7 +524,7 @@ def _read_xml(
         )
     except _NotAListing:
         return _read_xml_tree(
-            body, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
+            whole(body), source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
         )
 
 

@@ -23,6 +23,7 @@ from yarl import URL
 from rules.types import Observation
 from watcher.config import MastercardSendConfig, MyposPsd2Config
 from watcher.sources.base import FetchOutcome, FetchResult
+from watcher.sources.body import Body, Spool, SpooledBody, SpoolError, SpoolWriter
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _CHUNK = 64 * 1024
@@ -35,13 +36,28 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A response that arrived whole. `body` is None when it was larger than the limit."""
+    """A response that arrived whole. `body` is None when it was larger than the limit, or spooled.
+
+    `spooled`: the body on disk, when the call asked for spooling and the body was over the spool's
+    threshold (`body` is then None). Whoever holds the Response last closes it (`close`).
+    """
 
     status: int
     reason: str
     headers: CIMultiDictProxy[str]
     content_type: str
     body: bytes | None
+    spooled: SpooledBody | None = None
+
+    @property
+    def content(self) -> Body | None:
+        """The body wherever it is: in memory, spooled, or None when it was over the limit."""
+        return self.spooled if self.spooled is not None else self.body
+
+    def close(self) -> None:
+        """Give back the spool file, if there is one."""
+        if self.spooled is not None:
+            self.spooled.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,21 +147,45 @@ def media_type_is(content_type: str, wanted: Literal["json", "xml"]) -> bool:
     return media in ("application/xml", "text/xml") or media.endswith("+xml")
 
 
-async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it is known to exceed `limit` (after decompression)."""
-    if response.content_length is not None and response.content_length > limit:
+async def _read(response: aiohttp.ClientResponse, limit: int, spool: Spool | None) -> Body | None:
+    """The whole body, or None as soon as it is known to exceed `limit` (after decompression).
+
+    With a `spool`, a body over its threshold (by Content-Length, or once that much has arrived) goes
+    to a spool file as it arrives and comes back as a SpooledBody; a smaller one stays in memory. The
+    spool file is closed on every way out but that one (over the limit, a body cut short, a timeout).
+    """
+    length = response.content_length
+    if length is not None and length > limit:
         return None
     # Gathered in one buffer that grows in place and becomes the body without a copy: a list of
     # chunks joined at the end would hold the body twice at that moment (74 MiB for a listing of
     # 100,000 accounts, instead of 37).
     body = io.BytesIO()
     size = 0
-    while chunk := await response.content.read(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            return None
-        body.write(chunk)
-    return body.getvalue()
+    writer: SpoolWriter | None = None
+    try:
+        if spool is not None and length is not None and length > spool.threshold:
+            writer = spool.open()
+        while chunk := await response.content.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return None
+            if writer is not None:
+                writer.write(chunk)
+                continue
+            body.write(chunk)
+            if spool is not None and size > spool.threshold:
+                writer = spool.open()
+                with body.getbuffer() as gathered:
+                    writer.write(gathered)
+                body = io.BytesIO()
+        if writer is None:
+            return body.getvalue()
+        spooled, writer = writer.finish(), None
+        return spooled
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 async def request(
@@ -158,16 +198,20 @@ async def request(
     limit: int,
     ssl: SSLContext | None = None,
     form: Mapping[str, str] | None = None,
+    spool: Spool | None = None,
 ) -> Response | Failure:
     """One request to `url` exactly as given (already percent-encoded; it may be what was signed).
 
-    `form` is sent as application/x-www-form-urlencoded. Never raises for a failed call.
+    `form` is sent as application/x-www-form-urlencoded. `spool`: a large body goes to disk (see
+    _read); the caller closes the Response. Never raises for a failed call.
     """
     # `connect` covers the TCP and TLS set-up (and a wait for a pooled connection), `sock_connect` the
     # TCP connect alone; `sock_read` restarts with every chunk received.
     client_timeout = aiohttp.ClientTimeout(
         total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
     )
+    body: Body | None = None
+    handed_over = False
     try:
         async with asyncio.timeout(timeouts.total_s):
             async with session.request(
@@ -180,14 +224,19 @@ async def request(
                 allow_redirects=False,  # a redirect would carry signed headers to a URL never signed
                 raise_for_status=False,
             ) as response:
-                body = await _read(response, limit)
-                return Response(
+                body = await _read(response, limit, spool)
+                got = Response(
                     status=response.status,
                     reason=response.reason or "",
                     headers=response.headers,
                     content_type=response.headers.get("Content-Type", ""),
-                    body=body,
+                    body=body if isinstance(body, bytes) else None,
+                    spooled=body if isinstance(body, SpooledBody) else None,
                 )
+        handed_over = True
+        return got
+    except SpoolError as exc:  # the disk, not the server: not retried
+        return Failure("bad_response", str(exc))
     # aiohttp's own timeouts are TimeoutErrors too: the specific ones first.
     except aiohttp.ConnectionTimeoutError:
         return Failure("timeout", f"could not connect within {timeouts.connect_s:g}s", retryable=True)
@@ -200,6 +249,11 @@ async def request(
         return Failure("bad_response", error, retryable=True)
     except (aiohttp.ClientError, OSError) as exc:
         return Failure("network_error", clean(f"{type(exc).__name__}: {exc}"), retryable=True)
+    finally:
+        # A spooled body whose response is not handed over (the exchange's end timed out or was
+        # cancelled after the body was read) is closed here.
+        if not handed_over and isinstance(body, SpooledBody):
+            body.close()
 
 
 async def get(
@@ -210,6 +264,9 @@ async def get(
     timeouts: Timeouts,
     limit: int,
     ssl: SSLContext | None = None,
+    spool: Spool | None = None,
 ) -> Response | Failure:
     """GET `url` exactly as given; see `request`."""
-    return await request(session, "GET", url, headers=headers, timeouts=timeouts, limit=limit, ssl=ssl)
+    return await request(
+        session, "GET", url, headers=headers, timeouts=timeouts, limit=limit, ssl=ssl, spool=spool
+    )

@@ -33,11 +33,12 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Collection, Iterator
+from typing import Any, overload
 from xml.etree.ElementTree import Element
 
 from watcher.sources.base import ParseError
+from watcher.sources.body import Body, SpooledBody
 
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -47,14 +48,23 @@ _UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 _UTF16_NAMES = frozenset({"utf-16", "utf16", "utf-16le", "utf-16be"})
 _DECLARATIONS = ((b"<!DOCTYPE", "a document type declaration (<!DOCTYPE)"),
                  (b"<!ENTITY", "an entity declaration (<!ENTITY)"))
+_NUL = b"\x00"
+_MARKERS = (_NUL, *(marker for marker, _ in _DECLARATIONS))
+# Bytes a chunk of a spooled body's check repeats from the one before: all of a marker but its last byte.
+_OVERLAP = max(len(marker) for marker in _MARKERS) - 1
+# The declared encoding is looked for in this much of the start of the body.
+_HEAD_BYTES = 512
+# How much of a spooled body its check reads at a time.
+CHECK_CHUNK_BYTES = 1024 * 1024
 # How much of the body stream_untrusted_xml gives the parser at a time: the elements of one chunk are
 # what the tree holds at most (and the whole of one child of the root, if it is larger). On a listing
 # of 100,000 accounts, 16 to 256 KiB measured alike, 1 MiB markedly slower.
 STREAM_CHUNK_BYTES = 64 * 1024
 
 
-def _utf8(body: bytes) -> bytes:
-    """The body as UTF-8 bytes, as the parser will read them; ParseError when it cannot be one."""
+def _utf8(body: bytes) -> tuple[bytes, frozenset[str]]:
+    """The body as UTF-8 bytes, as the parser will read them, and the encoding names its declaration may
+    give; ParseError when it cannot be UTF-8."""
     encoding: str | None = None
     if body.startswith(_UTF16_BOMS):
         encoding = "utf-16"  # the codec reads the byte order from the BOM and drops it
@@ -62,18 +72,20 @@ def _utf8(body: bytes) -> bytes:
         encoding = "utf-16-le"
     elif body.startswith(b"\x00<"):
         encoding = "utf-16-be"
-    if encoding is not None:
-        try:
-            data = body.decode(encoding).encode("utf-8")
-        except UnicodeError as exc:  # a lone surrogate is refused on the way back to UTF-8
-            raise ParseError(f"not well-formed XML: not valid UTF-16: {exc}") from None
-        allowed = _UTF16_NAMES
-    else:
-        data = body
-        allowed = _UTF8_NAMES
-    if b"\x00" in data:
+    if encoding is None:
+        return body, _UTF8_NAMES
+    try:
+        return body.decode(encoding).encode("utf-8"), _UTF16_NAMES
+    except UnicodeError as exc:  # a lone surrogate is refused on the way back to UTF-8
+        raise ParseError(f"not well-formed XML: not valid UTF-16: {exc}") from None
+
+
+def _refuse(found: Collection[bytes], head: bytes, allowed: frozenset[str]) -> None:
+    """The ParseError of the first fault of a body (as UTF-8) whose start is `head` and which holds the
+    markers `found`: a NUL byte, then a declared encoding not `allowed`, a DTD, an entity declaration."""
+    if _NUL in found:
         raise ParseError("not well-formed XML: it contains a NUL byte (only UTF-8 and UTF-16 are accepted)")
-    declared = _DECLARED_ENCODING.match(data, 0, 512)
+    declared = _DECLARED_ENCODING.match(head, 0, _HEAD_BYTES)
     if declared is not None:
         name = declared.group(1).decode("ascii", "replace")
         if name.strip().lower() not in allowed:
@@ -81,16 +93,39 @@ def _utf8(body: bytes) -> bytes:
                 f"XML refused: the declared encoding {name[:40]!r} is not accepted "
                 f"(UTF-8, or UTF-16 with its byte-order mark)"
             )
-    return data
-
-
-def _checked(body: bytes) -> bytes:
-    """The body as UTF-8 bytes without a DTD or an entity declaration; ParseError otherwise."""
-    data = _utf8(body)
     for marker, what in _DECLARATIONS:
-        if marker in data:
+        if marker in found:
             raise ParseError(f"XML refused: it contains {what}; DTDs and entities are not accepted")
+
+
+@overload
+def _checked(body: bytes) -> bytes: ...
+@overload
+def _checked(body: Body) -> Body: ...
+def _checked(body: Body) -> Body:
+    """The body as UTF-8 without a DTD or an entity declaration; ParseError otherwise. A spooled body
+    stays spooled (unless it is UTF-16: transcoded in memory, which is rare)."""
+    if isinstance(body, SpooledBody):
+        if not body[:2].startswith((*_UTF16_BOMS, b"<\x00", b"\x00<")):
+            _refuse(_markers_in(body), body[:_HEAD_BYTES], _UTF8_NAMES)
+            return body
+        body = body.whole()
+    data, allowed = _utf8(body)
+    _refuse([marker for marker in _MARKERS if marker in data], data, allowed)
     return data
+
+
+def _markers_in(body: SpooledBody, chunk_bytes: int | None = None) -> set[bytes]:
+    """Which of _MARKERS a spooled body holds, read a chunk at a time. Each chunk starts with the last
+    bytes of the one before it, so that a marker split between two chunks is found whole."""
+    step = CHECK_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    found: set[bytes] = set()
+    at = 0
+    while at < len(body) and _NUL not in found:  # a NUL byte is the first fault: no need to read on
+        piece = body[max(0, at - _OVERLAP) : at + step]
+        found.update(marker for marker in _MARKERS if marker in piece)
+        at += step
+    return found
 
 
 def _not_well_formed(exc: Exception) -> ParseError:
@@ -113,7 +148,7 @@ def parse_untrusted_xml(body: bytes) -> Element:
 
 
 def stream_untrusted_xml(
-    body: bytes, chunk_bytes: int = STREAM_CHUNK_BYTES
+    body: Body, chunk_bytes: int = STREAM_CHUNK_BYTES
 ) -> tuple[Element, Iterator[Element]]:
     """An untrusted XML body read as it is parsed: its root element, and an iterator over the root's
     child elements, each complete, as soon as its end tag is read. The same checks and the same
@@ -126,9 +161,11 @@ def stream_untrusted_xml(
 
     The body is checked whole before anything is parsed (a DTD, an entity declaration, the encoding,
     NUL bytes); a ParseError for a DTD, an entity declaration, an encoding, or a fault before the end
-    of the root's start tag is raised by this call. A fault further on is raised by the iterator when
-    the parser reaches it, after the children before it (the parse of a whole tree would have raised
-    it before any); a caller that wants the document's faults to come first reads to the end.
+    of the root's start tag is raised by this call. A spooled body (watcher.sources.body) is checked
+    a chunk at a time, then read a chunk at a time as it is parsed. A fault further on is raised by
+    the iterator when the parser reaches it, after the children before it (the parse of a whole tree
+    would have raised it before any); a caller that wants the document's faults to come first reads to
+    the end.
     """
     data = _checked(body)
     children = _children(data, chunk_bytes)
@@ -139,7 +176,7 @@ def stream_untrusted_xml(
     return root, children
 
 
-def _chunk_end(data: bytes, at: int, chunk_bytes: int) -> int:
+def _chunk_end(data: Body, at: int, chunk_bytes: int) -> int:
     """Where the chunk from `at` ends: just after its last `>` (a whole tag, as a one-piece parse sees
     it), else not inside a UTF-8 character (expat words some faults otherwise when a character is split
     between two feeds); so that a fault is reported with the same words and position as from a whole
@@ -155,7 +192,7 @@ def _chunk_end(data: bytes, at: int, chunk_bytes: int) -> int:
     return end
 
 
-def _children(data: bytes, chunk_bytes: int) -> Iterator[Element]:
+def _children(data: Body, chunk_bytes: int) -> Iterator[Element]:
     """The root element first, then each child of the root at its end tag; see stream_untrusted_xml."""
     # The C parser, its encoding forced to UTF-8 as in parse_untrusted_xml, with its own event queue:
     # XMLPullParser's `_parser` is how `iterparse(..., parser=)` hands it one.
@@ -167,7 +204,7 @@ def _children(data: bytes, chunk_bytes: int) -> Iterator[Element]:
     # A feed that queued no fault is not even read event by event: its last event says how many of the
     # root's children have ended (see below), and the queue is cleared at once.
     events: deque[Any] = parser._events_queue  # type: ignore[attr-defined]
-    view = memoryview(data)  # chunks without copies
+    view = memoryview(data) if isinstance(data, bytes) else data  # chunks without copies, or from the file
     root: Element | None = None
     ended = False  # the root's end tag was read
     given = 0  # the root's children given out and still held by it
