@@ -20,8 +20,10 @@ from typing import Any
 from unittest import mock
 
 import defusedxml.ElementTree as SafeET
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spooling import as_body
 
 import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
@@ -243,47 +245,49 @@ def test_xml_element_mutations(body: bytes) -> None:
 STREAM_SNIPPETS = [*HOSTILE_SNIPPETS, b"<x/>", b"<balance/>", b"<account_balance/>", b"<!-- c -->"]
 
 
-def _xml_outcome(body: bytes, chunk_bytes: int | None) -> object:
-    """What parse_mastercard_xml makes of `body`, streamed in chunks of `chunk_bytes`, or (None) through
-    the whole-tree reader: the result, or the ParseError's message."""
+def _xml_outcome(body: bytes, chunk_bytes: int | None, spool: bool = False) -> object:
+    """What parse_mastercard_xml makes of `body`, streamed in chunks of `chunk_bytes` (from a spool file
+    when `spool`), or (None) through the whole-tree reader: the result, or the ParseError's message."""
     kw: dict[str, Any] = {"source": "mc", "observed_at": T0, "correlation_id": "c"}
     try:
         if chunk_bytes is None:
             return mastercard._read_xml_tree(body, **kw)
         streamed = functools.partial(xmlsafe.stream_untrusted_xml, chunk_bytes=chunk_bytes)
-        with mock.patch.object(mastercard, "stream_untrusted_xml", streamed):
-            return parse_mastercard_xml(body, **kw)
+        with mock.patch.object(mastercard, "stream_untrusted_xml", streamed), as_body(body, spool) as read:
+            return parse_mastercard_xml(read, **kw)
     except ParseError as exc:
         return str(exc)
 
 
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
 @FUZZ
 @given(st.one_of(mutated_xml(), st.sampled_from(XML_SEEDS)),
        st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(STREAM_SNIPPETS)), max_size=2),
        st.integers(0, 10_000), st.sampled_from([1, 2, 5, 16, 64, 1024]))
-def test_xml_streamed_reads_as_the_whole_tree(body: bytes, insertions: list[tuple[int, bytes]], cut: int,
-                                              chunk_bytes: int) -> None:
+def test_xml_streamed_reads_as_the_whole_tree(spool: bool, body: bytes, insertions: list[tuple[int, bytes]],
+                                              cut: int, chunk_bytes: int) -> None:
     """Whatever the body and wherever the chunks end, the streamed listing parse gives the same
-    observations, rejections and ParseError messages as reading the whole tree."""
+    observations, rejections and ParseError messages as reading the whole tree; from memory, and from
+    a spool file read back a few bytes at a time."""
     for position, snippet in insertions:
         at = position % (len(body) + 1)
         body = body[:at] + snippet + body[at:]
     for candidate in (body, body[:cut % (len(body) + 1)]):
-        assert _xml_outcome(candidate, chunk_bytes) == _xml_outcome(candidate, None)
+        assert _xml_outcome(candidate, chunk_bytes, spool) == _xml_outcome(candidate, None)
 
 
 # --- the streamed JSON listing reads as the whole body ---------------------------------------------------
 
 
-def _json_outcome(body: bytes, chunk_bytes: int | None) -> object:
-    """What parse_mastercard_json makes of `body`, streamed in chunks of `chunk_bytes` whatever its size,
-    or (None) read whole: the result, or the ParseError's message."""
+def _json_outcome(body: bytes, chunk_bytes: int | None, spool: bool = False) -> object:
+    """What parse_mastercard_json makes of `body`, streamed in chunks of `chunk_bytes` whatever its size
+    (from a spool file when `spool`), or (None) read whole: the result, or the ParseError's message."""
     kw: dict[str, Any] = {"source": "mc", "observed_at": T0, "correlation_id": "c"}
     threshold = 0 if chunk_bytes is not None else 1 << 62
     with mock.patch.object(mastercard, "_STREAM_JSON_BYTES", threshold), \
-            mock.patch.object(json_listing, "CHUNK_BYTES", chunk_bytes or 1):
+            mock.patch.object(json_listing, "CHUNK_BYTES", chunk_bytes or 1), as_body(body, spool) as read:
         try:
-            return parse_mastercard_json(body, **kw)
+            return parse_mastercard_json(read, **kw)
         except ParseError as exc:
             return str(exc)
 
@@ -292,17 +296,18 @@ JSON_SNIPPETS = [*HOSTILE_SNIPPETS, b",", b"]", b"[]", b" ", b"\n", b"1", b"\xc3
                  b'"x":1,', b'{"account-balances":[]}', b"\xef\xbb\xbf"]
 
 
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
 @FUZZ
 @given(st.one_of(mutated_json(), st.sampled_from(JSON_SEEDS)),
        st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(JSON_SNIPPETS)), max_size=2),
        st.integers(0, 10_000), st.sampled_from([1, 2, 3, 5, 16, 64, 1024]))
-def test_json_streamed_reads_as_the_whole_body(body: bytes, insertions: list[tuple[int, bytes]], cut: int,
-                                               chunk_bytes: int) -> None:
+def test_json_streamed_reads_as_the_whole_body(spool: bool, body: bytes, insertions: list[tuple[int, bytes]],
+                                               cut: int, chunk_bytes: int) -> None:
     """Whatever the body and wherever the chunks end (inside a number, a string, a UTF-8 character),
     the streamed listing parse gives the same observations, rejections and ParseError messages as the
-    whole body read at once."""
+    whole body read at once; from memory, and from a spool file read back a few bytes at a time."""
     for position, snippet in insertions:
         at = position % (len(body) + 1)
         body = body[:at] + snippet + body[at:]
     for candidate in (body, body[:cut % (len(body) + 1)]):
-        assert _json_outcome(candidate, chunk_bytes) == _json_outcome(candidate, None)
+        assert _json_outcome(candidate, chunk_bytes, spool) == _json_outcome(candidate, None)

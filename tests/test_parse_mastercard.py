@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from spooling import as_body
 
 import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
@@ -577,9 +578,10 @@ def _listing_xml(count: int) -> bytes:
     return (body[:start] + accounts + body[body.rindex(close) + len(close):]).encode()
 
 
-def _xml_outcome(read: Any, body: bytes) -> object:
+def _xml_outcome(read: Any, body: bytes, spool: bool = False) -> object:
     try:
-        return read(body, **KW)
+        with as_body(body, spool) as given:
+            return read(given, **KW)
     except ParseError as exc:
         return str(exc)
 
@@ -600,11 +602,14 @@ def _xml_outcome(read: Any, body: bytes) -> object:
         (_listing_xml(3), None),
     ],
 )
-def test_xml_streamed_listing_keeps_the_whole_tree_verdicts(body: bytes, message: str | None) -> None:
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
+def test_xml_streamed_listing_keeps_the_whole_tree_verdicts(
+    body: bytes, message: str | None, spool: bool
+) -> None:
     """The listing is read as it is parsed, yet says what the whole tree said: a fault of the document
     anywhere comes before a wrong root or unexpected children, and a <balance> under the root makes the
-    root the account."""
-    streamed = _xml_outcome(parse_mastercard_xml, body)
+    root the account; from memory or from a spool file."""
+    streamed = _xml_outcome(parse_mastercard_xml, body, spool)
     assert streamed == _xml_outcome(mastercard._read_xml_tree, body)
     if message is None:
         assert isinstance(streamed, ParsedBalances)
@@ -646,13 +651,15 @@ def _listing_json(count: int, indent: int | None = 3, **extra: object) -> bytes:
     return json.dumps({"account-balances": accounts}, indent=indent, ensure_ascii=False).encode()
 
 
-def _json_outcome(body: bytes, *, streamed: bool, chunk_bytes: int = 1024 * 1024) -> object:
+def _json_outcome(
+    body: bytes, *, streamed: bool, chunk_bytes: int = 1024 * 1024, spool: bool = False
+) -> object:
     threshold = 0 if streamed else 1 << 62
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, as_body(body, spool) as given:
         patch.setattr(mastercard, "_STREAM_JSON_BYTES", threshold)
         patch.setattr(json_listing, "CHUNK_BYTES", chunk_bytes)
         try:
-            return parse_mastercard_json(body, **KW)
+            return parse_mastercard_json(given, **KW)
         except ParseError as exc:
             return str(exc)
 
@@ -697,10 +704,12 @@ _DUPLICATED = _LISTING.replace(b"NXQ7", b"NXQ3")
     ],
 )
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1024 * 1024])
-def test_json_streamed_listing_reads_as_the_whole_body(body: bytes, chunk_bytes: int) -> None:
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
+def test_json_streamed_listing_reads_as_the_whole_body(body: bytes, chunk_bytes: int, spool: bool) -> None:
     """The listing is read one item at a time, yet gives what the whole body gives: the observations,
-    the rejections, and for a body that is not a valid listing the same ParseError, word for word."""
-    streamed = _json_outcome(body, streamed=True, chunk_bytes=chunk_bytes)
+    the rejections, and for a body that is not a valid listing the same ParseError, word for word;
+    from memory or from a spool file."""
+    streamed = _json_outcome(body, streamed=True, chunk_bytes=chunk_bytes, spool=spool)
     assert streamed == _json_outcome(body, streamed=False)
 
 

@@ -13,6 +13,7 @@ from xml.etree.ElementTree import tostring
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from spooling import as_body
 
 from watcher.sources.base import ParseError
 from watcher.sources.mastercard import describe_error_body, parse_mastercard_xml
@@ -157,11 +158,12 @@ def test_no_encoding_smuggles_a_declaration(encoding: str, before: str, declarat
 # --- streaming ------------------------------------------------------------------------------------------
 
 
-def _streamed_or_error(body: bytes, chunk_bytes: int) -> object:
+def _streamed_or_error(body: bytes, chunk_bytes: int, spool: bool = False) -> object:
     """The root's tag and each child as (tag, text, [grandchild tags]), or the ParseError's message."""
     try:
-        root, children = stream_untrusted_xml(body, chunk_bytes)
-        return root.tag, [(c.tag, c.text, [g.tag for g in c]) for c in children]
+        with as_body(body, spool) as given:
+            root, children = stream_untrusted_xml(given, chunk_bytes)
+            return root.tag, [(c.tag, c.text, [g.tag for g in c]) for c in children]
     except ParseError as exc:
         return str(exc)
 
@@ -193,18 +195,22 @@ STREAM_BODIES = [
 
 @pytest.mark.parametrize("body", STREAM_BODIES)
 @pytest.mark.parametrize("chunk_bytes", [1, 3, 8, 64 * 1024])
-def test_stream_reads_as_the_whole_tree(body: bytes, chunk_bytes: int) -> None:
-    """Streamed in any chunk size, a body gives the root and its children as the whole tree has them
-    (comments and processing instructions are not children), and the same ParseError, word for word."""
-    assert _streamed_or_error(body, chunk_bytes) == _whole_or_error(body)
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
+def test_stream_reads_as_the_whole_tree(body: bytes, chunk_bytes: int, spool: bool) -> None:
+    """Streamed in any chunk size, from memory or from a spool file, a body gives the root and its
+    children as the whole tree has them (comments and processing instructions are not children), and
+    the same ParseError, word for word."""
+    assert _streamed_or_error(body, chunk_bytes, spool) == _whole_or_error(body)
 
 
-def test_stream_refuses_before_parsing() -> None:
-    """A DTD, an entity declaration, a NUL or a foreign encoding is refused by the call itself."""
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
+def test_stream_refuses_before_parsing(spool: bool) -> None:
+    """A DTD, an entity declaration, a NUL or a foreign encoding is refused by the call itself, from
+    memory or from a spool file."""
     for body, message in [(BOMB.encode(), DOCTYPE_REFUSED), (b'<a><!ENTITY e "x"></a>', ENTITY_REFUSED),
                           (b"<a>\x00</a>", "NUL byte"), (b"<a/", "not well-formed XML")]:
-        with pytest.raises(ParseError, match=message):
-            stream_untrusted_xml(body)
+        with pytest.raises(ParseError, match=message), as_body(body, spool) as given:
+            stream_untrusted_xml(given)
 
 
 def test_stream_holds_no_more_than_a_chunk() -> None:
@@ -223,13 +229,15 @@ def test_stream_holds_no_more_than_a_chunk() -> None:
     assert len(root) == 0
 
 
-def test_stream_gives_each_child_complete_at_every_chunk_size() -> None:
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
+def test_stream_gives_each_child_complete_at_every_chunk_size(spool: bool) -> None:
     """Wherever a chunk ends (inside a child, right after its end tag, with the root's end tag in the same
     chunk or not), each child the stream gives is already complete, all its descendants and texts as the
-    whole tree has them, and every child is given once, in order."""
+    whole tree has them, and every child is given once, in order; from memory or from a spool file."""
     child = "<a i='{i}'><b><c>{i}</c><d/>t</b>x<e><f><g>{i}</g></f></e></a>"
     body = ("<r>" + "".join(child.format(i=i) for i in range(12)) + "<z/></r>\n<!-- end -->").encode()
     whole = [tostring(c) for c in parse_untrusted_xml(body)]
     for chunk_bytes in range(1, len(body) + 2):
-        _, children = stream_untrusted_xml(body, chunk_bytes)
-        assert [tostring(c) for c in children] == whole, chunk_bytes
+        with as_body(body, spool, read_bytes=chunk_bytes + 3) as given:
+            _, children = stream_untrusted_xml(given, chunk_bytes)
+            assert [tostring(c) for c in children] == whole, chunk_bytes

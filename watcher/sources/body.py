@@ -125,6 +125,8 @@ class SpooledBody:
         at = self._window_at
         if at <= start and stop <= at + len(self._window):
             return self._window[start - at : stop - at]
+        if self._file.closed:  # its descriptor's number may belong to another file by now
+            raise ValueError("read of a spooled body after it was closed")
         want = max(stop - start, _WINDOW_BYTES)
         window = _pread(self._fd, start, min(start + want, self._size))
         self._window, self._window_at = window, start
