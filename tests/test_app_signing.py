@@ -1,5 +1,6 @@
 """The composition root owns the signing pool: it builds it from `[signing] threads`, hands it to every
-Mastercard source (also those a reload builds), and shuts it down when the components close."""
+Mastercard source (also those a reload builds), and shuts it down when the components close. It also
+gives those sources the folder where they spool a large listing body."""
 
 from __future__ import annotations
 
@@ -67,3 +68,19 @@ async def test_zero_threads_sign_on_the_event_loop(
         (poller,) = components.pollers
         assert isinstance(poller.source, MastercardSendSource)
         assert poller.source._sign_pool is None
+
+
+async def test_listings_spool_next_to_the_state_database(tmp_path: Path, dev_key: DevKey) -> None:
+    """The composition root gives every Mastercard source, and one a reload builds, the state
+    database's folder for its spooled listing bodies (on disk, writable under the unit's sandbox)."""
+    async with open_components(settings(tmp_path, dev_key, None), [], publish=False,
+                               on_event=_ignore) as components:
+        (poller,) = components.pollers
+        assert isinstance(poller.source, MastercardSendSource)
+        assert poller.source._spool is not None
+        assert poller.source._spool.directory == tmp_path
+        cfg = components.settings.sources[0]
+        assert isinstance(cfg, MastercardSendConfig)
+        rebuilt = components.make_source(cfg, poller.source._key)
+        assert isinstance(rebuilt, MastercardSendSource)
+        assert rebuilt._spool == poller.source._spool
