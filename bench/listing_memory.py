@@ -1,6 +1,7 @@
 """The listing's memory, in process: peak RSS (VmHWM) of each round of a partner-wide listing.
 
     .venv/bin/python bench/listing_memory.py [--format json|xml] [--accounts 100000] [--rounds 4] [--trace]
+                                             [--spool]
 
 No broker, no sandbox process, no HTTP: the real state store (SQLite, in a temporary folder), the real
 poller and rules (rules.example.toml), the real parser of the Mastercard source on a body the sandbox's
@@ -8,9 +9,11 @@ renderer made, and an outbox relay whose "Kafka" acknowledges each batch after -
 Round 1 is first sight; before each later round, every 100th account's amount moves (1 % changed).
 
 The body is made once (in a child process, so that the sandbox's world does not stay in this one's
-heap) and kept as a bytearray; each fetch copies it into a new bytes object, as a read does. So RSS
-here is the daemon's plus that one body (the bytearray), ~35 MiB for JSON, and minus what the daemon
-has besides (aiohttp, aiokafka, the alert clock). The peak of each round is measured alone: VmHWM is
+heap) and kept as a bytearray; each fetch copies it into a new bytes object, as a read does, or with
+`--spool` writes it 64 KiB at a time into a spool file in the state database's folder, as the transport
+does with a large body, and parses it back from there. So RSS here is the daemon's plus that one body
+(the bytearray), ~35 MiB for JSON, and minus what the daemon has besides (aiohttp, aiokafka, the alert
+clock). The peak of each round is measured alone: VmHWM is
 reset before it (/proc/self/clear_refs). `--trace` adds tracemalloc (slow): traced memory at the end of
 each round and its peak, and the largest allocation sites still alive at the end of the round.
 """
@@ -41,6 +44,7 @@ from rules.loader import load_rule_files  # noqa: E402
 from watcher.poller import OutboxDelivery, Poller, RulesHolder  # noqa: E402
 from watcher.relay import OutboxRelay  # noqa: E402
 from watcher.sources.base import FetchResult  # noqa: E402
+from watcher.sources.body import Spool  # noqa: E402
 from watcher.sources.mastercard_parse import ListingKeys, parse_mastercard_json, parse_mastercard_xml  # noqa: E402
 from watcher.store import OutboxEntry, StateStore  # noqa: E402
 
@@ -112,10 +116,11 @@ class Source:
     provider = "mastercard-send"
     max_concurrency = 1
 
-    def __init__(self, body: Body, fmt: str) -> None:
+    def __init__(self, body: Body, fmt: str, spool: Spool | None = None) -> None:
         self._body = body
         self._parse = parse_mastercard_json if fmt == "json" else parse_mastercard_xml
         self._keys = ListingKeys()
+        self._spool = spool
 
     def targets(self) -> Sequence[str]:
         return ("*",)
@@ -126,11 +131,27 @@ class Source:
 
     async def fetch(self, target: str) -> FetchResult:
         started = time.monotonic()
-        body = bytes(self._body.buffer)  # a new body, as a read makes
-        parsed = self._parse(
-            body, source=self.name, observed_at=datetime.now(UTC), correlation_id="corr", keys=self._keys
-        )
-        del body
+        if self._spool is None:
+            body = bytes(self._body.buffer)  # a new body, as a read makes
+            parsed = self._parse(
+                body, source=self.name, observed_at=datetime.now(UTC), correlation_id="corr", keys=self._keys
+            )
+            del body
+        else:
+            # As the transport spools a large body: 64 KiB at a time into an unlinked file.
+            writer = self._spool.open()
+            try:
+                with memoryview(self._body.buffer) as view:
+                    for at in range(0, len(view), 64 * 1024):
+                        writer.write(view[at : at + 64 * 1024])
+                spooled = writer.finish()
+            finally:
+                writer.close()
+            with spooled:
+                parsed = self._parse(
+                    spooled, source=self.name, observed_at=datetime.now(UTC), correlation_id="corr",
+                    keys=self._keys,
+                )
         return FetchResult(self.name, target, "ok", "corr", observations=parsed.observations,
                            rejected=parsed.rejected, http_status=200, duration_s=time.monotonic() - started)
 
@@ -153,11 +174,12 @@ async def run(args: argparse.Namespace) -> None:
     relay = OutboxRelay(store, Kafka(args.ack_delay), batch_size=1000)  # type: ignore[arg-type]
     relay_task = asyncio.create_task(relay.run())
     rules = load_rule_files([ROOT / "rules.example.toml"])
-    poller = Poller(Source(body, args.format), store, OutboxDelivery(store, relay.wake),  # type: ignore[arg-type]
+    spool = Spool(folder) if args.spool else None
+    poller = Poller(Source(body, args.format, spool), store, OutboxDelivery(store, relay.wake),  # type: ignore[arg-type]
                     RulesHolder(rules.rules), lambda: datetime.now(UTC))
     gc.collect()
-    print(f"before round 1: RSS {status()['VmRSS']:.1f} MiB (the body's bytearray "
-          f"{len(body.buffer) / 2**20:.1f} MiB of it)")
+    print(f"{args.format}, {'spooled' if args.spool else 'bytes'}; before round 1: RSS "
+          f"{status()['VmRSS']:.1f} MiB (the body's bytearray {len(body.buffer) / 2**20:.1f} MiB of it)")
     if args.trace:
         tracemalloc.start()
     for round_no in range(1, args.rounds + 1):
@@ -197,6 +219,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--ack-delay", type=float, default=0.05)
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument("--spool", action="store_true", help="parse the body back from a spool file")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(run(args))
