@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from unit_env import unit_environment  # noqa: E402
+
 from watcher.devbroker import Broker, free_port, start_broker  # noqa: E402
 from watcher.devkeys import DEFAULT_PASSWORD, DevKey, generate_dev_key  # noqa: E402
 
@@ -356,7 +358,8 @@ def parse_log_time(stamp: str) -> float:
 
 
 class Daemon:
-    """`python -m watcher run -c CONFIG` as its own process; its JSON log lines read from a file."""
+    """`python -m watcher run -c CONFIG` as its own process, with the systemd unit's environment; its JSON
+    log lines read from a file."""
 
     def __init__(self, config: Path, *, metrics_port: int | None = None, command: str = "run",
                  patches: Sequence[str] = (), extra_env: dict[str, str] | None = None) -> None:
@@ -370,7 +373,7 @@ class Daemon:
             [sys.executable, str(ROOT / "bench" / "patched_daemon.py"), ",".join(patches), command, "-c",
              str(config)],
             stdout=self._log, stderr=self._log, cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
+            env={**os.environ, **unit_environment(), "PYTHONUNBUFFERED": "1", **(extra_env or {})},
         )
         self._offset = 0
         self._lines: list[dict[str, Any]] = []

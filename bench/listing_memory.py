@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
+from unit_env import unit_environment  # noqa: E402
 
 from rules.loader import load_rule_files  # noqa: E402
 from watcher.poller import OutboxDelivery, Poller, RulesHolder  # noqa: E402
@@ -220,7 +222,20 @@ def main() -> int:
     parser.add_argument("--ack-delay", type=float, default=0.05)
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--spool", action="store_true", help="parse the body back from a spool file")
+    parser.add_argument("--allocator", choices=["unit", "default"], default="unit",
+                        help="unit (the default): with the systemd unit's environment, glibc's tuning"
+                             " among it, as the daemon runs; default: glibc as it comes")
     args = parser.parse_args()
+    wanted = unit_environment() if args.allocator == "unit" else {}
+    if args.allocator == "default":
+        wanted = {name: "" for name in os.environ if name.startswith("MALLOC_")}
+    if any(os.environ.get(name, "") != value for name, value in wanted.items()):
+        # glibc reads its tuning at start-up: the process starts again with it.
+        env = {**os.environ, **wanted}
+        env = {name: value for name, value in env.items() if value or not name.startswith("MALLOC_")}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    tuning = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+    print(f"allocator: {args.allocator} ({tuning or 'glibc as it comes'})")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(run(args))
     return 0
