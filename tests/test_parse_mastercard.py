@@ -1126,3 +1126,23 @@ def test_known_balances_of_another_source_are_not_looked_up() -> None:
     assert asked == []
     parse_mastercard_json(body, keys=keys, **{**KW, "source": "other"})
     assert asked == [BalanceKey("other", "t1")]
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_a_listings_index_of_accounts_is_its_observations_accounts(parse: Any) -> None:
+    """The source's index of a listing's accounts (ListingKeys.latest, which the poller takes as the
+    accounts the listing answered for) holds exactly the accounts of its observations, in the order
+    first answered, each with an equal key: an entry rejected for a bad amount is not in it, a token
+    listed twice is in it once; after a listing that fails to parse it is the previous one's."""
+    accounts = [("t1", "1.00", "IN_CREDIT", "Main"), ("t2", "bad", "IN_CREDIT", "Main"),
+                ("t3", "2.00", "IN_DEBIT", "Fees"), ("t1", "3.00", "IN_CREDIT", "Main"),
+                ("t4", "4.00", "IN_CREDIT", "Other")]
+    keys = mastercard.ListingKeys()
+    parsed = parse(_accounts_body(parse, accounts), keys=keys, **KW)
+    assert [o.key.account for o in parsed.observations] == ["t1", "t3", "t4"]
+    assert list(keys.latest) == ["t1", "t3", "t4"]
+    assert all(keys.latest[o.key.account] == o.key for o in parsed.observations)
+    before = keys.latest
+    with pytest.raises(ParseError):
+        parse(_accounts_body(parse, [("t9", "bad", "IN_CREDIT", "Main")]), keys=keys, **KW)
+    assert keys.latest is before

@@ -213,7 +213,8 @@ async def test_mastercard_request_is_exact_and_signed(
 
 async def test_mastercard_listing_when_no_tokens(server: Server, session: aiohttp.ClientSession,
                                                  key: RSAPrivateKey) -> None:
-    """Without configured tokens one call lists every account of the partner."""
+    """Without configured tokens one call lists every account of the partner; the result names its
+    accounts with their observations' very keys (the poller takes them as the accounts answered)."""
     server.handler = answer((SEED / "mc_account_balances.json").read_bytes())
     source = mc_source(server, session, key, non_card_tokens=[])
     assert source.targets() == ("*",)
@@ -224,6 +225,9 @@ async def test_mastercard_listing_when_no_tokens(server: Server, session: aiohtt
     assert result.outcome == "ok"
     assert [o.balance.amount for o in result.observations] == [Decimal(1000), Decimal(13000), Decimal(5000)]
     assert result.correlation_id == ""  # no correlation-id header in this answer
+    assert result.accounts is not None
+    assert list(result.accounts) == [o.key.account for o in result.observations]
+    assert all(result.accounts[o.key.account] is o.key for o in result.observations)
 
 
 async def test_mastercard_odd_token_is_encoded_and_still_verifies(
@@ -241,6 +245,7 @@ async def test_mastercard_odd_token_is_encoded_and_still_verifies(
     verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())
     assert result.outcome == "ok"
     assert result.observations[0].key.account == token
+    assert result.accounts is None  # one account's call: not a listing
 
 
 async def test_mastercard_partial_listing_reports_rejected(

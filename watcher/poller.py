@@ -178,13 +178,19 @@ class Poller:
         account's subject key (one balance per account, as Mastercard's), so that the freshness records
         of a first listing of 100,000 accounts hold no keys of their own."""
         source = self.source.name
-        keys: dict[str, BalanceKey] = {}
+        keys: Mapping[str, BalanceKey] = {}
         accounts: tuple[str, ...] | KeysView[str]
         if result.target != WHOLE_SOURCE:
             accounts = (result.target,)
         elif result.outcome == "ok":
-            for o in result.observations:
-                keys.setdefault(o.key.account, o.key)
+            # The source's own index of the listing's accounts when it keeps one: no copy of 100,000.
+            if result.accounts is not None:
+                keys = result.accounts
+            else:
+                made: dict[str, BalanceKey] = {}
+                for o in result.observations:
+                    made.setdefault(o.key.account, o.key)
+                keys = made
             accounts = keys.keys()
         else:  # a failed listing leaves every account of the source unanswered
             accounts = tuple(dict.fromkeys(k.account for k in self._store.all_known() if k.source == source))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -69,6 +69,9 @@ class FetchResult:
     retry_after_s: float | None = None
     # Requests actually sent for this call, retries included; 0 when the source refused to call.
     attempts: int = 1
+    # A listing's accounts, each once in the order answered, with their observations' key: the source's
+    # own index when it keeps one (else None, and the poller makes it from the observations).
+    accounts: Mapping[str, BalanceKey] | None = None
 
 
 class BalanceSource(Protocol):

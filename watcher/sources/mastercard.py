@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -192,6 +192,7 @@ class MastercardSendSource:
             observations: tuple[Observation, ...] = (),
             rejected: tuple[str, ...] = (),
             reason_code: str | None = None,
+            accounts: Mapping[str, BalanceKey] | None = None,
         ) -> FetchResult:
             return transport.finished(
                 self.name,
@@ -206,6 +207,7 @@ class MastercardSendSource:
                 reason_code=reason_code,
                 retry_after_s=called.retry_after_s,
                 attempts=called.attempts,
+                accounts=accounts,
             )
 
         if status != 200:
@@ -239,4 +241,6 @@ class MastercardSendSource:
             if not observations:
                 why = "; ".join(rejected) or "it was empty"
                 return done("bad_response", f"no balance for the asked account in the answer ({why})")
-        return done("ok", observations=observations, rejected=rejected)
+            return done("ok", observations=observations, rejected=rejected)
+        # The listing's accounts as its parse indexed them (ListingKeys.latest): the poller needs no copy.
+        return done("ok", observations=observations, rejected=rejected, accounts=self._listing_keys.latest)

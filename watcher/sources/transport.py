@@ -20,7 +20,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from rules.types import Observation
+from rules.types import BalanceKey, Observation
 from watcher.config import MastercardSendConfig, MyposPsd2Config
 from watcher.sources.base import FetchOutcome, FetchResult
 from watcher.sources.body import Body, Spool, SpooledBody, SpoolError, SpoolWriter
@@ -109,6 +109,7 @@ def finished(
     access_revoked: bool = False,
     retry_after_s: float | None = None,
     attempts: int = 1,
+    accounts: Mapping[str, BalanceKey] | None = None,
 ) -> FetchResult:
     """The FetchResult of a call that began at `started` (time.monotonic)."""
     return FetchResult(
@@ -125,6 +126,7 @@ def finished(
         access_revoked=access_revoked,
         retry_after_s=retry_after_s,
         attempts=attempts,
+        accounts=accounts,
     )
 
 
