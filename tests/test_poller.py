@@ -6,6 +6,7 @@ workers, and a big listing lets the event loop run between its slices."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -392,4 +393,57 @@ async def test_a_listings_freshness_records_hold_its_observations_keys(tmp_path:
         assert record.listed
         assert record.subject == keys[account]
         assert record.watched_since == T0
+    await store.close()
+
+
+class LargeListing(TwoAccountListing):
+    """A partner-wide listing of `count` accounts, made anew for each call and kept by nobody else."""
+
+    name = "big"
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    async def fetch(self, target: str) -> FetchResult:
+        balance = Balance(Decimal("9000.00"), "GBP", "IN_CREDIT")
+        observations = tuple(
+            Observation(key=BalanceKey(self.name, f"acct-{n}"), provider=self.provider, balance=balance,
+                        observed_at=T0, correlation_id="c")
+            for n in range(self.count)
+        )
+        return FetchResult(self.name, target, "ok", "c", observations=observations, http_status=200)
+
+
+class CountingDelivery:
+    """Stages nothing durable; at each slice, counts the listing's observations still alive."""
+
+    def __init__(self) -> None:
+        self.alive: list[int] = []
+        self.slices: list[int] = []
+
+    def stage(self, update: StateUpdate, events: Sequence[Event]) -> asyncio.Future[None]:
+        gc.collect()
+        alive = [o for o in gc.get_objects() if type(o) is Observation and o.key.source == "big"]
+        self.alive.append(len(alive))
+        self.slices.append(len(update.balances))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_a_large_listings_observations_are_let_go_as_their_slices_are_staged(tmp_path: Path) -> None:
+    """The observations of a listing larger than a slice are not all held until its round ends: once a
+    slice is staged, its observations are let go (a first listing of 100,000 accounts would otherwise
+    hold 11 MiB of them at its peak); every account is still assessed once, in order, and counted."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    delivery = CountingDelivery()
+    count = 3 * poller_module.SLICE_SIZE + 10
+    rules = parse_rules({"rules": [{"name": "quiet", "kind": "stale", "after": "1h"}]}, "test.toml")
+    poller = Poller(LargeListing(count), store, delivery, RulesHolder(rules), clock=lambda: T0)
+    summary = await poller.poll_round()
+    assert summary.observations == count
+    assert delivery.slices == [poller_module.SLICE_SIZE] * 3 + [10]
+    # While a slice is staged: that slice's observations and those still to come, never the ones before.
+    assert delivery.alive == [count - n * poller_module.SLICE_SIZE for n in range(4)]
     await store.close()

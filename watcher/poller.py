@@ -20,7 +20,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, KeysView, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Protocol
@@ -183,14 +183,7 @@ class Poller:
         if result.target != WHOLE_SOURCE:
             accounts = (result.target,)
         elif result.outcome == "ok":
-            # The source's own index of the listing's accounts when it keeps one: no copy of 100,000.
-            if result.accounts is not None:
-                keys = result.accounts
-            else:
-                made: dict[str, BalanceKey] = {}
-                for o in result.observations:
-                    made.setdefault(o.key.account, o.key)
-                keys = made
+            keys = _accounts(result)
             accounts = keys.keys()
         else:  # a failed listing leaves every account of the source unanswered
             accounts = tuple(dict.fromkeys(k.account for k in self._store.all_known() if k.source == source))
@@ -327,7 +320,7 @@ class Poller:
             if self._rules.rules.has_stale_rules:
                 # A failure never resolves anything, but it can make an account or the source stale.
                 try:
-                    await self._process(result, log)
+                    await self._process(result, [], log)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -335,19 +328,25 @@ class Poller:
         else:
             for reason in result.rejected:
                 log.warning("entry rejected", error=reason)
+            count = len(result.observations)
+            pending = list(result.observations)
+            if count > SLICE_SIZE:
+                # A listing's observations are let go slice by slice as they are staged, not all held to
+                # the end of its round (11 MiB for 100,000): `pending` is then their only holder.
+                result = replace(result, observations=(), accounts=_accounts(result))
             try:
-                published = await self._process(result, log)
+                published = await self._process(result, pending, log)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # e.g. the state store failed: this call is lost, not the round
                 log.error("processing failed; state not advanced, the next poll retries", error=repr(exc))
                 published = None
-            summary.observations += len(result.observations)
+            summary.observations += count
             if published is None:
                 summary.delivery_failures += 1
             else:
                 summary.events += published
-            log.info("poll", balances=len(result.observations), events=published, **fields)
+            log.info("poll", balances=count, events=published, **fields)
         now = self._clock()
         records.append(
             PollRecord(
@@ -362,9 +361,12 @@ class Poller:
             )
         )
 
-    async def _process(self, result: FetchResult, log: structlog.typing.FilteringBoundLogger) -> int | None:
-        """Assess and deliver. Returns the number of events delivered, None when the outbox is full;
-        raises when the state could not be written (the state is then as it was before that part).
+    async def _process(
+        self, result: FetchResult, pending: list[Observation], log: structlog.typing.FilteringBoundLogger
+    ) -> int | None:
+        """Assess and deliver `pending`, the call's observations, taking them out of the list a slice at a
+        time. Returns the number of events delivered, None when the outbox is full; raises when the state
+        could not be written (the state is then as it was before that part).
 
         Assessing and staging are under the evaluation lock: alert states read here must not change
         before this call's new states are staged (another call of a whole-source listing, or the
@@ -372,17 +374,15 @@ class Poller:
         before the write is awaited."""
         # One call is evaluated against one set of rules, even if SIGHUP swaps them between its slices.
         rules = self._rules.rules
-        observations = result.observations
-        count = len(observations)
         delivered = 0
         in_flight: Awaitable[None] | None = None  # the previous slice's write: at most one waits
-        start = 0
         while True:
-            end = min(start + SLICE_SIZE, count)
-            last = end >= count
+            part = pending[:SLICE_SIZE]
+            del pending[:SLICE_SIZE]
+            last = not pending
             try:
                 async with self._lock:
-                    staged, events = self._stage(result, observations[start:end], rules, staleness=last)
+                    staged, events = self._stage(result, part, rules, staleness=last)
             except OutboxFull as exc:
                 log.error("OUTBOX FULL: state not advanced, the next poll retries; is Kafka reachable?",
                           error=str(exc))
@@ -395,7 +395,6 @@ class Poller:
             in_flight = staged
             if last:
                 break
-            start = end
             await asyncio.sleep(0)  # heartbeats, the relay, other calls: between slices
         await in_flight
         return delivered
@@ -446,3 +445,14 @@ class Poller:
             events.extend(alert_event(t, provider, self._description(t.state.key)) for t in stale.transitions)
         update = StateUpdate(balances=balances, alerts=alerts, freshness=freshness)
         return self._delivery.stage(update, events), len(events)
+
+
+def _accounts(result: FetchResult) -> Mapping[str, BalanceKey]:
+    """The accounts a listing answered for, each once in order, with their observations' (first) key: the
+    source's own index when it keeps one (no copy of 100,000), else made from the observations."""
+    if result.accounts is not None:
+        return result.accounts
+    made: dict[str, BalanceKey] = {}
+    for o in result.observations:
+        made.setdefault(o.key.account, o.key)
+    return made
