@@ -155,7 +155,8 @@ class Source:
                     keys=self._keys,
                 )
         return FetchResult(self.name, target, "ok", "corr", observations=parsed.observations,
-                           rejected=parsed.rejected, http_status=200, duration_s=time.monotonic() - started)
+                           rejected=parsed.rejected, http_status=200, duration_s=time.monotonic() - started,
+                           accounts=self._keys.latest)  # as MastercardSendSource names a listing's accounts
 
 
 class Kafka:
