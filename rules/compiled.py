@@ -244,10 +244,9 @@ class CompiledRules(Sequence[Rule]):
             else timedelta(0)
         )
         # Per currency and key, which rules watch it; the values are shared between keys (one per set of
-        # rules). By currency, then by the key itself (its hash computed once): no tuple kept per key.
-        # By currency, then by key; or by (source, balance type) when no balance rule's scope names
-        # accounts, as then that is all a scope can tell apart (100,000 accounts: a few entries, not
-        # 100,000).
+        # rules). By currency, then by the key itself (its hash computed once, no tuple made per look-up);
+        # or by (source, balance type) when no balance rule's scope names accounts, as then that is all
+        # a scope can tell apart (100,000 accounts: a few entries, not 100,000).
         self._watches: dict[str, dict[object, KeyWatch]] = {}
         self._watch_by_key = any(
             c.account_test is not None for c in self._compiled if c.rule.watches_balances
