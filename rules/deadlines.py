@@ -83,12 +83,14 @@ def next_due(
             stale_at = since + rule.after
         held = by_rule.get(rule.name)
         # An active alert is stepped again on a stale verdict: a change only when its reason is no longer
-        # the record's, or a firing one had started to clear.
+        # the record's, a firing one had started to clear, or a pending one's access is revoked (that
+        # verdict fires at once, whatever is left of its `for`).
         if (
             held is not None
             and held.status in ACTIVE_STATUSES
             and held.cleared_since is None
             and held.reason == stale_reason(rule, record)
+            and not (record.access_revoked and held.status == "pending")
         ):
             continue
         if due is None or stale_at < due:

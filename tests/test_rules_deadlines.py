@@ -98,9 +98,16 @@ def test_a_fresh_record_is_due_when_it_turns_stale_for_each_rule() -> None:
 
 
 def test_a_revoked_subject_is_due_at_once_until_its_alerts_fire() -> None:
-    """Revoked access makes every stale rule due now, until its alert carries the revocation."""
+    """Revoked access makes every stale rule due now, until its alert carries the revocation and fires: a
+    pending one with that very reason is due at once too, as a revocation fires whatever is left of its
+    `for` (found by the property below)."""
     record = Freshness(KEY, at(0), last_success_at=at(10), last_error="consent expired", access_revoked=True)
     assert next_due(RULES, KEY, [], record, at(12), no_states) == at(12)
+    only = compile_rules([Rule("account-stale", "stale", after=15 * MINUTE, for_duration=5 * MINUTE)])
+    reason = stale_reason(only.get("account-stale").rule, record)  # type: ignore[union-attr]
+    pending = firing("account-stale", status="pending", published=False, pending_since=at(11),
+                     started_at=at(11), reason=reason)  # its `for` would end at 16
+    assert next_due(only, KEY, [pending], record, at(12), no_states) == at(12)
 
 
 def test_a_listed_accounts_record_is_its_sources_business() -> None:
