@@ -3,10 +3,13 @@ and daemons started as real processes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from harness import DaemonProcess, SandboxProcess, start_sandbox_process
 
 from watcher.devbroker import Broker, start_broker
@@ -25,6 +28,19 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 def dev_key(tmp_path_factory: pytest.TempPathFactory) -> DevKey:
     """A development signing key (PKCS#12, password "devpassword") and its certificate."""
     return generate_dev_key(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session for the sources under test, closed after the test."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def key() -> RSAPrivateKey:
+    """A throwaway RSA signing key, made once per test module (a parametrized `key` takes precedence)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @pytest.fixture

@@ -42,12 +42,6 @@ async def sandbox(dev_key: DevKey) -> AsyncIterator[RunningSandbox]:
         yield box
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The HTTP client session of the sources."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
 
 def mastercard(
     box: RunningSandbox, session: aiohttp.ClientSession, key: RSAPrivateKey, **changes: Any

@@ -43,12 +43,6 @@ async def sandbox(dev_key: DevKey) -> AsyncIterator[RunningSandbox]:
         yield box
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The source's HTTP session."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
 
 class WallClock:
     """The source's wall clock, moved by hand."""

@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from watcher.config import MastercardSendConfig, MyposPsd2Config
@@ -78,17 +77,6 @@ async def script() -> AsyncIterator[Script]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The sources' HTTP session."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def key() -> RSAPrivateKey:
-    """A throwaway signing key."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 class ManualClock:

@@ -21,7 +21,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from watcher.config import MastercardSendConfig
@@ -78,16 +77,6 @@ async def base() -> AsyncIterator[tuple[str, list[Handler]]]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def key() -> RSAPrivateKey:
-    """A throwaway RSA signing key, made for this test module."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def config(
@@ -117,27 +106,19 @@ def answer(body: bytes, fmt: str = "json", status: int = 200, chunked: bool = Fa
     return handle
 
 
-def stalling(body: bytes) -> Handler:
-    """Sends part of `body` (announcing all of it), then nothing until the client gives up."""
+def half_sent(body: bytes, *, drop: bool) -> Handler:
+    """Announces all of `body`, sends half, then drops the connection (`drop`) or sends nothing more
+    until the client gives up."""
     async def handle(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.content_length = len(body)
         await response.prepare(request)
         await response.write(body[: len(body) // 2])
-        await asyncio.sleep(30)
-        return response
-    return handle
-
-
-def cut_short(body: bytes) -> Handler:
-    """Announces all of `body`, sends half, then drops the connection."""
-    async def handle(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.content_length = len(body)
-        await response.prepare(request)
-        await response.write(body[: len(body) // 2])
-        assert request.transport is not None
-        request.transport.close()
+        if drop:
+            assert request.transport is not None
+            request.transport.close()
+        else:
+            await asyncio.sleep(30)
         return response
     return handle
 
@@ -283,7 +264,7 @@ async def test_no_spool_file_is_left_open_across_calls_and_failures(
     monkeypatch.setattr(spooling, "_parse", watched)
 
     async def cancelled() -> None:
-        handlers[:] = [stalling(large)]
+        handlers[:] = [half_sent(large, drop=False)]
         task = asyncio.create_task(spooling.fetch(LISTING))
         while opened[0] == before:  # the body is being spooled  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -296,9 +277,9 @@ async def test_no_spool_file_is_left_open_across_calls_and_failures(
         for handlers_now in (
             [answer(large, chunked=True)],
             [answer(large * 2, chunked=True)],  # over max_listing_bytes (4 MiB) after being spooled
-            [cut_short(large)],
+            [half_sent(large, drop=True)],
             [answer(large, status=503), answer(large)],
-            [stalling(large)],
+            [half_sent(large, drop=False)],
             [answer(large[:-3] + b"}}}")],  # no longer valid JSON: read back whole, refused
             [answer(b'{"Errors": {"Error": [' + b" " * (2 * MiB) + b"]}}", status=400)],
         ):
