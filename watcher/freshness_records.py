@@ -35,17 +35,16 @@ def _compact(fresh: Freshness) -> bool:
 
 
 class FreshnessRecords:
-    """Every freshness record by subject, an index of the listed accounts by source, and the records that
-    are not listed (which the alert clock walks)."""
+    """Every freshness record by subject: the records that are not listed (which the alert clock walks),
+    and by source an index of the listed accounts, each with its compact pair or its whole record."""
 
-    __slots__ = ("_listed", "_memo", "_records", "_unlisted")
+    __slots__ = ("_listed", "_memo", "_records")
 
     def __init__(self, records: Iterable[Freshness] = ()) -> None:
-        # Records kept as they are: every one that is not listed, and the listed ones that are not compact.
+        # The records that are not listed, as they are.
         self._records: dict[BalanceKey, Freshness] = {}
-        # By source, the listed accounts: their compact pair, or None when the record is in _records.
-        self._listed: dict[str, dict[str, _Since | None]] = {}
-        self._unlisted: dict[BalanceKey, Freshness] = {}
+        # By source, the listed accounts: their compact pair, or the record itself when it says more.
+        self._listed: dict[str, dict[str, _Since | Freshness]] = {}
         self._memo: dict[_Since, _Since] = {}
         for fresh in records:
             self.put(fresh)
@@ -54,22 +53,19 @@ class FreshnessRecords:
         """Store `fresh` as its subject's record, replacing any before it."""
         subject = fresh.subject
         if fresh.listed:
-            self._unlisted.pop(subject, None)
-            since: _Since | None = None
+            self._records.pop(subject, None)
+            kept: _Since | Freshness = fresh
             if _compact(fresh):
-                self._records.pop(subject, None)
                 pair = (fresh.watched_since, fresh.last_success_at)
                 since = self._memo.get(pair)
                 if since is None:
                     if len(self._memo) >= _MEMO_LIMIT:
                         self._memo.clear()
                     since = self._memo[pair] = pair
-            else:
-                self._records[subject] = fresh
-            self._listed.setdefault(subject.source, {})[subject.account] = since
+                kept = since
+            self._listed.setdefault(subject.source, {})[subject.account] = kept
         else:
             self._records[subject] = fresh
-            self._unlisted[subject] = fresh
             listed = self._listed.get(subject.source)
             if listed is not None:
                 listed.pop(subject.account, None)
@@ -77,13 +73,15 @@ class FreshnessRecords:
     def get(self, subject: BalanceKey) -> Freshness | None:
         """The record of `subject`, or None."""
         record = self._records.get(subject)
-        if record is not None or subject.balance_type:
+        if record is not None:
             return record
         listed = self._listed.get(subject.source)
-        since = None if listed is None else listed.get(subject.account)
-        if since is None:
+        kept = None if listed is None else listed.get(subject.account)
+        if isinstance(kept, Freshness):
+            return kept if kept.subject == subject else None
+        if kept is None or subject.balance_type:
             return None
-        return Freshness(subject, since[0], since[1], listed=True)
+        return Freshness(subject, kept[0], kept[1], listed=True)
 
     def listed(self, source: str) -> Collection[str]:
         """The listed accounts of `source` (a live view: do not keep it)."""
@@ -91,4 +89,4 @@ class FreshnessRecords:
 
     def unlisted(self) -> list[Freshness]:
         """The records that are not listed (the sources' own among them)."""
-        return list(self._unlisted.values())
+        return list(self._records.values())
