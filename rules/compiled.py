@@ -245,15 +245,15 @@ class CompiledRules(Sequence[Rule]):
         )
         # Per currency and key, which rules watch it; the values are shared between keys (one per set of
         # rules). By currency, then by the key itself (its hash computed once, no tuple made per look-up);
-        # or by (source, balance type) when no balance rule's scope names accounts, as then that is all
-        # a scope can tell apart (100,000 accounts: a few entries, not 100,000).
+        # or by (source, balance type) when no balance rule that may take in the source's keys names
+        # accounts, as then that is all a scope can tell apart (100,000 accounts: a few entries, not
+        # 100,000). The same for the stale rules, by (source, whole source or not).
         self._watches: dict[str, dict[object, KeyWatch]] = {}
-        self._watch_by_key = any(
-            c.account_test is not None for c in self._compiled if c.rule.watches_balances
-        )
         self._watch_count = 0
         self._shared_watches: dict[tuple[int, ...], KeyWatch] = {}
-        self._stale: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        self._balance_scopes_name_accounts: dict[str, bool] = {}
+        self._stale_scopes_name_accounts: dict[str, bool] = {}
+        self._stale: dict[object, tuple[Rule, ...]] = {}
         self._shared_stale: dict[tuple[int, ...], tuple[Rule, ...]] = {}
 
     @overload
@@ -286,7 +286,12 @@ class CompiledRules(Sequence[Rule]):
         """The balance rules whose scope takes in this key's balance in that currency, in rule order."""
         # The key's fields and the currency: one balance rule scope per key and currency.
         of_currency = self._watches.get(currency)
-        cache_key: object = key if self._watch_by_key else (key.source, key.balance_type)
+        by_account = self._balance_scopes_name_accounts.get(key.source)
+        if by_account is None:
+            by_account = self._balance_scopes_name_accounts[key.source] = self._scopes_name_accounts(
+                key.source, balance_rules=True
+            )
+        cache_key: object = key if by_account else (key.source, key.balance_type)
         found = of_currency.get(cache_key) if of_currency is not None else None
         if found is None:
             if self._watch_count >= _KEY_CACHE_LIMIT:
@@ -329,12 +334,17 @@ class CompiledRules(Sequence[Rule]):
 
     def stale_watching(self, subject: BalanceKey) -> tuple[Rule, ...]:
         """The `stale` rules watching a poll subject (an account, or a whole source), in rule order."""
-        cache_key = (subject.source, subject.account)
+        whole_source = subject.account == WHOLE_SOURCE
+        by_account = self._stale_scopes_name_accounts.get(subject.source)
+        if by_account is None:
+            by_account = self._stale_scopes_name_accounts[subject.source] = self._scopes_name_accounts(
+                subject.source, balance_rules=False
+            )
+        cache_key = (subject.source, subject.account) if by_account else (subject.source, whole_source)
         found = self._stale.get(cache_key)
         if found is None:
             if len(self._stale) >= _KEY_CACHE_LIMIT:
                 self._stale.clear()
-            whole_source = subject.account == WHOLE_SOURCE
             in_scope = tuple(
                 index
                 for index, c in enumerate(self._compiled)
@@ -345,6 +355,15 @@ class CompiledRules(Sequence[Rule]):
             found = self._shared_stale.setdefault(in_scope, tuple(self._compiled[i].rule for i in in_scope))
             self._stale[cache_key] = found
         return found
+
+    def _scopes_name_accounts(self, source: str, *, balance_rules: bool) -> bool:
+        """Whether a balance rule (or a stale rule) whose scope may take in `source`'s keys names accounts:
+        only then can two keys of the source with one balance type be watched by different rules."""
+        return any(
+            c.account_test is not None and (c.source_test is None or bool(c.source_test(source)))
+            for c in self._compiled
+            if c.rule.watches_balances == balance_rules
+        )
 
     def may_publish(self, firing: AlertState, at: datetime) -> bool:
         """Whether an alert that keeps firing unchanged may have something to publish (or to record)

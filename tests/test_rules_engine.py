@@ -23,7 +23,17 @@ from rules.engine import (
     fingerprint,
 )
 from rules.model import Rule, Scope
-from rules.types import IN_CREDIT, IN_DEBIT, AlertState, Balance, BalanceKey, KnownBalance, Observation
+from rules.types import (
+    IN_CREDIT,
+    IN_DEBIT,
+    WHOLE_SOURCE,
+    AlertState,
+    Balance,
+    BalanceKey,
+    KnownBalance,
+    Observation,
+    subject_key,
+)
 
 KEY = BalanceKey("mc-gbp", "non_card_token:sbx-ptnr_demo-0001")
 MYPOS_KEY = BalanceKey("mypos-cards", "50553500971", "available")
@@ -555,3 +565,40 @@ def test_the_rules_watching_a_key_are_those_in_its_scope_whoever_asked_before(
         }
         assert shared.watching(key, currency).names == expected
         assert compile_rules(rules).watching(key, currency).names == expected
+
+
+STALE_SCOPES = [{}, {"source": "mc-*"}, {"source": "mypos-*"}, {"account": "*-0001"},
+                {"source": "mc-*", "account": "*1"}, {"source": "mypos-*", "account": "B-*"}]
+STALE_SUBJECTS = [subject_key(source, account) for source in ("mc-gbp", "mypos-eu")
+                  for account in ("A-0001", "A-0002", "B-0001", WHOLE_SOURCE)]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.sampled_from(range(len(STALE_SCOPES))), st.sampled_from(["account", "source"])),
+             min_size=1, max_size=5),
+    st.lists(st.sampled_from(STALE_SUBJECTS), max_size=30),
+)
+def test_the_stale_rules_watching_a_subject_are_those_in_its_scope_whoever_asked_before(
+    scopes: list[tuple[int, str]], asked: list[BalanceKey]
+) -> None:
+    """One set of compiled rules answers for every poll subject in turn (its cache is by subject, or by
+    source and whole-source-or-not when no stale rule that may take in the source names accounts): each
+    answer is the stale rules of the subject's kind (per account or per source) whose scope takes it in,
+    in rule order, as rules compiled afresh for that question alone say."""
+    rules = [
+        Rule(f"s{n}", "stale", after=timedelta(minutes=15), per=per,  # type: ignore[arg-type]
+             scope=Scope(**STALE_SCOPES[index]))
+        for n, (index, per) in enumerate(scopes)
+    ]
+    shared = compile_rules(rules)
+    for subject in asked:
+        whole_source = subject.account == WHOLE_SOURCE
+        expected = [
+            rule.name for rule in rules
+            if (rule.per == "source") == whole_source
+            and (rule.scope.source is None or fnmatch.fnmatchcase(subject.source, rule.scope.source))
+            and (rule.scope.account is None or fnmatch.fnmatchcase(subject.account, rule.scope.account))
+        ]
+        assert [rule.name for rule in shared.stale_watching(subject)] == expected
+        assert [rule.name for rule in compile_rules(rules).stale_watching(subject)] == expected
