@@ -69,7 +69,8 @@ assert account.non_card_token.encode() == {TOKEN!r}
 sys.stdout.buffer.write(render_json([view_of(account)], listing=False))
 """
     body = subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, capture_output=True).stdout
-    assert TOKEN in body and AMOUNT in body, body
+    assert TOKEN in body, body
+    assert AMOUNT in body, body
     return body
 
 

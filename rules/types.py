@@ -9,43 +9,33 @@ from collections.abc import KeysView
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 
 IN_CREDIT = "IN_CREDIT"
 IN_DEBIT = "IN_DEBIT"
 
 
-@dataclass(frozen=True, slots=True)
-class BalanceKey:
+class BalanceKey(NamedTuple):
     """Identifies one tracked balance: a source's account, and for myPOS one balance type of it.
 
     `balance_type` is "" for providers with one balance per account (Mastercard Send).
+
+    A tuple underneath: it is hashed in C (keys are looked up several times per observation) and holds
+    three references, no more (100,000 accounts hold a few keys each). But a key is not a plain tuple of
+    its fields: it equals only keys.
     """
 
     source: str
     account: str
     balance_type: str = ""
-    # Keys are looked up several times per observation (known balances, alert states, freshness): the
-    # hash is computed once, not from a new tuple at every look-up.
-    _hash: int = field(init=False, repr=False, compare=False, default=0)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.source, self.account, self.balance_type)))
-
-    def __hash__(self) -> int:
-        return self._hash
 
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        if not isinstance(other, BalanceKey):
-            return NotImplemented
-        return (
-            self._hash == other._hash
-            and self.account == other.account
-            and self.source == other.source
-            and self.balance_type == other.balance_type
-        )
+        return type(other) is BalanceKey and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
 
     @property
     def event_key(self) -> str:
