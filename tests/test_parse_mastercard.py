@@ -776,6 +776,26 @@ def test_a_listing_takes_the_keys_of_the_previous_one(parse: Any) -> None:
     assert all(o.key.source == "other" for o in other.observations)
 
 
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_an_account_polled_on_its_own_takes_its_fixed_key(parse: Any) -> None:
+    """With the keys of a source's configured accounts (ListingKeys.of_accounts), every answer about one
+    of them has that very key object, and token string; an answer about another account, or of another
+    source, gets a key of its own; and no parse adds to or replaces the fixed keys."""
+    body = _accounts_body(parse, [("t1", "1.00", "IN_CREDIT", "Main")])
+    keys = mastercard.ListingKeys.of_accounts(KW["source"], ["t1", "t2"])
+    fixed = dict(keys.latest)
+    for _ in range(2):
+        parsed = parse(body, keys=keys, **KW)
+        assert parsed == parse(body, **KW)
+        assert parsed.observations[0].key is fixed["t1"]
+    other = _accounts_body(parse, [("t3", "1.00", "IN_CREDIT", "Main")])
+    assert parse(other, keys=keys, **KW).observations[0].key == BalanceKey(KW["source"], "t3")
+    elsewhere = parse(body, keys=keys, **{**KW, "source": "other"})
+    assert elsewhere.observations[0].key == BalanceKey("other", "t1")
+    assert keys.latest == fixed
+    assert all(keys.latest[token] is key for token, key in fixed.items())
+
 # --- the XML listing's direct path for plain accounts ----------------------------------------------------
 
 

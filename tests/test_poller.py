@@ -396,6 +396,31 @@ async def test_a_listings_freshness_records_hold_its_observations_keys(tmp_path:
     await store.close()
 
 
+
+async def test_an_account_polled_on_its_own_keeps_its_observations_key(tmp_path: Path) -> None:
+    """With stale rules, the freshness record of an account polled on its own holds the very key object
+    of its answer's observation (the key its balance is stored under), not a key of its own; a later
+    poll stores the record again."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    rules = parse_rules({"rules": [{"name": "quiet", "kind": "stale", "after": "1s"}]}, "test.toml")
+    now = [T0]
+    source = ScriptedSource(["1.00", "2.00"])
+    poller = Poller(source, store, OutboxDelivery(store, wake=lambda: None), RulesHolder(rules),
+                    clock=lambda: now[0])
+    await poller.poll_round()
+    (key,) = store.known_view()
+    record = store.freshness(BalanceKey("mc", "tok"))
+    assert record is not None
+    assert record.subject is key
+    now[0] = T0 + timedelta(minutes=5)  # long enough for the record to be stored again
+    await poller.poll_round()
+    record = store.freshness(BalanceKey("mc", "tok"))
+    assert record is not None
+    assert record.last_success_at == now[0]
+    assert record.subject == key
+    await store.close()
+
 class LargeListing(TwoAccountListing):
     """A partner-wide listing of `count` accounts, made anew for each call and kept by nobody else."""
 

@@ -176,12 +176,14 @@ class Poller:
         """The call as the staleness rules see it: which accounts it covered, and how it went; and the
         subject key of each of those accounts: its observations' own key object when that key is the
         account's subject key (one balance per account, as Mastercard's), so that the freshness records
-        of a first listing of 100,000 accounts hold no keys of their own."""
+        of a first listing of 100,000 accounts, or of an account polled on its own, hold no keys of their
+        own."""
         source = self.source.name
         keys: Mapping[str, BalanceKey] = {}
         accounts: tuple[str, ...] | KeysView[str]
         if result.target != WHOLE_SOURCE:
             accounts = (result.target,)
+            keys = _accounts(result)  # the account's own key, when its answer has one (see subject)
         elif result.outcome == "ok":
             keys = _accounts(result)
             accounts = keys.keys()

@@ -94,6 +94,8 @@ class MastercardSendSource:
         self._guard = guard if guard is not None else CallGuard.of(config, clock)
         self._sign_pool = sign_pool
         self._listing_keys = ListingKeys()
+        # One key per configured account, taken by its every answer and its state (see ListingKeys).
+        self._account_keys = ListingKeys.of_accounts(config.name, config.non_card_tokens)
         self._spool = Spool(spool_dir) if spool_dir is not None else None
 
     @property
@@ -134,9 +136,9 @@ class MastercardSendSource:
         )
 
     def share_known(self, known: Callable[[BalanceKey], KnownBalance | None]) -> None:
-        """A listing's unchanged accounts take the known Balance and description objects (see
-        ListingKeys): the poller hands over the state store's look-up."""
-        self._listing_keys.known = known
+        """An unchanged account takes the known Balance and description objects (see ListingKeys): the
+        poller hands over the state store's look-up."""
+        self._listing_keys.known = self._account_keys.known = known
 
     def next_allowed(self, target: str, now: datetime) -> datetime | None:
         """`now`, or when the circuit breaker lets calls through again."""
@@ -226,7 +228,7 @@ class MastercardSendSource:
         try:
             parsed = self._parse(
                 body, source=self.name, observed_at=self._clock(), correlation_id=correlation,
-                keys=self._listing_keys if target == LISTING else None,
+                keys=self._listing_keys if target == LISTING else self._account_keys,
             )
         except ParseError as exc:
             return done("bad_response", str(exc))

@@ -54,13 +54,26 @@ class ListingKeys:
     key: an account whose amount (to its last digit and exponent), currency, state and description are
     those already known takes the known Balance and description objects instead of new ones, so that
     the steady listing of 100,000 accounts, nearly all unchanged, holds no second copy of them while it
-    is evaluated. The values are equal either way: only which objects hold them differs."""
+    is evaluated. The values are equal either way: only which objects hold them differs.
 
-    __slots__ = ("known", "latest")
+    `of_accounts` makes the keys of a source polled account by account: one per configured token, fixed
+    (a parse never replaces them), so that every answer about an account, and the state kept of it,
+    holds the one key and token string, not one more per call."""
+
+    __slots__ = ("fixed", "known", "latest")
 
     def __init__(self) -> None:
         self.latest: dict[str, BalanceKey] = {}
         self.known: Callable[[BalanceKey], KnownBalance | None] | None = None
+        self.fixed = False
+
+    @classmethod
+    def of_accounts(cls, source: str, tokens: Iterable[str]) -> ListingKeys:
+        """The fixed keys of these accounts of `source`."""
+        made = cls()
+        made.latest = {token: BalanceKey(source, token, "") for token in tokens}
+        made.fixed = True
+        return made
 
 
 class _Seen:
@@ -79,9 +92,10 @@ class _Seen:
         self.currencies: dict[str, str] = {}
         self.texts: dict[str, str] = {}
         self.extras: dict[str, tuple[tuple[str, str], ...]] = {}
-        # The keys of the source's previous listing, and of this one (None: not a listing, none kept).
+        # The keys of the source's previous listing (or its fixed ones), and of this one (None: not a
+        # listing, none kept).
         self.previous: dict[str, BalanceKey] = keys.latest if keys is not None else {}
-        self.keys: dict[str, BalanceKey] | None = {} if keys is not None else None
+        self.keys: dict[str, BalanceKey] | None = {} if keys is not None and not keys.fixed else None
         self.known = keys.known if keys is not None else None
 
     def known_of(self, source: str, token: str) -> KnownBalance | None:
