@@ -38,7 +38,6 @@ from typing import Any
 import structlog
 
 from rules.types import (
-    ACTIVE_STATUSES,
     WHOLE_SOURCE,
     AlertState,
     Balance,
@@ -46,6 +45,7 @@ from rules.types import (
     Freshness,
     KnownBalance,
 )
+from watcher.alert_records import AlertRecords
 from watcher.events import Event
 from watcher.freshness_records import FreshnessRecords
 from watcher.store_schema import (
@@ -57,10 +57,6 @@ from watcher.store_schema import (
 )
 
 log = structlog.get_logger("watcher.store")
-
-# What `alerts_view` returns for a key without alert states: shared, read-only.
-_NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
-
 
 @dataclass(frozen=True, slots=True)
 class PollRecord:
@@ -152,7 +148,7 @@ class _Snapshot:
     """The durable state as loaded from SQLite."""
 
     known: dict[BalanceKey, KnownBalance]
-    alerts: dict[BalanceKey, dict[str, AlertState]]
+    alerts: AlertRecords
     freshness: FreshnessRecords
     outbox_depth: int
     first_seq: int | None  # the oldest event of the outbox; None when it is empty
@@ -174,10 +170,9 @@ class StateStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         self._db: sqlite3.Connection | None = None
         self._known: dict[BalanceKey, KnownBalance] = {}
-        self._alerts: dict[BalanceKey, dict[str, AlertState]] = {}
-        # The pending and firing states, by key and fingerprint: what time alone can move (the alert clock's
-        # tick), without a walk over every state of every key.
-        self._active: dict[tuple[BalanceKey, str], AlertState] = {}
+        # Every alert state, with an index of the pending and firing ones: what time alone can move (the
+        # alert clock's tick), without a walk over every state of every key.
+        self._alerts = AlertRecords()
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
         self._freshness = FreshnessRecords()
         # Keys whose alerts or freshness changed since the alert clock last asked (None: every key).
@@ -260,13 +255,13 @@ class StateStore:
                 description=row[7],
                 history=history,
             )
-        alerts: dict[BalanceKey, dict[str, AlertState]] = {}
+        alerts = AlertRecords()
         for row in db.execute(
             "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
             " resolved_at, detail FROM alerts"
         ):
             key = BalanceKey(share(row[2]), row[3], share(row[4]))
-            alerts.setdefault(key, {})[row[0]] = AlertState(
+            alerts.put(AlertState(
                 fingerprint=row[0],
                 rule=share(row[1]),
                 key=key,
@@ -275,7 +270,7 @@ class StateStore:
                 started_at=moment(row[7]),
                 resolved_at=parse_time(row[8]),
                 **alert_detail_from_json(row[9]),
-            )
+            ))
         freshness = FreshnessRecords(
             Freshness(
                 BalanceKey(share(row[0]), row[1]), moment(row[2]), moment(row[3]) if row[3] else None, row[4],
@@ -294,22 +289,8 @@ class StateStore:
     def _install(self, snapshot: _Snapshot) -> None:
         self._touched = None  # everything is new
         self._known = snapshot.known
-        self._alerts, self._active = snapshot.alerts, {}
-        for by_fp in self._alerts.values():
-            for alert in by_fp.values():
-                self._index_alert(alert)
+        self._alerts = snapshot.alerts
         self._freshness = snapshot.freshness
-
-    def _index_alert(self, alert: AlertState) -> None:
-        """Put a stored alert state in the index of active ones, or take it out."""
-        if self._touched is not None:
-            self._touched.add(alert.key)
-            if alert.key.account == WHOLE_SOURCE:
-                self._touched_sources.add(alert.key.source)
-        if alert.status in ACTIVE_STATUSES:
-            self._active[(alert.key, alert.fingerprint)] = alert
-        else:
-            self._active.pop((alert.key, alert.fingerprint), None)
 
 
     async def close(self) -> None:
@@ -331,7 +312,7 @@ class StateStore:
 
     def alerts(self, key: BalanceKey) -> dict[str, AlertState]:
         """The stored alert states of this key, by fingerprint (a copy: callers may not change ours)."""
-        return dict(self._alerts.get(key, {}))
+        return dict(self._alerts.view(key))
 
     def known_view(self) -> Mapping[BalanceKey, KnownBalance]:
         """Every tracked balance, read-only and without a copy. It follows later updates until memory is
@@ -339,10 +320,9 @@ class StateStore:
         return MappingProxyType(self._known)
 
     def alerts_view(self, key: BalanceKey) -> Mapping[str, AlertState]:
-        """The alert states of this key, by fingerprint, read-only and without a copy (one shared empty
-        mapping for a key without any): for the poll path. It follows later updates; do not keep it."""
-        by_fingerprint = self._alerts.get(key)
-        return MappingProxyType(by_fingerprint) if by_fingerprint else _NO_ALERTS
+        """The alert states of this key, by fingerprint, not to be changed (see AlertRecords.view: no
+        copy of the store's): for the poll path. It may follow later updates; do not keep it."""
+        return self._alerts.view(key)
 
     def all_known(self) -> dict[BalanceKey, KnownBalance]:
         """Every tracked balance."""
@@ -370,11 +350,11 @@ class StateStore:
 
     def active_alerts(self) -> list[AlertState]:
         """The pending and firing alert states."""
-        return list(self._active.values())
+        return self._alerts.active()
 
     def all_alerts(self) -> list[AlertState]:
         """Every stored alert state."""
-        return [a for by_fp in self._alerts.values() for a in by_fp.values()]
+        return list(self._alerts)
 
     # Writes: visible in memory at once, durable in groups.
     def stage(self, update: StateUpdate, events: Sequence[Event] = ()) -> StagedCommit:
@@ -405,10 +385,13 @@ class StateStore:
         self.outbox_depth += len(events)
         for key, known in update.balances:
             self._known[key] = known
-        for alert in update.alerts:
-            self._alerts.setdefault(alert.key, {})[alert.fingerprint] = alert
-            self._index_alert(alert)
         touched = self._touched
+        for alert in update.alerts:
+            self._alerts.put(alert)
+            if touched is not None:
+                touched.add(alert.key)
+                if alert.key.account == WHOLE_SOURCE:
+                    self._touched_sources.add(alert.key.source)
         for fresh in update.freshness:
             self._freshness.put(fresh)
             # A listed account's record never makes it due (its source's listing does, and the source's

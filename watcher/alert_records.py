@@ -1,0 +1,83 @@
+"""The state store's alert states in memory: by key and fingerprint, and which keys have active ones.
+
+Most keys hold one alert state: polling 100,000 accounts one by one, each has its `stale` alert; a
+listing's low balances have their one `below` alert. A dict of one per key costs ~230 bytes, the state's
+own size again, so a key's only state is kept as itself, and a dict by fingerprint is made only for a
+key with two or more. The active ones are indexed by key, not by (key, fingerprint) pairs: no tuple per
+firing alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+
+from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
+
+# What `view` returns for a key without alert states: shared, read-only.
+NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
+
+
+class AlertRecords:
+    """Every stored alert state, the latest put of each (key, fingerprint)."""
+
+    __slots__ = ("_active", "_by_key")
+
+    def __init__(self, states: Iterable[AlertState] = ()) -> None:
+        self._by_key: dict[BalanceKey, AlertState | dict[str, AlertState]] = {}
+        # The keys with a pending or firing state, in the order they became so (a dict as an ordered set).
+        self._active: dict[BalanceKey, None] = {}
+        for state in states:
+            self.put(state)
+
+    def put(self, state: AlertState) -> None:
+        """Store `state` in place of the one of its key and fingerprint, if any."""
+        key = state.key
+        held = self._by_key.get(key)
+        if held is None:
+            self._by_key[key] = state
+        elif type(held) is AlertState:
+            if held.fingerprint == state.fingerprint:
+                self._by_key[key] = state
+            else:
+                self._by_key[key] = {held.fingerprint: held, state.fingerprint: state}
+        else:
+            assert isinstance(held, dict)
+            held[state.fingerprint] = state
+        if state.status in ACTIVE_STATUSES:
+            self._active[key] = None
+        elif key in self._active and not any(s.status in ACTIVE_STATUSES for s in self._states(key)):
+            del self._active[key]
+
+    def view(self, key: BalanceKey) -> Mapping[str, AlertState]:
+        """The states of `key` by fingerprint, read-only (a key's only state in a dict of its own, made for
+        the call). It may follow later puts; do not keep it."""
+        held = self._by_key.get(key)
+        if held is None:
+            return NO_ALERTS
+        if type(held) is AlertState:
+            return {held.fingerprint: held}
+        assert isinstance(held, dict)
+        return MappingProxyType(held)
+
+    def active(self) -> list[AlertState]:
+        """The pending and firing states."""
+        return [s for key in self._active for s in self._states(key) if s.status in ACTIVE_STATUSES]
+
+    def __iter__(self) -> Iterator[AlertState]:
+        """Every state."""
+        for held in self._by_key.values():
+            if type(held) is AlertState:
+                yield held
+            else:
+                assert isinstance(held, dict)
+                yield from held.values()
+
+    def _states(self, key: BalanceKey) -> Iterable[AlertState]:
+        held = self._by_key.get(key)
+        if held is None:
+            return ()
+        if type(held) is AlertState:
+            return (held,)
+        assert isinstance(held, dict)
+        return held.values()
