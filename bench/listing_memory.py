@@ -178,7 +178,7 @@ async def run(args: argparse.Namespace) -> None:
     relay_task = asyncio.create_task(relay.run())
     rules = load_rule_files([ROOT / "rules.example.toml"])
     spool = Spool(folder) if args.spool else None
-    poller = Poller(Source(body, args.format, spool), store, OutboxDelivery(store, relay.wake),  # type: ignore[arg-type]
+    poller = Poller(Source(body, args.format, spool), store, OutboxDelivery(store, relay.wake),
                     RulesHolder(rules.rules), lambda: datetime.now(UTC))
     gc.collect()
     print(f"{args.format}, {'spooled' if args.spool else 'bytes'}; before round 1: RSS "

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,12 +42,13 @@ from listing_memory import Kafka, reset_peak, status  # noqa: E402
 from unit_env import unit_environment  # noqa: E402
 
 from rules.loader import load_rule_files  # noqa: E402
+from rules.types import BalanceKey, KnownBalance  # noqa: E402
 from watcher.alerting import AlertClock  # noqa: E402
 from watcher.app import Components  # noqa: E402
 from watcher.poller import OutboxDelivery, Poller, RulesHolder  # noqa: E402
 from watcher.relay import OutboxRelay  # noqa: E402
 from watcher.sources.base import FetchResult  # noqa: E402
-from watcher.sources.mastercard_parse import parse_mastercard_json  # noqa: E402
+from watcher.sources.mastercard_parse import ListingKeys, parse_mastercard_json  # noqa: E402
 from watcher.store import StateStore  # noqa: E402
 
 T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
@@ -98,12 +99,14 @@ class Source:
         self._clock = clock
         self._step = step
         self._calls = 0
+        # The fixed keys and the known look-up, as MastercardSendSource holds them for single-account calls.
+        self._keys = ListingKeys.of_accounts(self.name, tokens)
 
     def targets(self) -> Sequence[str]:
         return self._tokens
 
-    def share_known(self, known: object) -> None:
-        pass
+    def share_known(self, known: Callable[[BalanceKey], KnownBalance | None]) -> None:
+        self._keys.known = known
 
     async def fetch(self, target: str) -> FetchResult:
         started = time.monotonic()
@@ -113,7 +116,7 @@ class Source:
         body = self._template.replace(TOKEN, target.encode()).replace(AMOUNT, amount)  # a new body, as a read
         correlation = f"corr-{self._calls}"  # a new string per call, as the header's value is
         parsed = parse_mastercard_json(body, source=self.name, observed_at=self._clock(),
-                                       correlation_id=correlation, keys=None)
+                                       correlation_id=correlation, keys=self._keys)
         return FetchResult(self.name, target, "ok", correlation, observations=parsed.observations,
                            rejected=parsed.rejected, http_status=200, duration_s=time.monotonic() - started)
 
@@ -131,7 +134,7 @@ async def run(args: argparse.Namespace) -> None:
     rules = RulesHolder(load_rule_files([ROOT / "rules.example.toml"]).rules)
     lock = asyncio.Lock()
     delivery = OutboxDelivery(store, relay.wake)
-    poller = Poller(source, store, delivery, rules, clock, lock)  # type: ignore[arg-type]
+    poller = Poller(source, store, delivery, rules, clock, lock)
     components = SimpleNamespace(
         settings=SimpleNamespace(sources=[SimpleNamespace(name=source.name, type=source.provider)]),
         store=store, lock=lock, rules=rules, delivery=delivery,

@@ -796,6 +796,16 @@ def test_an_account_polled_on_its_own_takes_its_fixed_key(parse: Any) -> None:
     assert keys.latest == fixed
     assert all(keys.latest[token] is key for token, key in fixed.items())
 
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_a_currency_code_is_one_string_object_across_parses(parse: Any) -> None:
+    """Two parses of different bodies (as two accounts polled one by one are) hand out the very same
+    currency string: 100,000 known balances hold one "GBP", not a copy each."""
+    first = parse(_accounts_body(parse, [("t1", "1.00", "IN_CREDIT", "Main")]), **KW)
+    second = parse(_accounts_body(parse, [("t2", "2.00", "IN_DEBIT", "Other")]), **KW)
+    assert first.observations[0].balance.currency == "GBP"
+    assert first.observations[0].balance.currency is second.observations[0].balance.currency
+
 # --- the XML listing's direct path for plain accounts ----------------------------------------------------
 
 
