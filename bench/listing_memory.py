@@ -202,16 +202,21 @@ async def run(args: argparse.Namespace) -> None:
         print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events; "
               f"peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB")
         if args.trace:
-            current, peak = tracemalloc.get_traced_memory()
-            print(f"  traced: {current / 2**20:.1f} MiB alive, peak {peak / 2**20:.1f} MiB")
-            for stat in tracemalloc.take_snapshot().statistics("lineno")[:12]:
-                frame = stat.traceback[0]
-                print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d}  {frame.filename}:{frame.lineno}")
+            print_traced(sites=12)
     relay.stop()
     relay.wake()
     relay_task.cancel()
     await store.close()
 
+
+
+def print_traced(sites: int) -> None:
+    """tracemalloc's figures: the memory alive and its peak, and the largest allocation sites alive."""
+    current, peak = tracemalloc.get_traced_memory()
+    print(f"  traced: {current / 2**20:.1f} MiB alive, peak {peak / 2**20:.1f} MiB")
+    for stat in tracemalloc.take_snapshot().statistics("lineno")[:sites]:
+        frame = stat.traceback[0]
+        print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d}  {frame.filename}:{frame.lineno}")
 
 def main() -> int:
     parser = argparse.ArgumentParser(

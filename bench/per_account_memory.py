@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
-from listing_memory import Kafka, reset_peak, status  # noqa: E402
+from listing_memory import Kafka, print_traced, reset_peak, status  # noqa: E402
 from unit_env import unit_environment  # noqa: E402
 
 from rules.loader import load_rule_files  # noqa: E402
@@ -174,11 +174,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events, {ticks} ticks so "
               f"far; peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB")
         if args.trace:
-            current, peak = tracemalloc.get_traced_memory()
-            print(f"  traced: {current / 2**20:.1f} MiB alive, peak {peak / 2**20:.1f} MiB")
-            for stat in tracemalloc.take_snapshot().statistics("lineno")[: args.sites]:
-                frame = stat.traceback[0]
-                print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d}  {frame.filename}:{frame.lineno}")
+            print_traced(args.sites)
     ticking.cancel()
     relay.stop()
     relay.wake()
