@@ -43,7 +43,7 @@ import structlog  # noqa: E402
 from unit_env import unit_environment  # noqa: E402
 
 from rules.loader import load_rule_files  # noqa: E402
-from watcher.poller import OutboxDelivery, Poller, RulesHolder  # noqa: E402
+from watcher.poller import OutboxDelivery, Poller, RoundSummary, RulesHolder  # noqa: E402
 from watcher.relay import OutboxRelay  # noqa: E402
 from watcher.sources.base import FetchResult  # noqa: E402
 from watcher.sources.body import Spool  # noqa: E402
@@ -188,17 +188,7 @@ async def run(args: argparse.Namespace) -> None:
     for round_no in range(1, args.rounds + 1):
         if round_no > 1:
             body.move(round_no)
-        gc.collect()
-        reset_peak()
-        if args.trace:
-            tracemalloc.reset_peak()
-        wall, cpu = time.monotonic(), time.process_time()
-        summary = await poller.poll_round()
-        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-        while store.outbox_depth:  # every event acknowledged, as the listing bench waits for  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        await store.flush()
-        now = status()
+        summary, wall, cpu, now = await measured_round(poller, store, trace=args.trace)
         print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events; "
               f"peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB")
         if args.trace:
@@ -208,6 +198,24 @@ async def run(args: argparse.Namespace) -> None:
     relay_task.cancel()
     await store.close()
 
+
+
+async def measured_round(
+    poller: Poller, store: StateStore, *, trace: bool
+) -> tuple[RoundSummary, float, float, dict[str, float]]:
+    """One poll round with its own peak: its summary, wall and CPU seconds, and /proc's memory figures
+    once every event of it is acknowledged and its state written."""
+    gc.collect()
+    reset_peak()
+    if trace:
+        tracemalloc.reset_peak()
+    wall, cpu = time.monotonic(), time.process_time()
+    summary = await poller.poll_round()
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    while store.outbox_depth:  # every event acknowledged, as the listing bench waits for  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await store.flush()
+    return summary, wall, cpu, status()
 
 
 def print_traced(sites: int) -> None:

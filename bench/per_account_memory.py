@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
-from listing_memory import Kafka, print_traced, reset_peak, status  # noqa: E402
+from listing_memory import Kafka, measured_round, print_traced, status  # noqa: E402
 from unit_env import unit_environment  # noqa: E402
 
 from rules.loader import load_rule_files  # noqa: E402
@@ -160,17 +160,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.trace:
         tracemalloc.start()
     for round_no in range(1, args.rounds + 1):
-        gc.collect()
-        reset_peak()
-        if args.trace:
-            tracemalloc.reset_peak()
-        wall, cpu = time.monotonic(), time.process_time()
-        summary = await poller.poll_round()
-        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-        while store.outbox_depth:  # every event acknowledged  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        await store.flush()
-        now = status()
+        summary, wall, cpu, now = await measured_round(poller, store, trace=args.trace)
         print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events, {ticks} ticks so "
               f"far; peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB")
         if args.trace:
