@@ -199,7 +199,6 @@ async def run(args: argparse.Namespace) -> None:
     await store.close()
 
 
-
 async def measured_round(
     poller: Poller, store: StateStore, *, trace: bool
 ) -> tuple[RoundSummary, float, float, dict[str, float]]:
@@ -225,6 +224,7 @@ def print_traced(sites: int) -> None:
     for stat in tracemalloc.take_snapshot().statistics("lineno")[:sites]:
         frame = stat.traceback[0]
         print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d}  {frame.filename}:{frame.lineno}")
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(

@@ -46,7 +46,9 @@ class AlertRecords:
             held[state.fingerprint] = state
         if state.status in ACTIVE_STATUSES:
             self._active[key] = None
-        elif key in self._active and not any(s.status in ACTIVE_STATUSES for s in self._states(key)):
+        elif key in self._active and not any(
+            s.status in ACTIVE_STATUSES for s in _states_in(self._by_key[key])
+        ):
             del self._active[key]
 
     def view(self, key: BalanceKey) -> Mapping[str, AlertState]:
@@ -62,22 +64,24 @@ class AlertRecords:
 
     def active(self) -> list[AlertState]:
         """The pending and firing states."""
-        return [s for key in self._active for s in self._states(key) if s.status in ACTIVE_STATUSES]
+        found: list[AlertState] = []
+        for key in self._active:
+            held = self._by_key[key]
+            if type(held) is AlertState:
+                found.append(held)  # an active key's only state is the active one
+            else:
+                found.extend(s for s in _states_in(held) if s.status in ACTIVE_STATUSES)
+        return found
 
     def __iter__(self) -> Iterator[AlertState]:
         """Every state."""
         for held in self._by_key.values():
-            if type(held) is AlertState:
-                yield held
-            else:
-                assert isinstance(held, dict)
-                yield from held.values()
+            yield from _states_in(held)
 
-    def _states(self, key: BalanceKey) -> Iterable[AlertState]:
-        held = self._by_key.get(key)
-        if held is None:
-            return ()
-        if type(held) is AlertState:
-            return (held,)
-        assert isinstance(held, dict)
-        return held.values()
+
+def _states_in(held: AlertState | dict[str, AlertState]) -> Iterable[AlertState]:
+    """The states of one key as `_by_key` holds them: the one state itself, or a dict by fingerprint."""
+    if type(held) is AlertState:
+        return (held,)
+    assert isinstance(held, dict)
+    return held.values()
