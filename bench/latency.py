@@ -87,9 +87,10 @@ def stall_summary(path: Path, start: float, end: float) -> dict[str, Any]:
 
 def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = None,
             patch: str | None = None) -> dict[str, Any]:
-    variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
-    if patch:
-        variant = f"patch {patch}"
+    variant = " ".join(
+        ([] if signing_threads is None else [f"signing.threads={signing_threads}"])
+        + ([f"patch {patch}"] if patch else [])
+    )
     accounts = max(100, int(rate * seconds))
     sandbox = env.sandbox(accounts, 1.0)
     try:
@@ -170,6 +171,8 @@ def main() -> int:
                         help="also run with [signing] threads = N (repeatable)")
     parser.add_argument("--patch", action="append", default=[],
                         help="also run with this bench/patched_daemon.py patch (repeatable)")
+    parser.add_argument("--patch-signing-threads", type=int, default=None,
+                        help="the --patch runs with [signing] threads = N")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
@@ -179,7 +182,7 @@ def main() -> int:
             for threads in args.signing_threads:
                 results.append(measure(env, rate, args.seconds, threads))
             for patch in args.patch:
-                results.append(measure(env, rate, args.seconds, patch=patch))
+                results.append(measure(env, rate, args.seconds, args.patch_signing_threads, patch=patch))
     dump({"latency": results}, args.out)
     for r in results:
         a = r["ack_steady_round"]

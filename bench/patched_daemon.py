@@ -13,6 +13,9 @@ PATCHES is a comma-separated list (or "none"):
   relay-serial   the outbox relay with one batch in flight (for comparison)
   tick-whole     the alert clock's tick over every key at once (for comparison)
   gc-young       gc.set_threshold(7000, 10, 10) (an experiment)
+  switch-1ms     sys.setswitchinterval(0.001) (an experiment)
+  write-inline   the group commit on the event loop, not in the store's thread (an experiment)
+  no-checkpoint  PRAGMA wal_autocheckpoint=0: no checkpoint in any commit (an experiment)
   trace-memory   tracemalloc from the start; after each poll round, the memory traced (alive and peak
                  since the previous round), RSS, and the allocation sites holding the most (in
                  $BENCH_MEMORY_FILE); slows the daemon down two to three times
@@ -166,6 +169,46 @@ def patch_gc_young() -> None:
     gc.set_threshold(7000, 10, 10)
 
 
+def patch_switch_1ms() -> None:
+    """The GIL handed over every 1 ms instead of every 5 (sys.setswitchinterval(0.001)): the store's
+    writer thread, which lets the GIL go at every SQLite step, waits less for it behind the event loop."""
+    sys.setswitchinterval(0.001)
+
+
+def patch_write_inline() -> None:
+    """The group commit run on the event loop itself, not in the store's thread: no thread hop, and no
+    wait for the GIL at every SQLite step (an experiment)."""
+    import asyncio
+
+    from watcher.store import StateStore
+
+    real_call = StateStore._call
+
+    async def call(self: StateStore, fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", "") == "_write_sync":
+            result = fn(*args)
+            await asyncio.sleep(0)
+            return result
+        return await real_call(self, fn, *args)
+
+    StateStore._call = call  # type: ignore[method-assign]
+
+
+def patch_no_checkpoint() -> None:
+    """No automatic WAL checkpoints (PRAGMA wal_autocheckpoint=0): what the commits cost without the
+    checkpoint that SQLite otherwise runs in the commit that fills 1,000 pages (an experiment: the WAL
+    grows without end)."""
+    from watcher.store import StateStore
+
+    real_open = StateStore._open_sync
+
+    def open_sync(self: StateStore) -> None:
+        real_open(self)
+        self._require().execute("PRAGMA wal_autocheckpoint=0")
+
+    StateStore._open_sync = open_sync  # type: ignore[method-assign]
+
+
 def patch_trace_memory() -> None:
     """What the daemon's memory is made of: after each poll round, tracemalloc's largest allocation sites
     still alive (by line), the traced total and its peak since the previous round, and VmRSS/VmHWM."""
@@ -206,6 +249,9 @@ PATCHES = {
     "tick-whole": patch_tick_whole,
     "gc-young": patch_gc_young,
     "trace-memory": patch_trace_memory,
+    "switch-1ms": patch_switch_1ms,
+    "write-inline": patch_write_inline,
+    "no-checkpoint": patch_no_checkpoint,
 }
 
 

@@ -22,6 +22,7 @@ acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -55,6 +56,7 @@ from watcher.store_schema import (
     alert_detail_to_json,
     parse_time,
 )
+from watcher.wal_checkpointer import CHECKPOINT_PERIOD_S, WalCheckpointer
 
 log = structlog.get_logger("watcher.store")
 
@@ -158,7 +160,13 @@ class _Snapshot:
 class StateStore:
     """Last known balances and alert states, in memory and durably in SQLite."""
 
-    def __init__(self, path: Path, outbox_limit: int = 1_000_000, outbox_memory_limit: int = 50_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        outbox_limit: int = 1_000_000,
+        outbox_memory_limit: int = 50_000,
+        checkpoint_period_s: float = CHECKPOINT_PERIOD_S,
+    ) -> None:
         self.path = path
         self.outbox_limit = outbox_limit
         # Committed events kept in memory for the relay, at most; beyond it the relay reads the table.
@@ -169,6 +177,8 @@ class StateStore:
         self.group_commits = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         self._db: sqlite3.Connection | None = None
+        self.checkpointer = WalCheckpointer(path, checkpoint_period_s)
+        self._checkpoints: asyncio.Task[None] | None = None
         self._known: dict[BalanceKey, KnownBalance] = {}
         # Every alert state, with an index of the pending and firing ones: what time alone can move (the
         # alert clock's tick), without a walk over every state of every key.
@@ -200,6 +210,8 @@ class StateStore:
     async def open(self) -> None:
         """Create the database if needed, load the whole state into memory, start the writer."""
         await self._call(self._open_sync)
+        await self.checkpointer.open()
+        self._checkpoints = asyncio.create_task(self.checkpointer.run(), name="state-store-checkpoints")
         snapshot: _Snapshot = await self._call(self._load_sync)
         self._install(snapshot)
         self.outbox_depth = snapshot.outbox_depth
@@ -220,6 +232,8 @@ class StateStore:
         # never one without the other - and the next polls derive those changes again, with the same
         # event ids. It saves the fsync of every commit.
         db.execute("PRAGMA synchronous=NORMAL")
+        # No checkpoint inside a commit: the checkpointer runs them on its own connection (see there).
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.executescript(SCHEMA)
         add_missing_columns(db)
         self._db = db
@@ -300,6 +314,13 @@ class StateStore:
             self._wakeup.set()
             await self._writer
             self._writer = None
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
+        # Before the writer's connection: the last one to close checkpoints the rest and removes the log.
+        await self.checkpointer.close()
         if self._db is not None:
             await self._call(self._db.close)
             self._db = None
@@ -455,6 +476,7 @@ class StateStore:
             finally:
                 self._writing = []
             self.group_commits += 1
+            self.checkpointer.written()
             self._deleted_through = max(self._deleted_through, delete_through)
             if entries:
                 self._next_seq = entries[-1].seq + 1
