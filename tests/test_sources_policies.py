@@ -152,15 +152,35 @@ def test_hold_refuses_until_retry_after_even_after_a_success() -> None:
 
 
 async def test_bucket_allows_a_burst_then_spaces_requests() -> None:
-    """A full bucket lets `burst` requests go at once; then each waits 1/rate, in the order they asked."""
+    """A full bucket lets a tenth of a second's worth of requests go at once (40/s: 4); then each waits
+    1/rate, in the order they asked."""
     clock = ManualClock()
     sleeps = Sleeps(clock)
-    bucket = TokenBucket(4, clock=clock, sleep=sleeps)
+    bucket = TokenBucket(40, clock=clock, sleep=sleeps)
     waits = [await bucket.acquire() for _ in range(6)]
     assert waits[:4] == [0.0] * 4
-    assert waits[4:] == [pytest.approx(0.25)] * 2
+    assert waits[4:] == [pytest.approx(0.025)] * 2
     clock.now += 10  # idle: the bucket refills, but only to its burst
-    assert [await bucket.acquire() for _ in range(5)][-1] == pytest.approx(0.25)
+    assert [await bucket.acquire() for _ in range(5)][-1] == pytest.approx(0.025)
+
+
+async def test_a_round_starts_paced_not_with_a_second_of_requests() -> None:
+    """At 250/s, the first 250 requests of a round take about a second, not a moment: 25 go at once,
+    the others 4 ms apart."""
+    clock = ManualClock()
+    sleeps = Sleeps(clock)
+    bucket = TokenBucket(250, clock=clock, sleep=sleeps)
+    waits = [await bucket.acquire() for _ in range(250)]
+    assert waits.count(0.0) == 25
+    assert clock.now == pytest.approx(225 / 250)
+
+
+async def test_below_ten_a_second_the_burst_is_one() -> None:
+    """At the default 10/s one request goes at once, the next 0.1 s later."""
+    clock = ManualClock()
+    sleeps = Sleeps(clock)
+    bucket = TokenBucket(10, clock=clock, sleep=sleeps)
+    assert [await bucket.acquire() for _ in range(3)] == [0.0, pytest.approx(0.1), pytest.approx(0.1)]
 
 
 async def test_slow_rate_is_one_at_a_time() -> None:
