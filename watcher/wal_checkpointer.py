@@ -56,6 +56,8 @@ class WalCheckpointer:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         # The same durability as the writer's: a checkpoint syncs the log, then the database file.
         db.execute("PRAGMA synchronous=NORMAL")
+        # It reads no rows: a checkpoint copies pages through its own buffer, not this connection's cache.
+        db.execute("PRAGMA cache_size=-64")
         self._db = db
 
     async def open(self) -> None:
