@@ -189,8 +189,11 @@ async def run(args: argparse.Namespace) -> None:
         if round_no > 1:
             body.move(round_no)
         summary, wall, cpu, now = await measured_round(poller, store, trace=args.trace)
+        wal = folder / "state.db-wal"
+        wal_mib = wal.stat().st_size / 2**20 if wal.exists() else 0.0
         print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events; "
-              f"peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB")
+              f"peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB; write-ahead log file "
+              f"{wal_mib:.1f} MiB, {store.checkpointer.checkpoints} checkpoints")
         if args.trace:
             print_traced(sites=12)
     relay.stop()

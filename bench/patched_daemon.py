@@ -115,10 +115,10 @@ def patch_trace_stalls() -> None:
     gc.callbacks.append(on_gc)
     real_write = StateStore._write_sync
 
-    def write_sync(self: StateStore, batch: Any, first_seq: int, delete_through: int) -> Any:
+    def write_sync(self: StateStore, batch: Any, *args: Any) -> Any:
         t = _time.perf_counter()
         try:
-            return real_write(self, batch, first_seq, delete_through)
+            return real_write(self, batch, *args)
         finally:
             out.write(f"write {_time.time():.6f} {(_time.perf_counter() - t) * 1000:.2f} {len(batch)}\n")
 

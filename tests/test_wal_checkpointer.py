@@ -94,6 +94,33 @@ async def test_the_checkpointer_copies_the_log_back_and_the_log_starts_over(tmp_
     await reopened.close()
 
 
+async def test_the_writer_copies_the_tail_so_the_log_starts_over(tmp_path: Path) -> None:
+    """The background checkpoint may leave frames behind (here a reader pins the first commit's
+    snapshot, as a commit landing during the checkpoint would), and a log starts over only at a write
+    that finds it wholly copied: the writer copies that tail before its next transaction, which then
+    writes from the start of the file instead of growing it."""
+    store = StateStore(tmp_path / "state.db", checkpoint_period_s=3600)  # checkpoints run by hand here
+    await store.open()
+    wal = tmp_path / "state.db-wal"
+    await store.commit(_update(0))
+    reader = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM balances").fetchone()  # a snapshot as of commit 0
+    await store.commit(_update(1))
+    await store.checkpointer.checkpoint()  # copies commit 0 only: the reader may still need the rest
+    reader.execute("COMMIT")
+    reader.close()
+    size = wal.stat().st_size
+    await store.commit(_update(2))
+    assert wal.stat().st_size == size  # commit 2 went to the start of the log, not after commit 1
+    assert store.checkpointer.take_tail() is False  # asked once per background checkpoint
+    await store.close()
+    reopened = StateStore(tmp_path / "state.db")
+    await reopened.open()
+    assert len(reopened.all_known()) == 3 * ROWS_PER_COMMIT
+    await reopened.close()
+
+
 async def test_commits_do_not_wait_for_a_checkpoint(tmp_path: Path) -> None:
     """While a checkpoint is held up in its thread (a slow disk), group commits still complete: the
     checkpoint runs on its own connection, not in the commit."""

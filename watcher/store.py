@@ -56,7 +56,7 @@ from watcher.store_schema import (
     alert_detail_to_json,
     parse_time,
 )
-from watcher.wal_checkpointer import CHECKPOINT_PERIOD_S, WalCheckpointer
+from watcher.wal_checkpointer import CHECKPOINT_PERIOD_S, WalCheckpointer, checkpoint_passive
 
 log = structlog.get_logger("watcher.store")
 
@@ -210,8 +210,6 @@ class StateStore:
     async def open(self) -> None:
         """Create the database if needed, load the whole state into memory, start the writer."""
         await self._call(self._open_sync)
-        await self.checkpointer.open()
-        self._checkpoints = asyncio.create_task(self.checkpointer.run(), name="state-store-checkpoints")
         snapshot: _Snapshot = await self._call(self._load_sync)
         self._install(snapshot)
         self.outbox_depth = snapshot.outbox_depth
@@ -220,6 +218,8 @@ class StateStore:
         done = snapshot.first_seq - 1 if snapshot.first_seq is not None else snapshot.last_seq
         self._acked_through = self._deleted_through = done
         self._closing = False
+        await self.checkpointer.open()
+        self._checkpoints = asyncio.create_task(self.checkpointer.run(), name="state-store-checkpoints")
         self._writer = asyncio.create_task(self._write_loop(), name="state-store-writer")
 
     def _open_sync(self) -> None:
@@ -458,7 +458,7 @@ class StateStore:
             self._writing = batch
             try:
                 entries: list[OutboxEntry] = await self._call(
-                    self._write_sync, batch, self._next_seq, delete_through
+                    self._write_sync, batch, self._next_seq, delete_through, self.checkpointer.take_tail()
                 )
             except asyncio.CancelledError:
                 self._recovering = StateWriteError("the state store's writer was cancelled")
@@ -486,7 +486,7 @@ class StateStore:
                     staged._future.set_result(None)
 
     def _write_sync(
-        self, batch: list[StagedCommit], first_seq: int, delete_through: int
+        self, batch: list[StagedCommit], first_seq: int, delete_through: int, tail: bool = False
     ) -> list[OutboxEntry]:
         entries: list[OutboxEntry] = []
         outbox_rows: list[tuple[Any, ...]] = []
@@ -513,6 +513,11 @@ class StateStore:
                 ))
                 seq += 1
         db = self._require()
+        if tail:
+            # The frames committed while the checkpointer copied the log: copied here, where no commit
+            # can land meanwhile, so that this transaction starts the log file over (wal_checkpointer.py).
+            with contextlib.suppress(sqlite3.Error):  # the checkpointer's next run tries again
+                checkpoint_passive(db)
         with _transaction(db):
             if delete_through:
                 # Kafka acknowledged these; they went out in order.
