@@ -59,6 +59,16 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
         await asyncio.sleep(0.002)
 
 
+async def _rows_after_reopen(path: Path) -> int:
+    """The balances a store opened afresh on `path` reads back."""
+    store = StateStore(path)
+    await store.open()
+    try:
+        return len(store.all_known())
+    finally:
+        await store.close()
+
+
 async def test_a_group_commit_never_runs_a_checkpoint(tmp_path: Path) -> None:
     """With the checkpointer idle, the log keeps every frame the commits wrote, well past the 1,000 pages
     at which SQLite would otherwise have checkpointed inside a commit."""
@@ -88,10 +98,7 @@ async def test_the_checkpointer_copies_the_log_back_and_the_log_starts_over(tmp_
     assert busy_wal * 10 < idle_wal
     await idle.close()
     await busy.close()
-    reopened = StateStore(tmp_path / "busy.db")
-    await reopened.open()
-    assert len(reopened.all_known()) == COMMITS * ROWS_PER_COMMIT
-    await reopened.close()
+    assert await _rows_after_reopen(tmp_path / "busy.db") == COMMITS * ROWS_PER_COMMIT
 
 
 async def test_the_writer_copies_the_tail_so_the_log_starts_over(tmp_path: Path) -> None:
@@ -115,10 +122,7 @@ async def test_the_writer_copies_the_tail_so_the_log_starts_over(tmp_path: Path)
     assert wal.stat().st_size == size  # commit 2 went to the start of the log, not after commit 1
     assert store.checkpointer.take_tail() is False  # asked once per background checkpoint
     await store.close()
-    reopened = StateStore(tmp_path / "state.db")
-    await reopened.open()
-    assert len(reopened.all_known()) == 3 * ROWS_PER_COMMIT
-    await reopened.close()
+    assert await _rows_after_reopen(tmp_path / "state.db") == 3 * ROWS_PER_COMMIT
 
 
 async def test_commits_do_not_wait_for_a_checkpoint(tmp_path: Path) -> None:
@@ -145,10 +149,7 @@ async def test_commits_do_not_wait_for_a_checkpoint(tmp_path: Path) -> None:
     release.set()
     await _until(lambda: checkpointer.checkpoints >= 1)
     await store.close()
-    reopened = StateStore(tmp_path / "state.db")
-    await reopened.open()
-    assert len(reopened.all_known()) == 6 * ROWS_PER_COMMIT
-    await reopened.close()
+    assert await _rows_after_reopen(tmp_path / "state.db") == 6 * ROWS_PER_COMMIT
 
 
 async def test_a_closed_store_leaves_everything_in_the_database_file(tmp_path: Path) -> None:
@@ -162,10 +163,7 @@ async def test_a_closed_store_leaves_everything_in_the_database_file(tmp_path: P
     copy = tmp_path / "copy" / "state.db"
     copy.parent.mkdir()
     shutil.copyfile(tmp_path / "state.db", copy)
-    again = StateStore(copy)
-    await again.open()
-    assert len(again.all_known()) == 2 * ROWS_PER_COMMIT
-    await again.close()
+    assert await _rows_after_reopen(copy) == 2 * ROWS_PER_COMMIT
 
 
 async def test_a_failed_checkpoint_is_logged_once_and_tried_again(tmp_path: Path) -> None:
