@@ -189,7 +189,7 @@ async def run(args: argparse.Namespace) -> None:
         if round_no > 1:
             body.move(round_no)
         summary, wall, cpu, now = await measured_round(poller, store, trace=args.trace)
-        wal = folder / "state.db-wal"
+        wal = store.path.with_name(store.path.name + "-wal")
         wal_mib = wal.stat().st_size / 2**20 if wal.exists() else 0.0
         print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events; "
               f"peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB; write-ahead log file "

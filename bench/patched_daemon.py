@@ -15,14 +15,14 @@ PATCHES is a comma-separated list (or "none"):
   gc-young       gc.set_threshold(7000, 10, 10) (an experiment)
   switch-1ms     sys.setswitchinterval(0.001) (an experiment)
   write-inline   the group commit on the event loop, not in the store's thread (an experiment)
-  no-checkpoint  PRAGMA wal_autocheckpoint=0: no checkpoint in any commit (an experiment)
   trace-memory   tracemalloc from the start; after each poll round, the memory traced (alive and peak
                  since the previous round), RSS, and the allocation sites holding the most (in
                  $BENCH_MEMORY_FILE); slows the daemon down two to three times
 
-The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit) measured
-changes that are now made in watcher/ itself: `[signing] threads`, the group commit with
-synchronous=NORMAL, and the source's `max_listing_bytes` (see bench/README.md).
+The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit,
+no-checkpoint) measured changes that are now made in watcher/ itself: `[signing] threads`, the group
+commit with synchronous=NORMAL, the source's `max_listing_bytes`, and checkpoints off the commit path
+(see bench/README.md).
 """
 
 from __future__ import annotations
@@ -194,21 +194,6 @@ def patch_write_inline() -> None:
     StateStore._call = call  # type: ignore[method-assign]
 
 
-def patch_no_checkpoint() -> None:
-    """No automatic WAL checkpoints (PRAGMA wal_autocheckpoint=0): what the commits cost without the
-    checkpoint that SQLite otherwise runs in the commit that fills 1,000 pages (an experiment: the WAL
-    grows without end)."""
-    from watcher.store import StateStore
-
-    real_open = StateStore._open_sync
-
-    def open_sync(self: StateStore) -> None:
-        real_open(self)
-        self._require().execute("PRAGMA wal_autocheckpoint=0")
-
-    StateStore._open_sync = open_sync  # type: ignore[method-assign]
-
-
 def patch_trace_memory() -> None:
     """What the daemon's memory is made of: after each poll round, tracemalloc's largest allocation sites
     still alive (by line), the traced total and its peak since the previous round, and VmRSS/VmHWM."""
@@ -251,7 +236,6 @@ PATCHES = {
     "trace-memory": patch_trace_memory,
     "switch-1ms": patch_switch_1ms,
     "write-inline": patch_write_inline,
-    "no-checkpoint": patch_no_checkpoint,
 }
 
 

@@ -178,7 +178,6 @@ class StateStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         self._db: sqlite3.Connection | None = None
         self.checkpointer = WalCheckpointer(path, checkpoint_period_s)
-        self._checkpoints: asyncio.Task[None] | None = None
         self._known: dict[BalanceKey, KnownBalance] = {}
         # Every alert state, with an index of the pending and firing ones: what time alone can move (the
         # alert clock's tick), without a walk over every state of every key.
@@ -219,7 +218,6 @@ class StateStore:
         self._acked_through = self._deleted_through = done
         self._closing = False
         await self.checkpointer.open()
-        self._checkpoints = asyncio.create_task(self.checkpointer.run(), name="state-store-checkpoints")
         self._writer = asyncio.create_task(self._write_loop(), name="state-store-writer")
 
     def _open_sync(self) -> None:
@@ -314,11 +312,6 @@ class StateStore:
             self._wakeup.set()
             await self._writer
             self._writer = None
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoints
-            self._checkpoints = None
         # Before the writer's connection: the last one to close checkpoints the rest and removes the log.
         await self.checkpointer.close()
         if self._db is not None:

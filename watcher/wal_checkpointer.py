@@ -21,6 +21,7 @@ tried again the next period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +40,9 @@ CHECKPOINT_PERIOD_S = 1.0
 class WalCheckpointer:
     """Checkpoints one database's write-ahead log every `period_s` after commits were written.
 
-    `open()` before the first commit that relies on it, `written()` after each commit, `run()` as a task,
-    `close()` (after the task ends) before the writer's own connection closes: the last connection to
-    close checkpoints the rest and removes the log.
+    `open()` (which starts its task) before the first commit that relies on it, `written()` after each
+    commit, `close()` before the writer's own connection closes: the last connection to close
+    checkpoints the rest and removes the log.
     """
 
     def __init__(self, path: Path, period_s: float = CHECKPOINT_PERIOD_S) -> None:
@@ -54,6 +55,7 @@ class WalCheckpointer:
         self._written = asyncio.Event()
         self._failing = False
         self._tail_wanted = False
+        self._task: asyncio.Task[None] | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -67,7 +69,9 @@ class WalCheckpointer:
         self._db = db
 
     async def open(self) -> None:
+        """Connect, then checkpoint in the background until `close()`."""
         await self._call(self._open_sync)
+        self._task = asyncio.create_task(self.run(), name="wal-checkpoints")
 
     def written(self) -> None:
         """A commit was written: there is something to checkpoint."""
@@ -113,7 +117,12 @@ class WalCheckpointer:
             await self.checkpoint()
 
     async def close(self) -> None:
-        """Close the connection and the thread (the task running `run()` must be done)."""
+        """Stop the background checkpoints, then close the connection and the thread."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         if self._db is not None:
             await self._call(self._db.close)
             self._db = None
