@@ -103,6 +103,30 @@ def test_authorization_header_uses_a_fresh_nonce(dev_key: DevKey) -> None:
     assert first["oauth_nonce"] != second["oauth_nonce"]
 
 
+def test_authorization_header_is_the_signers_own(
+    dev_key: DevKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the same nonce and time, the header is byte for byte the one Mastercard's signer makes
+    (PKCS#1 v1.5 signatures are deterministic), for a URL with a query and one without."""
+    import oauth1.coreutils
+
+    key = load_signing_key(dev_key.p12_path, PASSWORD)
+    monkeypatch.setattr(oauth1.coreutils, "get_nonce", lambda length=16: "n0nce-Of_16chars")
+    monkeypatch.setattr(oauth1.coreutils, "get_timestamp", lambda: 1764748800)
+    for url in (URL, URL.split("?")[0], URL + "&q=a%20b~c"):
+        expected = OAuth.get_authorization_header(url, "GET", None, "ck!1", key)
+        ours = authorization_header(url, "get", "ck!1", key, nonce="n0nce-Of_16chars", timestamp=1764748800)
+        assert ours == expected
+
+
+def test_authorization_header_nonce_is_16_url_safe_characters(dev_key: DevKey) -> None:
+    """The default nonce is 16 characters that need no percent-encoding (as the signer's own)."""
+    key = load_signing_key(dev_key.p12_path, PASSWORD)
+    nonces = {_header_params(authorization_header(URL, "GET", "ck", key))["oauth_nonce"] for _ in range(50)}
+    assert len(nonces) == 50
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", nonce) for nonce in nonces)
+
+
 def _assert_clean(error: SigningKeyError, path: Path) -> None:
     message = str(error)
     assert str(path) in message

@@ -5,11 +5,17 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from oauth1 import authenticationutils
-from oauth1.oauth import OAuth
+from oauth1 import coreutils as oauth1_utils
+from oauth1.oauth import OAuth, SignatureMethod
+
+# A request without a body signs the hash of the empty string.
+_EMPTY_BODY_HASH = oauth1_utils.base64_encode(oauth1_utils.sha256_encode(""))
 
 
 class SigningKeyError(ValueError):
@@ -42,10 +48,33 @@ def load_signing_key(path: Path, password: str) -> RSAPrivateKey:
     return key
 
 
-def authorization_header(url: str, method: str, consumer_key: str, key: RSAPrivateKey) -> str:
+def authorization_header(
+    url: str,
+    method: str,
+    consumer_key: str,
+    key: RSAPrivateKey,
+    *,
+    nonce: str | None = None,
+    timestamp: int | None = None,
+) -> str:
     """The `Authorization: OAuth ...` header value for a request without a body.
 
-    `url` must be exactly the URL sent, query string included: the signature covers both.
+    `url` must be exactly the URL sent, query string included: the signature covers both. The header
+    is the one `OAuth.get_authorization_header` makes (same parameters, order, base string and
+    signature; a test compares them byte for byte), built from the signer's own base string and
+    signing: only the per-request extras are cheaper. Its nonce takes 16 calls of `SystemRandom`
+    (31 us) where one `secrets` call (16 URL-safe characters, 96 bits) does, and it hashes the empty
+    body each time. `nonce` and `timestamp` are for tests; by default a fresh nonce and the time now.
     """
-    header = OAuth.get_authorization_header(url, method.upper(), None, consumer_key, key)
-    return str(header)
+    params = {
+        "oauth_consumer_key": consumer_key,
+        "oauth_nonce": secrets.token_urlsafe(12) if nonce is None else nonce,
+        "oauth_timestamp": int(time.time()) if timestamp is None else timestamp,
+        "oauth_signature_method": SignatureMethod.RSA_SHA256.value,
+        "oauth_version": "1.0",
+        "oauth_body_hash": _EMPTY_BODY_HASH,
+    }
+    base_string = OAuth.get_base_string(url, method.upper(), params)
+    signature = OAuth.sign_message(base_string, key)
+    params["oauth_signature"] = oauth1_utils.percent_encode(signature)
+    return "OAuth " + ",".join(f'{name}="{value}"' for name, value in params.items())
