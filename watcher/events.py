@@ -6,6 +6,7 @@ published again after a crash or a failed publish, carries the same `ce_id`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -24,13 +25,22 @@ EVENT_TYPES = (CHANGED, FIRING, RESOLVED)
 
 # A fixed namespace for event ids: changing it would change every id.
 _ID_NAMESPACE = uuid.UUID("6f1c2a52-8e0b-4c53-9f53-2b8e5f0a7d11")
+_ID_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
 # One encoder for every event body: `json.dumps` with options builds a new one per call.
 _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def event_id(identity: str) -> str:
-    """The event id of an identity: a uuid5 in our namespace, so the same event always has the same id."""
-    return str(uuid.uuid5(_ID_NAMESPACE, identity))
+    """The event id of an identity: a uuid5 in our namespace, so the same event always has the same id.
+
+    RFC 4122's uuid5 by hand (what `str(uuid.uuid5(...))` gives, as a test checks): 1.8 us instead of
+    9.2, with no UUID object; every event of every poll takes one.
+    """
+    digest = bytearray(hashlib.sha1(_ID_NAMESPACE_BYTES + identity.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    hexed = digest.hex()
+    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 Topic = Literal["changes", "alerts"]
 
