@@ -1,75 +1,35 @@
 """The sandbox's simulated accounts, and how their balances move over time.
 
-Deterministic: every account's starting balance and every move come from a random generator seeded
-with the configured seed and the account's identity. Time advances in ticks of `tick_seconds` read
-from the monotonic clock passed in; each tick moves every moving balance one bounded step toward a
-target that swings slowly between a low and a high, so a demo sees changes, dips below 5000.00 and
-recoveries, and now and then an overdraft. `tick_seconds == 0` keeps the world static; the control
-API can still advance it by hand.
+Deterministic: each account's place in its profile's wave, its noise seed and its other particulars are
+drawn once, when it is created, from SHA-512 of the configured seed and the account's identity; its
+amount at any tick is then a function of those and the tick (watcher/sandbox/movement.py), computed when
+it is read. Time advances in ticks of `tick_seconds` read from the monotonic clock passed in; advancing
+only counts them, so a tick costs the same whatever the number of accounts. A moving balance follows a
+target that swings slowly between a low and a high, with noise and a bounded step, so a demo sees
+changes, dips below 5000.00 and recoveries, and now and then an overdraft. `tick_seconds == 0` keeps the
+world static; the control API can still advance it by hand.
+
+A balance put somewhere by the control API stays there. With `keep_moving` it moves on from there: the
+distance from where it would have been shrinks by a quarter each tick (by no more than its step allows)
+until it is back on its path, where it would have been had it not been put.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from random import Random
+
+from watcher.sandbox.movement import Balance, Movement, Path, Ticks
 
 MASTERCARD_QUANTUM = Decimal("0.01")
-MYPOS_QUANTUM = Decimal("0.001")  # myPOS's sample shows three decimal places: 120.260
 SEED_MYPOS_ACCOUNT = "50553500971"
 SEED_MYPOS_MASKED_PAN = "453754******2234"
 SEED_MYPOS_AVAILABLE = Decimal("120.260")
-# A long pause (a suspended laptop) is not replayed tick by tick beyond this.
+# A long pause (a suspended laptop) is not replayed beyond this many ticks.
 MAX_CATCH_UP_TICKS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Movement:
-    """How a balance wanders, in cents: toward a target that goes low -> high -> low each `period` ticks.
-
-    Every step is the pull toward the target plus noise, bounded by `max_step`.
-    """
-
-    low: int
-    high: int
-    period: int
-    noise: int
-    max_step: int
-
-    def step_cents(self, current_cents: int, tick: int, rng: Random) -> int:
-        """The change, in cents, of a balance at `current_cents` on `tick`."""
-        position = tick % self.period
-        # A triangle wave in integers: exact, and every target is hit in each period.
-        target = self.low + (self.high - self.low) * (self.period - abs(2 * position - self.period)) // (
-            self.period
-        )
-        pull = (target - current_cents) // 4
-        step = pull + rng.randint(-self.noise, self.noise)
-        return max(-self.max_step, min(self.max_step, step))
-
-
-@dataclass(slots=True)
-class MovingBalance:
-    """One signed balance. `movement` None: it stays where it is (static, or set by the control API)."""
-
-    amount: Decimal
-    currency: str
-    movement: Movement | None
-    rng: Random
-    phase: int = 0
-
-    def step(self, tick: int) -> bool:
-        """Move one tick; True when the amount changed."""
-        if self.movement is None:
-            return False
-        current_cents = int((self.amount * 100).to_integral_value())
-        delta = self.movement.step_cents(current_cents, tick + self.phase, self.rng)
-        if delta == 0:
-            return False
-        self.amount += Decimal(delta).scaleb(-2)
-        return True
 
 
 @dataclass(slots=True)
@@ -79,30 +39,32 @@ class MastercardAccount:
     non_card_token: str
     description: str
     created_date: str
-    balance: MovingBalance
-    updated_at: datetime
+    balance: Balance
+
+    @property
+    def updated_at(self) -> datetime:
+        """When the balance last changed (the start of that tick), or was created or set."""
+        return self.balance.updated_at
 
 
 @dataclass(slots=True)
 class MyposAccount:
     """A myPOS card account: its balances by balanceType, in the order they are reported.
 
-    `verbatim` holds the seed sample body, served as it is until the control API sets a balance.
-    `booked_lags` makes "booked" follow "available" one tick behind, as settled transactions do.
+    `verbatim` holds the seed sample body, served as it is until the control API sets a balance. A world
+    account's "booked" follows its "available" one tick behind, as settled transactions do.
     """
 
     number: str
     masked_pan: str
-    balances: dict[str, MovingBalance]
+    balances: dict[str, Balance]
     verbatim: bytes | None = None
-    booked_lags: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class _Profile:
     description: str
     currency: str
-    start: int  # cents
     movement: Movement
 
 
@@ -110,16 +72,16 @@ class _Profile:
 # partner shows one healthy account, one that keeps crossing 5000.00, one that dips into debit, a EUR
 # account and a stable reserve.
 _MASTERCARD_PROFILES = (
-    _Profile("Main prefunding", "GBP", 2_400_000, Movement(1_800_000, 3_000_000, 90, 30_000, 150_000)),
-    _Profile("Payouts account", "GBP", 620_000, Movement(300_000, 900_000, 40, 25_000, 90_000)),
-    _Profile("Marketplace float", "GBP", 150_000, Movement(-150_000, 400_000, 60, 20_000, 80_000)),
-    _Profile("Euro settlement", "EUR", 1_500_000, Movement(1_100_000, 1_900_000, 120, 20_000, 100_000)),
-    _Profile("Reserve account", "GBP", 5_200_000, Movement(5_000_000, 5_400_000, 200, 10_000, 50_000)),
+    _Profile("Main prefunding", "GBP", Movement(1_800_000, 3_000_000, 90, 30_000, 150_000)),
+    _Profile("Payouts account", "GBP", Movement(300_000, 900_000, 40, 25_000, 90_000)),
+    _Profile("Marketplace float", "GBP", Movement(-150_000, 400_000, 60, 20_000, 80_000)),
+    _Profile("Euro settlement", "EUR", Movement(1_100_000, 1_900_000, 120, 20_000, 100_000)),
+    _Profile("Reserve account", "GBP", Movement(5_000_000, 5_400_000, 200, 10_000, 50_000)),
 )
 _MYPOS_PROFILES = (
-    _Profile("", "EUR", 820_000, Movement(300_000, 1_200_000, 50, 30_000, 120_000)),
-    _Profile("", "EUR", 95_000, Movement(20_000, 250_000, 70, 8_000, 40_000)),
-    _Profile("", "GBP", 2_000_000, Movement(1_500_000, 2_500_000, 100, 20_000, 100_000)),
+    _Profile("", "EUR", Movement(300_000, 1_200_000, 50, 30_000, 120_000)),
+    _Profile("", "EUR", Movement(20_000, 250_000, 70, 8_000, 40_000)),
+    _Profile("", "GBP", Movement(1_500_000, 2_500_000, 100, 20_000, 100_000)),
 )
 
 
@@ -144,14 +106,15 @@ class World:
         self._wall_clock = wall_clock
         self._started = clock()
         self._clock_ticks_seen = 0
-        self.tick = 0
+        self._ticks = Ticks(wall_clock())
         self.frozen = False
         self._partners: dict[str, dict[str, MastercardAccount]] = {}
         self._mypos: dict[str, MyposAccount] = {}
+        seed_available = Balance(self._ticks, SEED_MYPOS_AVAILABLE, "EUR", self._wall_clock())
         self._mypos[SEED_MYPOS_ACCOUNT] = MyposAccount(
             number=SEED_MYPOS_ACCOUNT,
             masked_pan=SEED_MYPOS_MASKED_PAN,
-            balances={"available": MovingBalance(SEED_MYPOS_AVAILABLE, "EUR", None, self._rng("mypos-seed"))},
+            balances={"available": seed_available},
             verbatim=mypos_seed_body,
         )
         for index in range(mypos_accounts):
@@ -159,6 +122,11 @@ class World:
             self._mypos[account.number] = account
 
     # -- time ---------------------------------------------------------------------------------------
+
+    @property
+    def tick(self) -> int:
+        """How many ticks have moved the world so far."""
+        return self._ticks.count
 
     def sync(self) -> None:
         """Apply the ticks the clock says are due; frozen, they pass without moving anything."""
@@ -171,22 +139,12 @@ class World:
             self.advance(min(due, MAX_CATCH_UP_TICKS))
 
     def advance(self, ticks: int) -> None:
-        """Move every moving balance `ticks` steps now, frozen or not (the control API's "advance")."""
-        for _ in range(ticks):
-            self.tick += 1
-            now = self._wall_clock()
-            for accounts in self._partners.values():
-                for mc_account in accounts.values():
-                    if mc_account.balance.step(self.tick):
-                        mc_account.updated_at = now
-            for mypos_account in self._mypos.values():
-                available = mypos_account.balances.get("available")
-                booked = mypos_account.balances.get("booked")
-                if mypos_account.booked_lags and available is not None and booked is not None:
-                    booked.amount = available.amount
-                for balance in mypos_account.balances.values():
-                    if balance is not booked or not mypos_account.booked_lags:
-                        balance.step(self.tick)
+        """Move every moving balance `ticks` steps now, frozen or not (the control API's "advance").
+
+        Only the count moves: balances are computed from it when read, so this costs the same for any
+        number of accounts or ticks.
+        """
+        self._ticks.advance(ticks, self._wall_clock())
 
     # -- Mastercard ---------------------------------------------------------------------------------
 
@@ -214,56 +172,47 @@ class World:
     ) -> MastercardAccount:
         """Put a signed balance on an account (negative: IN_DEBIT), creating the account if needed.
 
-        The balance then stays where it is put unless `keep_moving`.
+        The balance then stays where it is put unless `keep_moving` (an account created here has nothing
+        to move with, and stays).
         """
         accounts = self._partner(partner)
         account = accounts.get(non_card_token)
+        now = self._wall_clock()
         if account is None:
             account = MastercardAccount(
                 non_card_token=non_card_token,
                 description=description or "Sandbox account",
-                created_date=self._wall_clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
-                balance=MovingBalance(amount, currency, None, self._rng(f"mc:{partner}:{non_card_token}")),
-                updated_at=self._wall_clock(),
+                created_date=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                balance=Balance(self._ticks, amount, currency, now),
             )
             accounts[non_card_token] = account
         if description is not None:
             account.description = description
-        account.balance.amount = amount
-        account.balance.currency = currency
-        if not keep_moving:
-            account.balance.movement = None
-        account.updated_at = self._wall_clock()
+        account.balance.put(amount, currency, now, keep_moving=keep_moving)
         return account
 
     def _partner(self, partner: str) -> dict[str, MastercardAccount]:
         accounts = self._partners.get(partner)
         if accounts is None:
             accounts = {}
+            now = self._wall_clock()
             for index in range(self._accounts_per_partner):
-                account = self._new_mastercard_account(partner, index)
+                account = self._new_mastercard_account(partner, index, now)
                 accounts[account.non_card_token] = account
             self._partners[partner] = accounts
         return accounts
 
-    def _new_mastercard_account(self, partner: str, index: int) -> MastercardAccount:
+    def _new_mastercard_account(self, partner: str, index: int, now: datetime) -> MastercardAccount:
         token = f"non_card_token:sbx-{partner}-{index + 1:04d}"
         profile = _MASTERCARD_PROFILES[index % len(_MASTERCARD_PROFILES)]
-        rng = self._rng(f"mc:{partner}:{token}")
+        draws = _Draws(self._seed, f"mc:{partner}:{token}")
         description = profile.description
         if index >= len(_MASTERCARD_PROFILES):
             description = f"{description} {index // len(_MASTERCARD_PROFILES) + 1}"
-        start = profile.start + rng.randint(-5_000, 5_000)
-        created = f"20{18 + index % 6:02d}-{1 + index % 12:02d}-{1 + rng.randrange(28):02d}T09:30:00Z"
-        return MastercardAccount(
-            non_card_token=token,
-            description=description,
-            created_date=created,
-            balance=MovingBalance(
-                Decimal(start).scaleb(-2), profile.currency, profile.movement, rng, rng.randrange(1000)
-            ),
-            updated_at=self._wall_clock(),
-        )
+        created = f"20{18 + index % 6:02d}-{1 + index % 12:02d}-{1 + draws.below(28):02d}T09:30:00Z"
+        path = Path(profile.movement, phase=draws.below(1000), noise_seed=draws.below(_NOISE_SEEDS))
+        balance = Balance.on_path(self._ticks, path, profile.currency, now)
+        return MastercardAccount(token, description, created, balance)
 
     # -- myPOS --------------------------------------------------------------------------------------
 
@@ -281,23 +230,26 @@ class World:
         """Put one balance type of a card account at `amount`, creating account or type if needed.
 
         The account then answers from its balances (no longer the seed file); the balance stays where it
-        is put unless `keep_moving`.
+        is put unless `keep_moving` (a type created here has nothing to move with, and stays). Put without
+        `keep_moving`, available or booked ends booked's following: booked stays where it is.
         """
+        now = self._wall_clock()
         account = self._mypos.get(number)
         if account is None:
-            account = MyposAccount(number, self._masked_pan(self._rng(f"mypos:{number}")), {})
+            account = MyposAccount(number, _masked_pan(_Draws(self._seed, f"mypos:{number}")), {})
             self._mypos[number] = account
         account.verbatim = None
         balance = account.balances.get(balance_type)
         if balance is None:
-            balance = MovingBalance(amount, currency, None, self._rng(f"mypos:{number}:{balance_type}"))
-            account.balances[balance_type] = balance
-        balance.amount = amount
-        balance.currency = currency
-        if not keep_moving:
-            balance.movement = None
-            if balance_type in ("available", "booked"):
-                account.booked_lags = False
+            account.balances[balance_type] = Balance(self._ticks, amount, currency, now)
+            return account
+        booked = account.balances.get("booked")
+        if booked is not None and booked is not balance and booked.follows(balance):
+            if keep_moving:
+                booked.hold(now)  # it shows this tick what it showed, and the new amount from the next
+            else:
+                booked.put(booked.amount, booked.currency, now, keep_moving=False)
+        balance.put(amount, currency, now, keep_moving=keep_moving)
         return account
 
     def _new_mypos_account(self, index: int) -> MyposAccount:
@@ -305,23 +257,35 @@ class World:
         if number == SEED_MYPOS_ACCOUNT:
             number = f"505536{index + 1:05d}"
         profile = _MYPOS_PROFILES[index % len(_MYPOS_PROFILES)]
-        rng = self._rng(f"mypos:{number}")
-        start = Decimal(profile.start + rng.randint(-5_000, 5_000)).scaleb(-2).quantize(MYPOS_QUANTUM)
-        available = MovingBalance(start, profile.currency, profile.movement, rng, rng.randrange(1000))
-        booked = MovingBalance(start, profile.currency, None, rng)
-        return MyposAccount(
-            number=number,
-            masked_pan=self._masked_pan(rng),
-            balances={"available": available, "booked": booked},
-            booked_lags=True,
-        )
+        draws = _Draws(self._seed, f"mypos:{number}")
+        masked_pan = _masked_pan(draws)
+        path = Path(profile.movement, phase=draws.below(1000), noise_seed=draws.below(_NOISE_SEEDS))
+        now = self._wall_clock()
+        # myPOS's sample shows three decimal places: 120.260
+        available = Balance.on_path(self._ticks, path, profile.currency, now, decimals=3)
+        booked = Balance(self._ticks, available.amount, profile.currency, now)
+        booked.follow(available)
+        return MyposAccount(number, masked_pan, {"available": available, "booked": booked})
 
-    # -- helpers ------------------------------------------------------------------------------------
 
-    def _rng(self, identity: str) -> Random:
-        # String seeds are hashed with SHA-512 by random.Random: the same on every run and platform.
-        return Random(f"{self._seed}:{identity}")
+_NOISE_SEEDS = 1 << 64
 
-    @staticmethod
-    def _masked_pan(rng: Random) -> str:
-        return f"453754******{rng.randrange(10_000):04d}"
+
+class _Draws:
+    """Whole numbers drawn from the seed and an account's identity: SHA-512 of "seed:identity", 64 bits a
+    draw (the same on every run and platform; eight draws at most)."""
+
+    __slots__ = ("_bits",)
+
+    def __init__(self, seed: int, identity: str) -> None:
+        self._bits = int.from_bytes(hashlib.sha512(f"{seed}:{identity}".encode()).digest(), "big")
+
+    def below(self, bound: int) -> int:
+        """One of 0 .. bound - 1 (bound at most 2^64; the bias of the modulo is below 2^-40 for these)."""
+        value = self._bits & (_NOISE_SEEDS - 1)
+        self._bits >>= 64
+        return value % bound
+
+
+def _masked_pan(draws: _Draws) -> str:
+    return f"453754******{draws.below(10_000):04d}"
