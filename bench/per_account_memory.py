@@ -53,7 +53,7 @@ from watcher.store import StateStore  # noqa: E402
 
 T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 TOKEN = b"non_card_token:sbx-bench-0001"
-AMOUNT = b"25709.60"
+AMOUNT = b"24031.62"
 
 
 def account_body() -> bytes:

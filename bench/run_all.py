@@ -70,8 +70,9 @@ def machine() -> dict[str, Any]:
 
 def signing_cost(signatures: int = 1000) -> dict[str, float]:
     """What one signature costs on this machine now, in this process with nothing else running: a bare
-    RSA-2048 PKCS#1 v1.5 SHA-256 signature, and the signer's whole OAuth header (nonce, base string,
-    signature). Machines of the same kind differ here, and every per-account figure follows it."""
+    RSA-2048 PKCS#1 v1.5 SHA-256 signature, and the whole OAuth header as the daemon makes it
+    (`watcher.signing`: the signer's base string and signature). Machines of the same kind differ here,
+    and every per-account figure follows it."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -162,7 +163,7 @@ def table(results: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str]] = []
     cost = results.get("machine", {})
     if "rsa_sign_ms" in cost:
-        rows.append(("RSA-2048 signature / the signer's header, alone", f"{cost['rsa_sign_ms']:.2f} / "
+        rows.append(("RSA-2048 signature / the daemon's OAuth header, alone", f"{cost['rsa_sign_ms']:.2f} / "
                      f"{cost['signer_header_ms']:.2f} ms (the issue measured 0.38)", "", "-"))
 
     def add(what: str, figure: str, target: str, met: bool | None) -> None:

@@ -128,6 +128,27 @@ def test_amounts_are_a_function_of_seed_and_tick() -> None:
     assert amounts(stepwise) == amounts(at_once) == amounts(late)
 
 
+def test_a_static_world_shows_its_profiles_start_amounts() -> None:
+    """Before any tick every account is within 50.00 of its profile's start amount (the shape the listing
+    benchmark measures: healthy balances, no alert at first sight), and a few ticks on it still is
+    within its noise of it: the path runs through the start, nothing large is left to settle."""
+    w = world(accounts=500, mypos=30)
+    accounts = w.mastercard_accounts(PARTNER)
+    for index, account in enumerate(accounts):
+        start = Decimal(_MASTERCARD_PROFILES[index % len(_MASTERCARD_PROFILES)].start).scaleb(-2)
+        assert abs(account.balance.amount - start) <= Decimal("50.00")
+    mypos = [a for a in w.mypos_accounts() if a.number != SEED_MYPOS_ACCOUNT]
+    for index, account in enumerate(mypos):
+        start = Decimal(_MYPOS_PROFILES[index % len(_MYPOS_PROFILES)].start).scaleb(-2)
+        assert all(abs(b.amount - start) <= Decimal("50.00") for b in account.balances.values())
+    w.advance(1)
+    for index, account in enumerate(accounts):
+        profile = _MASTERCARD_PROFILES[index % len(_MASTERCARD_PROFILES)]
+        movement = profile.movement
+        reach = 2 * movement.noise + 2 * (movement.high - movement.low) // movement.period + 5_000
+        assert abs(account.balance.amount - Decimal(profile.start).scaleb(-2)) <= Decimal(reach).scaleb(-2)
+
+
 def test_different_seeds_and_accounts_differ() -> None:
     """Another seed gives other amounts, and two accounts of the same profile do not move alike."""
     one, other = world(seed=1), world(seed=2)

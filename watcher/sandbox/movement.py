@@ -5,8 +5,8 @@ A moving balance's amount at tick t, in cents, is
     target(t + phase) + noise(t) + what is left at t of the offset it had when anchored
 
 `target` is a triangle wave, low -> high -> low every `period` ticks; `noise(t)` is drawn afresh each tick
-from [-noise, +noise] by hashing (noise seed, t). A balance starts on that path (offset 0); put elsewhere
-by the control API and kept moving, its offset from the path shrinks by a quarter each tick, by at most
+from [-noise, +noise] by hashing (noise seed, t). A balance created or put off that path (by the control
+API, and kept moving) settles onto it: its offset from the path shrinks by a quarter each tick, by at most
 what `max_step` leaves after the wave and the noise, so that every step stays within `max_step`. Nothing
 is stored per tick: advancing the world only counts ticks, and a read costs the same whatever the number
 of accounts or of ticks gone by.
@@ -137,18 +137,14 @@ class Balance:
                  "_residue", "_settled_by", "_since", "_ticks", "currency")
 
     def __init__(self, ticks: Ticks, amount: Decimal, currency: str, now: datetime, path: Path | None = None,
-                 *, offset: int | None = None):
+                 *, since: int | None = None):
+        """Anchored at `amount` at tick `since` (default: now). An account made by the world is anchored
+        at tick 0, whenever it is first asked for, so its amounts depend on the tick alone."""
         self._ticks = ticks
         self.currency = currency
         self._path = path
         self._leader: Balance | None = None
-        self._anchor(amount, now, offset)
-
-    @classmethod
-    def on_path(cls, ticks: Ticks, path: Path, currency: str, now: datetime, *, decimals: int = 2) -> Balance:
-        """A balance that starts where its path is now (nothing to settle), written with `decimals`."""
-        amount = Decimal(path.cents(ticks.count) * 10 ** (decimals - 2)).scaleb(-decimals)
-        return cls(ticks, amount, currency, now, path, offset=0)
+        self._anchor(amount, now, since)
 
     @property
     def amount(self) -> Decimal:
@@ -200,9 +196,8 @@ class Balance:
         self._path = None
         self._leader = leader
 
-    def _anchor(self, amount: Decimal, now: datetime, offset: int | None = None) -> None:
-        # `offset` from the path when it is known: 0 for a balance that starts on it.
-        self._since = self._ticks.count
+    def _anchor(self, amount: Decimal, now: datetime, since: int | None = None) -> None:
+        self._since = self._ticks.count if since is None else since
         self._fixed = amount
         self._anchored_at = now
         self._memo_tick, self._memo_cents = -1, 0
@@ -213,7 +208,7 @@ class Balance:
         cents = int(amount.scaleb(2).to_integral_value(rounding=ROUND_FLOOR))
         residue = amount - Decimal(cents).scaleb(-2)
         self._residue = _ZERO_RESIDUES.get(str(residue), residue)  # 0.000 for myPOS: three decimals
-        self._offset = cents - path.cents(self._since) if offset is None else offset
+        self._offset = cents - path.cents(self._since)
         self._settled_by = self._since + settling_ticks(self._offset, path.movement.settle_step)
 
     def _cents_at(self, tick: int) -> int:

@@ -6,8 +6,10 @@ amount at any tick is then a function of those and the tick (watcher/sandbox/mov
 it is read. Time advances in ticks of `tick_seconds` read from the monotonic clock passed in; advancing
 only counts them, so a tick costs the same whatever the number of accounts. A moving balance follows a
 target that swings slowly between a low and a high, with noise and a bounded step, so a demo sees
-changes, dips below 5000.00 and recoveries, and now and then an overdraft. `tick_seconds == 0` keeps the
-world static; the control API can still advance it by hand.
+changes, dips below 5000.00 and recoveries, and now and then an overdraft. An account starts near its
+profile's start amount and settles onto its path over its first ticks, as a balance put there with
+`keep_moving` would: a static world (`tick_seconds == 0`, the listing benchmark's) shows the start
+amounts, all in healthy ranges. The control API can still advance a static world by hand.
 
 A balance put somewhere by the control API stays there. With `keep_moving` it moves on from there: the
 distance from where it would have been shrinks by a quarter each tick (by no more than its step allows)
@@ -25,6 +27,7 @@ from decimal import Decimal
 from watcher.sandbox.movement import Balance, Movement, Path, Ticks
 
 MASTERCARD_QUANTUM = Decimal("0.01")
+_MYPOS_QUANTUM = Decimal("0.001")  # myPOS's sample shows three decimal places: 120.260
 SEED_MYPOS_ACCOUNT = "50553500971"
 SEED_MYPOS_MASKED_PAN = "453754******2234"
 SEED_MYPOS_AVAILABLE = Decimal("120.260")
@@ -65,6 +68,7 @@ class MyposAccount:
 class _Profile:
     description: str
     currency: str
+    start: int  # cents: where its accounts start, then settle onto the path
     movement: Movement
 
 
@@ -72,16 +76,16 @@ class _Profile:
 # partner shows one healthy account, one that keeps crossing 5000.00, one that dips into debit, a EUR
 # account and a stable reserve.
 _MASTERCARD_PROFILES = (
-    _Profile("Main prefunding", "GBP", Movement(1_800_000, 3_000_000, 90, 30_000, 150_000)),
-    _Profile("Payouts account", "GBP", Movement(300_000, 900_000, 40, 25_000, 90_000)),
-    _Profile("Marketplace float", "GBP", Movement(-150_000, 400_000, 60, 20_000, 80_000)),
-    _Profile("Euro settlement", "EUR", Movement(1_100_000, 1_900_000, 120, 20_000, 100_000)),
-    _Profile("Reserve account", "GBP", Movement(5_000_000, 5_400_000, 200, 10_000, 50_000)),
+    _Profile("Main prefunding", "GBP", 2_400_000, Movement(1_800_000, 3_000_000, 90, 30_000, 150_000)),
+    _Profile("Payouts account", "GBP", 620_000, Movement(300_000, 900_000, 40, 25_000, 90_000)),
+    _Profile("Marketplace float", "GBP", 150_000, Movement(-150_000, 400_000, 60, 20_000, 80_000)),
+    _Profile("Euro settlement", "EUR", 1_500_000, Movement(1_100_000, 1_900_000, 120, 20_000, 100_000)),
+    _Profile("Reserve account", "GBP", 5_200_000, Movement(5_000_000, 5_400_000, 200, 10_000, 50_000)),
 )
 _MYPOS_PROFILES = (
-    _Profile("", "EUR", Movement(300_000, 1_200_000, 50, 30_000, 120_000)),
-    _Profile("", "EUR", Movement(20_000, 250_000, 70, 8_000, 40_000)),
-    _Profile("", "GBP", Movement(1_500_000, 2_500_000, 100, 20_000, 100_000)),
+    _Profile("", "EUR", 820_000, Movement(300_000, 1_200_000, 50, 30_000, 120_000)),
+    _Profile("", "EUR", 95_000, Movement(20_000, 250_000, 70, 8_000, 40_000)),
+    _Profile("", "GBP", 2_000_000, Movement(1_500_000, 2_500_000, 100, 20_000, 100_000)),
 )
 
 
@@ -210,8 +214,9 @@ class World:
         if index >= len(_MASTERCARD_PROFILES):
             description = f"{description} {index // len(_MASTERCARD_PROFILES) + 1}"
         created = f"20{18 + index % 6:02d}-{1 + index % 12:02d}-{1 + draws.below(28):02d}T09:30:00Z"
-        path = Path(profile.movement, phase=draws.below(1000), noise_seed=draws.below(_NOISE_SEEDS))
-        balance = Balance.on_path(self._ticks, path, profile.currency, now)
+        start = profile.start + draws.below(10_001) - 5_000
+        path = _path_through(profile.movement, start, draws)
+        balance = Balance(self._ticks, Decimal(start).scaleb(-2), profile.currency, now, path, since=0)
         return MastercardAccount(token, description, created, balance)
 
     # -- myPOS --------------------------------------------------------------------------------------
@@ -259,11 +264,12 @@ class World:
         profile = _MYPOS_PROFILES[index % len(_MYPOS_PROFILES)]
         draws = _Draws(self._seed, f"mypos:{number}")
         masked_pan = _masked_pan(draws)
-        path = Path(profile.movement, phase=draws.below(1000), noise_seed=draws.below(_NOISE_SEEDS))
+        start = profile.start + draws.below(10_001) - 5_000
+        path = _path_through(profile.movement, start, draws)
         now = self._wall_clock()
-        # myPOS's sample shows three decimal places: 120.260
-        available = Balance.on_path(self._ticks, path, profile.currency, now, decimals=3)
-        booked = Balance(self._ticks, available.amount, profile.currency, now)
+        start_amount = Decimal(start).scaleb(-2).quantize(_MYPOS_QUANTUM)
+        available = Balance(self._ticks, start_amount, profile.currency, now, path, since=0)
+        booked = Balance(self._ticks, start_amount, profile.currency, now, since=0)
         booked.follow(available)
         return MyposAccount(number, masked_pan, {"available": available, "booked": booked})
 
@@ -289,3 +295,11 @@ class _Draws:
 
 def _masked_pan(draws: _Draws) -> str:
     return f"453754******{draws.below(10_000):04d}"
+
+
+def _path_through(movement: Movement, start_cents: int, draws: _Draws) -> Path:
+    """A path whose wave is at `start_cents` at tick 0, rising or falling (drawn): an account starts near
+    its profile's start amount with only its noise to settle, so it never overshoots its range."""
+    rise = (start_cents - movement.low) * movement.period // (movement.high - movement.low)
+    phase = rise // 2 if draws.below(2) == 0 else movement.period - rise // 2
+    return Path(movement, phase, draws.below(_NOISE_SEEDS))
