@@ -7,9 +7,10 @@ it is read. Time advances in ticks of `tick_seconds` read from the monotonic clo
 only counts them, so a tick costs the same whatever the number of accounts. A moving balance follows a
 target that swings slowly between a low and a high, with noise and a bounded step, so a demo sees
 changes, dips below 5000.00 and recoveries, and now and then an overdraft. An account starts near its
-profile's start amount and settles onto its path over its first ticks, as a balance put there with
-`keep_moving` would: a static world (`tick_seconds == 0`, the listing benchmark's) shows the start
-amounts, all in healthy ranges. The control API can still advance a static world by hand.
+profile's start amount at tick 0 and settles onto its own path (anywhere in the wave) over its first
+ticks, as a balance put there with `keep_moving` would: a static world (`tick_seconds == 0`, the listing
+benchmark's) shows the start amounts, all in healthy ranges. The control API can still advance a static
+world by hand.
 
 A balance put somewhere by the control API stays there. With `keep_moving` it moves on from there: the
 distance from where it would have been shrinks by a quarter each tick (by no more than its step allows)
@@ -215,7 +216,7 @@ class World:
             description = f"{description} {index // len(_MASTERCARD_PROFILES) + 1}"
         created = f"20{18 + index % 6:02d}-{1 + index % 12:02d}-{1 + draws.below(28):02d}T09:30:00Z"
         start = profile.start + draws.below(10_001) - 5_000
-        path = _path_through(profile.movement, start, draws)
+        path = _path_of(profile.movement, draws)
         balance = Balance(self._ticks, Decimal(start).scaleb(-2), profile.currency, now, path, since=0)
         return MastercardAccount(token, description, created, balance)
 
@@ -265,7 +266,7 @@ class World:
         draws = _Draws(self._seed, f"mypos:{number}")
         masked_pan = _masked_pan(draws)
         start = profile.start + draws.below(10_001) - 5_000
-        path = _path_through(profile.movement, start, draws)
+        path = _path_of(profile.movement, draws)
         now = self._wall_clock()
         start_amount = Decimal(start).scaleb(-2).quantize(_MYPOS_QUANTUM)
         available = Balance(self._ticks, start_amount, profile.currency, now, path, since=0)
@@ -297,9 +298,7 @@ def _masked_pan(draws: _Draws) -> str:
     return f"453754******{draws.below(10_000):04d}"
 
 
-def _path_through(movement: Movement, start_cents: int, draws: _Draws) -> Path:
-    """A path whose wave is at `start_cents` at tick 0, rising or falling (drawn): an account starts near
-    its profile's start amount with only its noise to settle, so it never overshoots its range."""
-    rise = (start_cents - movement.low) * movement.period // (movement.high - movement.low)
-    phase = rise // 2 if draws.below(2) == 0 else movement.period - rise // 2
-    return Path(movement, phase, draws.below(_NOISE_SEEDS))
+def _path_of(movement: Movement, draws: _Draws) -> Path:
+    """An account's own path: anywhere in its wave (so that accounts of one profile do not cross a
+    threshold all at once), with its own noise."""
+    return Path(movement, draws.below(movement.period), draws.below(_NOISE_SEEDS))
