@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import sys
 from collections.abc import Callable
@@ -68,6 +69,9 @@ def steps_taken(action: Callable[[], object]) -> list[str]:
         if event == "c_call":
             steps.append(getattr(arg, "__qualname__", "?"))
 
+    # A collection may run anywhere, with the callbacks installed (hypothesis times them): not a step.
+    collecting = gc.isenabled()
+    gc.disable()
     sys.settrace(trace)
     sys.setprofile(profile)
     try:
@@ -75,6 +79,8 @@ def steps_taken(action: Callable[[], object]) -> list[str]:
     finally:
         sys.setprofile(None)
         sys.settrace(None)
+        if collecting:
+            gc.enable()
     return steps
 
 
