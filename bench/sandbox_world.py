@@ -12,6 +12,7 @@ each at a new tick.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,16 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import proc_status  # noqa: E402
+
 from watcher.sandbox.mastercard import view_of  # noqa: E402
 from watcher.sandbox.world import World  # noqa: E402
 
 
 def rss_mib() -> float:
     """This process's resident set now, MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return proc_status(os.getpid())["VmRSS"] / 1024
 
 
 def cpu(action: Callable[[], object]) -> float:

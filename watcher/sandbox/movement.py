@@ -59,7 +59,7 @@ def settled(offset: int, elapsed: int, step: int) -> int:
     toward the target would), but never more than `step`: first `step` a tick while a quarter would be more,
     then geometric."""
     size = abs(offset)
-    linear_ticks = max(0, -(-(size - 4 * step) // step))
+    linear_ticks = _linear_ticks(size, step)
     if elapsed <= linear_ticks:
         left = size - elapsed * step
     else:
@@ -72,8 +72,13 @@ def settled(offset: int, elapsed: int, step: int) -> int:
 def settling_ticks(offset: int, step: int) -> int:
     """After how many ticks `settled` is 0 for good (at most)."""
     size = abs(offset)
-    linear_ticks = max(0, -(-(size - 4 * step) // step))
+    linear_ticks = _linear_ticks(size, step)
     return linear_ticks + _quarters_to_nothing(size - linear_ticks * step)
+
+
+def _linear_ticks(size: int, step: int) -> int:
+    # The ticks that take a whole `step`: while a quarter of what is left would be more than that.
+    return max(0, -(-(size - 4 * step) // step))
 
 
 def _quarters_to_nothing(size: int) -> int:

@@ -215,10 +215,14 @@ class World:
         if index >= len(_MASTERCARD_PROFILES):
             description = f"{description} {index // len(_MASTERCARD_PROFILES) + 1}"
         created = f"20{18 + index % 6:02d}-{1 + index % 12:02d}-{1 + draws.below(28):02d}T09:30:00Z"
-        start = profile.start + draws.below(10_001) - 5_000
-        path = _path_of(profile.movement, draws)
-        balance = Balance(self._ticks, Decimal(start).scaleb(-2), profile.currency, now, path, since=0)
+        balance = self._starting(profile, draws, now, MASTERCARD_QUANTUM)
         return MastercardAccount(token, description, created, balance)
+
+    def _starting(self, profile: _Profile, draws: _Draws, now: datetime, quantum: Decimal) -> Balance:
+        """A new account's balance: within 50.00 of its profile's start amount at tick 0 (whenever it is
+        made), settling from there onto its own path."""
+        start = Decimal(profile.start + draws.below(10_001) - 5_000).scaleb(-2).quantize(quantum)
+        return Balance(self._ticks, start, profile.currency, now, _path_of(profile.movement, draws), since=0)
 
     # -- myPOS --------------------------------------------------------------------------------------
 
@@ -265,17 +269,14 @@ class World:
         profile = _MYPOS_PROFILES[index % len(_MYPOS_PROFILES)]
         draws = _Draws(self._seed, f"mypos:{number}")
         masked_pan = _masked_pan(draws)
-        start = profile.start + draws.below(10_001) - 5_000
-        path = _path_of(profile.movement, draws)
         now = self._wall_clock()
-        start_amount = Decimal(start).scaleb(-2).quantize(_MYPOS_QUANTUM)
-        available = Balance(self._ticks, start_amount, profile.currency, now, path, since=0)
-        booked = Balance(self._ticks, start_amount, profile.currency, now, since=0)
+        available = self._starting(profile, draws, now, _MYPOS_QUANTUM)
+        booked = Balance(self._ticks, available.amount_at(0), profile.currency, now, since=0)
         booked.follow(available)
         return MyposAccount(number, masked_pan, {"available": available, "booked": booked})
 
 
-_NOISE_SEEDS = 1 << 64
+_DRAW_SPAN = 1 << 64  # a draw is 64 bits
 
 
 class _Draws:
@@ -289,7 +290,7 @@ class _Draws:
 
     def below(self, bound: int) -> int:
         """One of 0 .. bound - 1 (bound at most 2^64; the bias of the modulo is below 2^-40 for these)."""
-        value = self._bits & (_NOISE_SEEDS - 1)
+        value = self._bits & (_DRAW_SPAN - 1)
         self._bits >>= 64
         return value % bound
 
@@ -301,4 +302,4 @@ def _masked_pan(draws: _Draws) -> str:
 def _path_of(movement: Movement, draws: _Draws) -> Path:
     """An account's own path: anywhere in its wave (so that accounts of one profile do not cross a
     threshold all at once), with its own noise."""
-    return Path(movement, draws.below(movement.period), draws.below(_NOISE_SEEDS))
+    return Path(movement, draws.below(movement.period), draws.below(_DRAW_SPAN))
