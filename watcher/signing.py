@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from pathlib import Path
@@ -16,6 +17,18 @@ from oauth1.oauth import OAuth, SignatureMethod
 
 # A request without a body signs the hash of the empty string.
 _EMPTY_BODY_HASH = oauth1_utils.base64_encode(oauth1_utils.sha256_encode(""))
+
+# What the signer's `percent_encode` (urllib's quote, then its fix-ups) makes of each ASCII character:
+# RFC 3986's unreserved ones stay, every other one becomes %XX.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-")
+# "%" first: the escapes after it bring their own.
+_ESCAPES = {"%": "%25"} | {chr(code): f"%{code:02X}" for code in range(128) if chr(code) not in _UNRESERVED}
+# A URL the fast base string takes: scheme, authority and path only, printable ASCII with nothing
+# `urlparse` would split off (?query, #fragment, ;params) or rewrite (brackets, spaces, controls).
+_PLAIN_URL = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]*)://([^\x00-\x20\x7f-\U0010ffff/?#;\[\]\\]*)(/[^\x00-\x20\x7f-\U0010ffff?#;\\]*)?"
+)
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
 class SigningKeyError(ValueError):
@@ -48,6 +61,36 @@ def load_signing_key(path: Path, password: str) -> RSAPrivateKey:
     return key
 
 
+def percent_encode(text: str) -> str:
+    """The signer's `percent_encode` (RFC 3986): for ASCII text, one `str.replace` per reserved character
+    it holds (a base64 signature: ~4 us instead of urllib's 23, which goes byte by byte); other text
+    goes to the signer's, which encodes it as UTF-8 first."""
+    if not text.isascii():
+        return str(oauth1_utils.percent_encode(text))
+    for char, escape in _ESCAPES.items():
+        if char in text:
+            text = text.replace(char, escape)
+    return text
+
+
+def base_string(url: str, method: str, params: dict[str, str | int]) -> str:
+    """The signer's `OAuth.get_base_string` for a request without a body: the method, the normalised
+    URL and the sorted parameters, each percent-encoded. For a plain URL (no query: every URL the
+    sources send) it is built here, in a quarter of the time (the signer parses the URL twice and
+    percent-encodes byte by byte); any other URL goes to the signer. A test compares both on any URL.
+    """
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is None:
+        return str(OAuth.get_base_string(url, method, params))
+    scheme, netloc, path = plain.group(1).lower(), plain.group(2).lower(), plain.group(3)
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is not None and netloc.endswith(default_port):
+        netloc = netloc[: -len(default_port)]
+    normalized = f"{scheme}://{netloc}{path or '/'}"
+    query = "&".join(sorted([f"{name}={value}" for name, value in params.items()]))
+    return f"{method.upper()}&{percent_encode(normalized)}&{percent_encode(query)}"
+
+
 def authorization_header(
     url: str,
     method: str,
@@ -66,7 +109,7 @@ def authorization_header(
     (31 us) where one `secrets` call (16 URL-safe characters, 96 bits) does, and it hashes the empty
     body each time. `nonce` and `timestamp` are for tests; by default a fresh nonce and the time now.
     """
-    params = {
+    params: dict[str, str | int] = {
         "oauth_consumer_key": consumer_key,
         "oauth_nonce": secrets.token_urlsafe(12) if nonce is None else nonce,
         "oauth_timestamp": int(time.time()) if timestamp is None else timestamp,
@@ -74,7 +117,6 @@ def authorization_header(
         "oauth_version": "1.0",
         "oauth_body_hash": _EMPTY_BODY_HASH,
     }
-    base_string = OAuth.get_base_string(url, method.upper(), params)
-    signature = OAuth.sign_message(base_string, key)
-    params["oauth_signature"] = oauth1_utils.percent_encode(signature)
+    signature = OAuth.sign_message(base_string(url, method, params), key)
+    params["oauth_signature"] = percent_encode(signature)
     return "OAuth " + ",".join(f'{name}="{value}"' for name, value in params.items())
