@@ -99,6 +99,7 @@ def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = N
         port = free_port()
         source = mastercard_source(env, sandbox, accounts=tokens(accounts), interval="1s",
                                    max_concurrency=64, max_requests_per_second=rate)
+        env.fresh_broker()
         config, topics = write_config(folder, env, source, metrics_port=port, signing_threads=signing_threads)
         log(f"latency at {rate} polls/s: {accounts} accounts, {variant or 'default settings'}")
         stalls = folder / "stalls.txt"

@@ -80,6 +80,7 @@ def measure(env: Env, sandbox: Sandbox, fmt: str, *, accounts: int, interval: fl
     port = free_port()
     source = mastercard_source(env, sandbox, name=f"mc-list-{fmt}", fmt=fmt, interval=f"{interval}s",
                                timeout="120s")
+    env.fresh_broker()
     config, _topics = write_config(folder, env, source, metrics_port=port)
     memory_file = folder / "memory.txt"
     daemon = Daemon(config, metrics_port=port, patches=patches,

@@ -116,12 +116,14 @@ def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds
         sandbox.add_delay(names, latency)
         key = load_key(env)
         log(f"naive: the script over {naive_accounts} accounts")
+        env.fresh_broker()
         naive = naive_script(account_urls(sandbox, names[:naive_accounts]), key, env.broker.bootstrap_servers,
                              "naive-changes")
         log(f"naive: {naive}")
         folder = env.folder("naive-daemon" + (f"-{variant}" if variant else ""))
         port = free_port()
         source = mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64)
+        env.fresh_broker()
         config, _topics = write_config(folder, env, source, metrics_port=port,
                                        signing_threads=signing_threads)
         daemon = Daemon(config, metrics_port=port)

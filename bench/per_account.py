@@ -70,6 +70,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             floor_threads_result = asyncio.run(signed_floor(urls, key, sign_in_threads=2))
         folder = env.folder(f"per-account-{accounts}" + (f"-{variant}" if variant else ""))
         port = free_port()
+        broker_cpu = CpuSampler(env.fresh_broker().process.pid).__enter__()
         config, _topics = write_config(
             folder, env,
             mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64),
@@ -110,6 +111,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                 calls = int(line["calls"])
                 cpu = daemon.sampler.cpu_between(start, end)
                 cpu_sandbox = sandbox_cpu.cpu_between(start, end)
+                cpu_broker = broker_cpu.cpu_between(start, end)
                 per_round.append({
                     "calls": calls,
                     "outcomes": line["outcomes"],
@@ -120,6 +122,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                     "polls_per_s_to_last_ack": round(calls / (max(acked, end) - start), 1),
                     "cpu_s_per_1000_polls": round(1000 * cpu / calls, 3),
                     "sandbox_cpu_s_per_1000_polls": round(1000 * cpu_sandbox / calls, 3),
+                    "broker_cpu_s_per_1000_polls": round(1000 * cpu_broker / calls, 3),
                 })
             steady = per_round[1:] or per_round
             best = max(r["polls_per_s"] for r in steady)
@@ -142,6 +145,8 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                 "floor_cpu_s_per_1000_calls": round(1000 * floor["cpu_s"] / floor["calls"], 3),
                 "sandbox_cpu_s_per_1000_polls": round(
                     sum(r["sandbox_cpu_s_per_1000_polls"] for r in steady) / len(steady), 3),
+                "broker_cpu_s_per_1000_polls": round(
+                    sum(r["broker_cpu_s_per_1000_polls"] for r in steady) / len(steady), 3),
                 "peak_rss_mib": round(peak_rss, 1),
             }
             if profiler is not None and prof_path.exists():
@@ -151,6 +156,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             if published is not None:
                 published.stop()
             daemon.stop()
+            broker_cpu.stop()
         result["daemon_cpu_user_s"] = getattr(daemon, "cpu_user_s", None)
         result["daemon_cpu_sys_s"] = getattr(daemon, "cpu_sys_s", None)
         return result
@@ -180,7 +186,7 @@ def main() -> int:
                                    profile=args.profile))
             for threads in args.signing_threads:
                 results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
-                                       profile=False, floor_threads=False, signing_threads=threads,
+                                       profile=args.profile, floor_threads=False, signing_threads=threads,
                                        floor=results[-1]["floor"]))
     dump({"per_account": results}, args.out)
     for r in results:
@@ -188,7 +194,8 @@ def main() -> int:
         print(f"N={r['accounts']:>7} {label:<30}: daemon {r['steady_polls_per_s']:>7.1f} polls/s "
               f"(first sight "
               f"{r['first_sight_polls_per_s']:.1f}), floor {r['floor']['per_s']:.1f}/s, ratio "
-              f"{r['ratio_to_floor']:.2f}, {r['cpu_s_per_1000_polls']:.2f} CPU s/1000 polls, "
+              f"{r['ratio_to_floor']:.2f}, {r['cpu_s_per_1000_polls']:.2f} CPU s/1000 polls (sandbox "
+              f"{r['sandbox_cpu_s_per_1000_polls']:.2f}, broker {r['broker_cpu_s_per_1000_polls']:.2f}), "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
     return 0
 

@@ -184,6 +184,9 @@ def table(results: dict[str, Any]) -> str:
         if sandbox is not None and floor_sandbox is not None:
             add(f"  sandbox CPU s per 1,000 calls, N={n}", f"{sandbox:.2f} (floor run {floor_sandbox:.2f})",
                 "", None)
+        broker = r.get("broker_cpu_s_per_1000_polls")
+        if broker is not None:
+            add(f"  broker CPU s per 1,000 polls, N={n}", f"{broker:.2f}", "", None)
         add(f"  peak RSS, N={n}", f"{r['peak_rss_mib']:.0f} MiB", "< 200 MiB at 100,000",
             r["peak_rss_mib"] < 200 if r["accounts"] >= 100_000 else None)
     for r in results.get("experiments", []):
