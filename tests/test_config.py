@@ -171,8 +171,9 @@ def test_bad_secret_sources(
 
 
 def test_performance_settings_have_safe_defaults(tmp_path: Path) -> None:
-    """Without the keys: signing on the event loop, and a listing body limit of 256 MiB (room for a listing of
-    100,000 accounts, about 37 MB as Mastercard indents it); the example config says the same."""
+    """Without the keys: signing on the event loop, Kafka batches compressed with zstd, and a listing
+    body limit of 256 MiB (room for a listing of 100,000 accounts, about 37 MB as Mastercard indents
+    it); the example config says the same."""
     settings = load_settings(write(tmp_path, MC))
     assert settings.signing.threads == 0
     source = settings.sources[0]
@@ -180,6 +181,7 @@ def test_performance_settings_have_safe_defaults(tmp_path: Path) -> None:
     assert source.max_listing_bytes == 256 * 1024 * 1024
     example = load_settings(ROOT / "config.example.toml")
     assert example.signing.threads == 0
+    assert settings.kafka.compression_type == example.kafka.compression_type == "zstd"
 
 
 def test_performance_settings_are_read_and_overridable(
@@ -207,6 +209,8 @@ def test_performance_settings_are_read_and_overridable(
         (MC + "max_listing_bytes = 1000\n", "(mc).max_listing_bytes: Input should be greater than"),
         (MC + "max_listing_bytes = 8589934592\n", "(mc).max_listing_bytes: Input should be less"),
         (MC + 'max_listing_bytes = "256MiB"\n', "(mc).max_listing_bytes: Input should be a valid"),
+        ('[kafka]\ncompression_type = "brotli"\n', "kafka.compression_type: Input should be 'zstd', 'lz4'"),
+        ("[kafka]\ncompression_type = false\n", "kafka.compression_type: Input should be 'zstd'"),
     ],
 )
 def test_bad_performance_settings_name_the_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -53,7 +53,7 @@ def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=5,
         max_batch_size=config.max_batch_bytes,
-        compression_type=None,
+        compression_type=None if config.compression_type == "none" else config.compression_type,
     )
 
 
