@@ -210,7 +210,7 @@ class Balance:
         if path is None:  # it stays, or follows another: only `_fixed` is read
             self._residue, self._offset, self._settled_by = _ZERO_RESIDUES["0"], 0, self._since
             return
-        cents = int(amount.scaleb(2).to_integral_value(rounding=ROUND_FLOOR))
+        cents = _floor_cents(amount)
         residue = amount - Decimal(cents).scaleb(-2)
         self._residue = _ZERO_RESIDUES.get(str(residue), residue)  # 0.000 for myPOS: three decimals
         self._offset = cents - path.cents(self._since)
@@ -222,7 +222,7 @@ class Balance:
                 return self._moved_cents(self._path, tick)
             if self._leader is not None:
                 return self._leader._cents_at(tick - 1)
-        return int(self._fixed.scaleb(2).to_integral_value(rounding=ROUND_FLOOR))
+        return _floor_cents(self._fixed)
 
     def _moved_cents(self, path: Path, tick: int) -> int:
         if tick == self._memo_tick:
@@ -233,6 +233,11 @@ class Balance:
         if tick == self._ticks.count:  # read again for updated_at, or by another request in the same tick
             self._memo_tick, self._memo_cents = tick, cents
         return cents
+
+
+def _floor_cents(amount: Decimal) -> int:
+    # Whole cents, rounded down: digits below the cent are the anchor's residue, kept apart.
+    return int(amount.scaleb(2).to_integral_value(rounding=ROUND_FLOOR))
 
 
 # Shared: most balances have no digits below the cent, and a Decimal each would cost 100 bytes.
