@@ -1,7 +1,7 @@
 """Per-account polling's memory, in process: peak RSS (VmHWM) of each round of polling N accounts one by
 one, and what the state of N accounts holds.
 
-    .venv/bin/python bench/per_account_memory.py [--accounts 100000] [--rounds 3] [--trace]
+    .venv/bin/python bench/per_account_memory.py [--accounts 100000] [--rounds 3] [--hot-keys N] [--trace]
 
 No broker, no sandbox process, no HTTP: the real state store (SQLite, in a temporary folder), the real
 poller and rules (rules.example.toml), the real alert clock, the Mastercard single-account parser on the
@@ -45,6 +45,7 @@ from rules.loader import load_rule_files  # noqa: E402
 from rules.types import BalanceKey, KnownBalance  # noqa: E402
 from watcher.alerting import AlertClock  # noqa: E402
 from watcher.app import Components  # noqa: E402
+from watcher.config import StateConfig  # noqa: E402
 from watcher.poller import OutboxDelivery, Poller, RulesHolder  # noqa: E402
 from watcher.relay import OutboxRelay  # noqa: E402
 from watcher.sources.base import FetchResult  # noqa: E402
@@ -127,7 +128,7 @@ async def run(args: argparse.Namespace) -> None:
     round_span = timedelta(minutes=args.round_minutes)
     source = Source(tokens, clock, round_span / args.accounts)
     folder = Path(tempfile.mkdtemp(prefix="per-account-memory-", dir=ROOT / "bench" / ".work"))
-    store = StateStore(folder / "state.db", outbox_limit=10_000_000)
+    store = StateStore(folder / "state.db", outbox_limit=10_000_000, hot_keys=args.hot_keys)
     await store.open()
     relay = OutboxRelay(store, Kafka(args.ack_delay), batch_size=1000)  # type: ignore[arg-type]
     relay_task = asyncio.create_task(relay.run())
@@ -155,8 +156,8 @@ async def run(args: argparse.Namespace) -> None:
 
     ticking = asyncio.create_task(tick_every_10s())
     gc.collect()
-    print(f"{args.accounts} accounts, a round {args.round_minutes} simulated minutes; before round 1: RSS "
-          f"{status()['VmRSS']:.1f} MiB")
+    print(f"{args.accounts} accounts, a round {args.round_minutes} simulated minutes, {args.hot_keys} hot"
+          f" keys; before round 1: RSS {status()['VmRSS']:.1f} MiB")
     if args.trace:
         tracemalloc.start()
     for round_no in range(1, args.rounds + 1):
@@ -181,6 +182,8 @@ def main() -> int:
     parser.add_argument("--round-minutes", type=float, default=8.0,
                         help="simulated length of a round (the daemon bench's at 100,000: ~8 minutes)")
     parser.add_argument("--ack-delay", type=float, default=0.05)
+    parser.add_argument("--hot-keys", type=int, default=StateConfig().hot_keys,
+                        help="the store's limit of unpacked keys ([state] hot_keys; default: the daemon's)")
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--sites", type=int, default=20, help="allocation sites to show with --trace")
     args = parser.parse_args()

@@ -1,5 +1,6 @@
-"""The state store's alert states in memory (watcher.alert_records): a key's only state is kept as itself,
-and every state, every key's view and the index of active states read back as the states put."""
+"""The state store's alert states in memory (watcher.alert_records): a key's only state is kept as itself
+(or packed), and every state, every key's view and the index of active states read back as the states
+put."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
 from watcher.alert_records import NO_ALERTS, AlertRecords
+from watcher.hot_keys import HotKeys
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 KEYS = [BalanceKey(source, account) for source in ("mc", "other") for account in ("*", "a", "b")]
@@ -25,12 +27,14 @@ states = st.builds(
 )
 
 
-def check_against(model: dict[tuple[BalanceKey, str], AlertState], kept: AlertRecords) -> None:
+def check_against(
+    model: dict[tuple[BalanceKey, str], AlertState], kept: AlertRecords, same_objects: bool = True
+) -> None:
     for key in KEYS:
         expected = {fp: state for (k, fp), state in model.items() if k == key}
         view = kept.view(key)
         assert dict(view) == expected, key
-        assert all(view[fp] is state for fp, state in expected.items())
+        assert not same_objects or all(view[fp] is state for fp, state in expected.items())
         if not expected:
             assert view is NO_ALERTS
     assert sorted(kept, key=repr) == sorted(model.values(), key=repr)
@@ -72,3 +76,42 @@ def test_a_keys_only_state_is_kept_without_a_dict_of_its_own() -> None:
     assert [s.fingerprint for s in kept.active()] == ["f2"]
     kept.put(AlertState("f2", "stale", key, "inactive", 0, T0))
     assert kept.active() == []
+
+
+@settings(max_examples=300)
+@given(st.lists(states | st.sampled_from(KEYS), max_size=40), st.booleans())
+def test_packed_states_read_back_the_same(steps: list[AlertState | BalanceKey], walk_first: bool) -> None:
+    """Packing any key at any moment (a key in `steps`) changes nothing a reader sees: views, the walk of
+    every state and the active index give states equal to the last put, whether the walks meet a state
+    still packed or one a view has unpacked; a view keeps it unpacked and counts its key as hot."""
+    hot = HotKeys(0)
+    kept = AlertRecords(hot=hot)
+    model: dict[tuple[BalanceKey, str], AlertState] = {}
+    for step in steps:
+        if isinstance(step, AlertState):
+            kept.put(step)
+            model[(step.key, step.fingerprint)] = step
+        else:
+            kept.pack(step)
+            held = kept._by_key.get(step)
+            if walk_first:  # the walks unpack copies: the state stays packed
+                assert sorted(kept, key=repr) == sorted(model.values(), key=repr)
+                kept.active()
+                assert kept._by_key.get(step) is held
+        packed = {key for key, held in kept._by_key.items() if type(held) is bytes}
+        check_against(model, kept, same_objects=False)  # views every key: each packed one is unpacked
+        assert not any(type(held) is bytes for held in kept._by_key.values())
+        assert set(hot.overflow()) == packed
+
+
+def test_a_packed_state_joined_by_another_fingerprint_makes_the_dict() -> None:
+    """A second fingerprint put over a packed state keeps both, unpacked, in the key's dict."""
+    key = KEYS[1]
+    first = AlertState("f1", "low", key, "firing", 1, T0)
+    kept = AlertRecords([first])
+    kept.pack(key)
+    assert type(kept._by_key[key]) is bytes
+    second = AlertState("f2", "stale", key, "pending", 0, T0)
+    kept.put(second)
+    assert kept._by_key[key] == {"f1": first, "f2": second}
+    assert sorted(kept.active(), key=repr) == sorted([first, second], key=repr)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from rules.types import BalanceKey, Freshness
 from watcher.freshness_records import FreshnessRecords
+from watcher.hot_keys import HotKeys
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 MOMENTS = [T0 + timedelta(minutes=m) for m in range(4)]
@@ -90,3 +91,24 @@ def test_the_memo_of_pairs_is_bounded() -> None:
     assert kept.get(BalanceKey("mc", "acct-7")) == Freshness(
         BalanceKey("mc", "acct-7"), T0 + timedelta(seconds=7), T0, listed=True
     )
+
+
+@settings(max_examples=300)
+@given(st.lists(records | st.sampled_from(SUBJECTS), max_size=40))
+def test_packed_records_read_back_the_same(steps: list[Freshness | BalanceKey]) -> None:
+    """Packing any subject at any moment (a subject in `steps`; a listed one stays as it is) changes
+    nothing a reader sees: look-ups, the listed index and the unlisted walk give the last record put."""
+    kept = FreshnessRecords(hot=HotKeys(0))
+    model: dict[BalanceKey, Freshness] = {}
+    for step in steps:
+        if isinstance(step, Freshness):
+            kept.put(step)
+            model[step.subject] = step
+        else:
+            kept.pack(step)
+            assert sorted(kept.unlisted(), key=repr) == sorted(
+                (r for r in model.values() if not r.listed), key=repr
+            )
+        check_against(model, kept)
+        for subject in SUBJECTS:
+            assert kept.is_listed(subject) == (subject in model and model[subject].listed)

@@ -5,6 +5,11 @@ listing's low balances have their one `below` alert. A dict of one per key costs
 own size again, so a key's only state is kept as itself, and a dict by fingerprint is made only for a
 key with two or more. The active ones are indexed by key, not by (key, fingerprint) pairs: no tuple per
 firing alert.
+
+A key's only state may also be packed to bytes (watcher.packed), ~230 bytes instead of ~550 with its
+strings and datetimes, for an account not polled lately: `view` unpacks it and keeps the object, counting
+the key as hot (watcher.hot_keys) until the store packs it again; the walks (`active`, iteration) unpack a
+copy and change nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
+from watcher.hot_keys import HotKeys
+from watcher.packed import alert_fingerprint, pack_alert, unpack_alert
 
 # What `view` returns for a key without alert states: shared, read-only.
 NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
@@ -21,10 +28,12 @@ NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
 class AlertRecords:
     """Every stored alert state, the latest put of each (key, fingerprint)."""
 
-    __slots__ = ("_active", "_by_key")
+    __slots__ = ("_active", "_by_key", "_hot")
 
-    def __init__(self, states: Iterable[AlertState] = ()) -> None:
-        self._by_key: dict[BalanceKey, AlertState | dict[str, AlertState]] = {}
+    def __init__(self, states: Iterable[AlertState] = (), hot: HotKeys | None = None) -> None:
+        # A key's states: its only one (an object, or packed), or a dict of two or more by fingerprint.
+        self._by_key: dict[BalanceKey, AlertState | bytes | dict[str, AlertState]] = {}
+        self._hot = HotKeys(0) if hot is None else hot
         # The keys with a pending or firing state, in the order they became so (a dict as an ordered set).
         self._active: dict[BalanceKey, None] = {}
         for state in states:
@@ -41,6 +50,12 @@ class AlertRecords:
                 self._by_key[key] = state
             else:
                 self._by_key[key] = {held.fingerprint: held, state.fingerprint: state}
+        elif type(held) is bytes:
+            if alert_fingerprint(held) == state.fingerprint:
+                self._by_key[key] = state
+            else:
+                before = unpack_alert(key, held)
+                self._by_key[key] = {before.fingerprint: before, state.fingerprint: state}
         else:
             assert isinstance(held, dict)
             held[state.fingerprint] = state
@@ -57,6 +72,9 @@ class AlertRecords:
         held = self._by_key.get(key)
         if held is None:
             return NO_ALERTS
+        if type(held) is bytes:
+            held = self._by_key[key] = unpack_alert(key, held)
+            self._hot.add(key)
         if type(held) is AlertState:
             return {held.fingerprint: held}
         assert isinstance(held, dict)
@@ -69,18 +87,32 @@ class AlertRecords:
             held = self._by_key[key]
             if type(held) is AlertState:
                 found.append(held)  # an active key's only state is the active one
+            elif type(held) is bytes:
+                found.append(unpack_alert(key, held))
             else:
                 found.extend(s for s in _states_in(held) if s.status in ACTIVE_STATUSES)
         return found
 
+    def pack(self, key: BalanceKey) -> None:
+        """Keep the state of `key` packed, when it is its only one (and can be packed exactly)."""
+        held = self._by_key.get(key)
+        if type(held) is AlertState:
+            packed = pack_alert(held)
+            if packed is not None:
+                self._by_key[key] = packed
+
     def __iter__(self) -> Iterator[AlertState]:
         """Every state."""
-        for held in self._by_key.values():
-            yield from _states_in(held)
+        for key, held in self._by_key.items():
+            if type(held) is bytes:
+                yield unpack_alert(key, held)
+            else:
+                yield from _states_in(held)
 
 
-def _states_in(held: AlertState | dict[str, AlertState]) -> Iterable[AlertState]:
-    """The states of one key as `_by_key` holds them: the one state itself, or a dict by fingerprint."""
+def _states_in(held: AlertState | bytes | dict[str, AlertState]) -> Iterable[AlertState]:
+    """The states of one key as `_by_key` holds them, unpacked: the one state itself, or a dict by
+    fingerprint (`put` and `active` never meet a packed one: see the callers)."""
     if type(held) is AlertState:
         return (held,)
     assert isinstance(held, dict)

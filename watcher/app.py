@@ -83,7 +83,11 @@ async def open_components(
     """
     keys = await load_signing_keys(settings)
     async with AsyncExitStack() as stack:
-        store = StateStore(Path(settings.state.path), outbox_limit=settings.outbox.max_events)
+        store = StateStore(
+            Path(settings.state.path),
+            outbox_limit=settings.outbox.max_events,
+            hot_keys=settings.state.hot_keys,
+        )
         try:
             await store.open()
         except Exception as exc:

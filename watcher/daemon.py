@@ -203,7 +203,7 @@ class Daemon:
         metrics.observe_round(summary)
         metrics.record_balances(store.known_view())  # read at once: no copy of 100,000 entries
         metrics.set_alerts_firing(Counter(
-            (a.rule, a.severity or "warning") for a in store.all_alerts() if a.status == "firing"
+            (a.rule, a.severity or "warning") for a in store.active_alerts() if a.status == "firing"
         ))
         return summary
 

@@ -6,7 +6,9 @@ which it shares with every account first seen in the same listing. A listing of 
 otherwise keep 100,000 Freshness objects and a dict entry for each (~13 MiB); here such a record is one
 entry in its source's index of listed accounts, pointing at a shared (watched_since, last_success_at)
 pair, and the Freshness is made again when it is looked up (rarely: an account that drops out of a
-listing, or the alert clock's walk of a late listing). Any other record is kept as it is.
+listing, or the alert clock's walk of a late listing). Any other record is kept as it is, or, for an
+account not polled lately, packed to bytes (watcher.packed): `get` unpacks it and keeps the object,
+counting the subject as hot (watcher.hot_keys) until the store packs it again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Collection, Iterable
 from datetime import datetime
 
 from rules.types import BalanceKey, Freshness
+from watcher.hot_keys import HotKeys
+from watcher.packed import pack_freshness, unpack_freshness
 
 # When a compact record was first watched and last answered by itself; one object per listing, shared.
 _Since = tuple[datetime, datetime | None]
@@ -38,11 +42,12 @@ class FreshnessRecords:
     """Every freshness record by subject: the records that are not listed (which the alert clock walks),
     and by source an index of the listed accounts, each with its compact pair or its whole record."""
 
-    __slots__ = ("_listed", "_memo", "_records")
+    __slots__ = ("_hot", "_listed", "_memo", "_records")
 
-    def __init__(self, records: Iterable[Freshness] = ()) -> None:
-        # The records that are not listed, as they are.
-        self._records: dict[BalanceKey, Freshness] = {}
+    def __init__(self, records: Iterable[Freshness] = (), hot: HotKeys | None = None) -> None:
+        # The records that are not listed, as they are or packed.
+        self._records: dict[BalanceKey, Freshness | bytes] = {}
+        self._hot = HotKeys(0) if hot is None else hot
         # By source, the listed accounts: their compact pair, or the record itself when it says more.
         self._listed: dict[str, dict[str, _Since | Freshness]] = {}
         self._memo: dict[_Since, _Since] = {}
@@ -74,7 +79,10 @@ class FreshnessRecords:
         """The record of `subject`, or None."""
         record = self._records.get(subject)
         if record is not None:
-            return record
+            if type(record) is bytes:
+                record = self._records[subject] = unpack_freshness(subject, record)
+                self._hot.add(subject)
+            return record  # type: ignore[return-value]  # not bytes: unpacked above
         listed = self._listed.get(subject.source)
         kept = None if listed is None else listed.get(subject.account)
         if isinstance(kept, Freshness):
@@ -83,10 +91,26 @@ class FreshnessRecords:
             return None
         return Freshness(subject, kept[0], kept[1], listed=True)
 
+    def pack(self, subject: BalanceKey) -> None:
+        """Keep the record of `subject` packed, when it is not listed (and can be packed exactly)."""
+        record = self._records.get(subject)
+        if type(record) is Freshness:
+            packed = pack_freshness(record)
+            if packed is not None:
+                self._records[subject] = packed
+
+    def is_listed(self, subject: BalanceKey) -> bool:
+        """Whether `subject`'s account answered in its source's latest listing."""
+        listed = self._listed.get(subject.source)
+        return listed is not None and subject.account in listed
+
     def listed(self, source: str) -> Collection[str]:
         """The listed accounts of `source` (a live view: do not keep it)."""
         return self._listed.get(source, {}).keys()
 
     def unlisted(self) -> list[Freshness]:
         """The records that are not listed (the sources' own among them)."""
-        return list(self._records.values())
+        return [
+            unpack_freshness(subject, record) if type(record) is bytes else record  # type: ignore[misc]
+            for subject, record in self._records.items()
+        ]

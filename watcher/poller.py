@@ -188,7 +188,7 @@ class Poller:
             keys = _accounts(result)
             accounts = keys.keys()
         else:  # a failed listing leaves every account of the source unanswered
-            accounts = tuple(dict.fromkeys(k.account for k in self._store.all_known() if k.source == source))
+            accounts = tuple(dict.fromkeys(k.account for k in self._store.known_view() if k.source == source))
 
         def subject(account: str) -> BalanceKey:
             found = keys.get(account)

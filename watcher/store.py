@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -49,6 +48,8 @@ from rules.types import (
 from watcher.alert_records import AlertRecords
 from watcher.events import Event
 from watcher.freshness_records import FreshnessRecords
+from watcher.hot_keys import HotKeys
+from watcher.known_records import KnownRecords
 from watcher.store_schema import (
     SCHEMA,
     add_missing_columns,
@@ -149,7 +150,7 @@ class StagedCommit:
 class _Snapshot:
     """The durable state as loaded from SQLite."""
 
-    known: dict[BalanceKey, KnownBalance]
+    known: KnownRecords
     alerts: AlertRecords
     freshness: FreshnessRecords
     outbox_depth: int
@@ -166,6 +167,7 @@ class StateStore:
         outbox_limit: int = 1_000_000,
         outbox_memory_limit: int = 50_000,
         checkpoint_period_s: float = CHECKPOINT_PERIOD_S,
+        hot_keys: int = 10_000,
     ) -> None:
         self.path = path
         self.outbox_limit = outbox_limit
@@ -178,12 +180,15 @@ class StateStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         self._db: sqlite3.Connection | None = None
         self.checkpointer = WalCheckpointer(path, checkpoint_period_s)
-        self._known: dict[BalanceKey, KnownBalance] = {}
+        # The keys of accounts polled one by one whose records are objects; beyond `hot_keys` of them, the
+        # records of the oldest are packed to bytes (a third of their size) until they are read again.
+        self._hot = HotKeys(hot_keys)
+        self._known = KnownRecords(self._hot)
         # Every alert state, with an index of the pending and firing ones: what time alone can move (the
         # alert clock's tick), without a walk over every state of every key.
-        self._alerts = AlertRecords()
+        self._alerts = AlertRecords(hot=self._hot)
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
-        self._freshness = FreshnessRecords()
+        self._freshness = FreshnessRecords(hot=self._hot)
         # Keys whose alerts or freshness changed since the alert clock last asked (None: every key).
         self._touched: set[BalanceKey] | None = None
         self._touched_sources: set[str] = set()  # sources whose own (source-wide) alerts changed
@@ -251,7 +256,22 @@ class StateStore:
         # after polling, not 100,000 times over.
         share: Callable[[Any], Any] = _Sharing()
         moment = _Moments()
-        known: dict[BalanceKey, KnownBalance] = {}
+        # Freshness first: an account that is not listed has its records packed as they are read.
+        freshness = FreshnessRecords(hot=self._hot)
+        for fresh in (
+            Freshness(
+                BalanceKey(share(row[0]), row[1]), moment(row[2]), moment(row[3]) if row[3] else None, row[4],
+                bool(row[5]), listed=bool(row[6]), last_listing_at=parse_time(row[7]),
+            )
+            for row in db.execute(
+                "SELECT source, account, watched_since, last_success_at, last_error, access_revoked, listed,"
+                " last_listing_at FROM freshness"
+            )
+        ):
+            freshness.put(fresh)
+            if _packable(fresh.subject, freshness):
+                freshness.pack(fresh.subject)
+        known = KnownRecords(self._hot)
         for row in db.execute(
             "SELECT source, account, balance_type, amount, currency, state, provider_balance_type,"
             " description, observed_at, correlation_id, version, history FROM balances"
@@ -259,15 +279,17 @@ class StateStore:
             key = BalanceKey(share(row[0]), row[1], share(row[2]))
             text = row[11]
             history = () if text == "[]" else tuple((moment(t), Decimal(a)) for t, a in json.loads(text))
-            known[key] = KnownBalance(
+            known.put(key, KnownBalance(
                 balance=Balance(Decimal(row[3]), share(row[4]), share(row[5]), share(row[6])),
                 observed_at=moment(row[8]),
                 correlation_id=share(row[9]),
                 version=row[10],
                 description=row[7],
                 history=history,
-            )
-        alerts = AlertRecords()
+            ))
+            if _packable(key, freshness):
+                known.pack(key)
+        alerts = AlertRecords(hot=self._hot)
         for row in db.execute(
             "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
             " resolved_at, detail FROM alerts"
@@ -283,16 +305,8 @@ class StateStore:
                 resolved_at=parse_time(row[8]),
                 **alert_detail_from_json(row[9]),
             ))
-        freshness = FreshnessRecords(
-            Freshness(
-                BalanceKey(share(row[0]), row[1]), moment(row[2]), moment(row[3]) if row[3] else None, row[4],
-                bool(row[5]), listed=bool(row[6]), last_listing_at=parse_time(row[7]),
-            )
-            for row in db.execute(
-                "SELECT source, account, watched_since, last_success_at, last_error, access_revoked, listed,"
-                " last_listing_at FROM freshness"
-            )
-        )
+            if _packable(key, freshness):
+                alerts.pack(key)
         depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
         used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         last_seq = max(last or 0, used[0] if used else 0)
@@ -300,6 +314,7 @@ class StateStore:
 
     def _install(self, snapshot: _Snapshot) -> None:
         self._touched = None  # everything is new
+        self._hot.clear()  # what may be packed was packed as it was loaded
         self._known = snapshot.known
         self._alerts = snapshot.alerts
         self._freshness = snapshot.freshness
@@ -322,16 +337,17 @@ class StateStore:
     # Reads: from memory (staged updates included).
     def known(self, key: BalanceKey) -> KnownBalance | None:
         """The last balance of this key, or None if it was never seen."""
-        return self._known.get(key)
+        return self._known.read(key)
 
     def alerts(self, key: BalanceKey) -> dict[str, AlertState]:
         """The stored alert states of this key, by fingerprint (a copy: callers may not change ours)."""
         return dict(self._alerts.view(key))
 
     def known_view(self) -> Mapping[BalanceKey, KnownBalance]:
-        """Every tracked balance, read-only and without a copy. It follows later updates until memory is
-        reloaded after a failed write; take it for one step, do not keep it."""
-        return MappingProxyType(self._known)
+        """Every tracked balance, read-only and without a copy (a packed one is unpacked for each look-up,
+        and stays packed). It follows later updates until memory is reloaded after a failed write; take it
+        for one step, do not keep it."""
+        return self._known
 
     def alerts_view(self, key: BalanceKey) -> Mapping[str, AlertState]:
         """The alert states of this key, by fingerprint, not to be changed (see AlertRecords.view: no
@@ -340,7 +356,7 @@ class StateStore:
 
     def all_known(self) -> dict[BalanceKey, KnownBalance]:
         """Every tracked balance."""
-        return dict(self._known)
+        return dict(self._known.items())
 
     def freshness(self, subject: BalanceKey) -> Freshness | None:
         """When this account (or whole source, account "*") last answered, for `stale` rules."""
@@ -397,21 +413,29 @@ class StateStore:
             )
         staged = StagedCommit(update, tuple(events), loop.create_future())
         self.outbox_depth += len(events)
+        touched, hot, freshness = self._touched, self._hot, self._freshness
+        # Freshness first: whether an account is listed now decides whether its records may be packed.
+        for fresh in update.freshness:
+            freshness.put(fresh)
+            # A listed account's record never makes it due (its source's listing does, and the source's
+            # own record is not listed); a first listing of 100,000 accounts touches none of them.
+            if not fresh.listed:
+                if touched is not None:
+                    touched.add(fresh.subject)
+                if fresh.subject.account != WHOLE_SOURCE:
+                    hot.add(fresh.subject)
         for key, known in update.balances:
-            self._known[key] = known
-        touched = self._touched
+            self._known.put(key, known)
+            if _packable(key, freshness):
+                hot.add(key)
         for alert in update.alerts:
             self._alerts.put(alert)
+            if _packable(alert.key, freshness):
+                hot.add(alert.key)
             if touched is not None:
                 touched.add(alert.key)
                 if alert.key.account == WHOLE_SOURCE:
                     self._touched_sources.add(alert.key.source)
-        for fresh in update.freshness:
-            self._freshness.put(fresh)
-            # A listed account's record never makes it due (its source's listing does, and the source's
-            # own record is not listed); a first listing of 100,000 accounts touches none of them.
-            if touched is not None and not fresh.listed:
-                touched.add(fresh.subject)
         self._queue.append(staged)
         self._wakeup.set()
         return staged
@@ -477,6 +501,22 @@ class StateStore:
             for staged in batch:
                 if not staged._future.done():
                     staged._future.set_result(None)
+            # Let go of the batch's updates and events now, not when the next batch replaces them: an idle
+            # writer would otherwise keep a first listing's 100,000 events alive after Kafka took them.
+            batch, entries = [], []
+            self._pack_overflow()
+
+    def _pack_overflow(self) -> None:
+        """Pack the records of the keys that went longest unused, beyond the limit of hot keys (here, after a
+        group commit, rather than on the poll's path: packing is not needed for durability, memory is
+        the truth and each write carries its own objects)."""
+        freshness = self._freshness
+        for key in self._hot.overflow():
+            if freshness.is_listed(key):
+                continue  # listed since: a listing reads all its accounts every round
+            self._known.pack(key)
+            self._alerts.pack(key)
+            freshness.pack(key)
 
     def _write_sync(
         self, batch: list[StagedCommit], first_seq: int, delete_through: int, tail: bool = False
@@ -734,6 +774,12 @@ class StateStore:
         if self._db is None:
             raise RuntimeError("the state store is not open")
         return self._db
+
+
+def _packable(key: BalanceKey, freshness: FreshnessRecords) -> bool:
+    """Whether the records of `key` may be packed: an account's, not listed (a source's own records and
+    a listing's accounts are read again every round)."""
+    return key.account != WHOLE_SOURCE and not freshness.is_listed(key)
 
 
 class _Sharing(dict[Any, Any]):
