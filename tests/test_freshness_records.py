@@ -111,4 +111,6 @@ def test_packed_records_read_back_the_same(steps: list[Freshness | BalanceKey]) 
             )
         check_against(model, kept)
         for subject in SUBJECTS:
-            assert kept.is_listed(subject) == (subject in model and model[subject].listed)
+            assert kept.polled_alone(subject) == (subject in model and not model[subject].listed)
+            card = BalanceKey(subject.source, subject.account, "available")
+            assert kept.polled_alone(card) == kept.polled_alone(subject)

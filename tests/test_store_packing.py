@@ -103,6 +103,25 @@ async def test_readers_see_the_same_state_packed_or_not(
         await again.close()
 
 
+async def test_a_listing_staged_before_its_records_is_never_packed(tmp_path: Path) -> None:
+    """The poller stages a listing's balances and alerts slice by slice, and its freshness records with the
+    last slice: accounts not yet recorded as listed are not taken for accounts polled one by one (packed,
+    a listing's accounts would be unpacked one by one every round, each with objects of its own). An
+    account that drops out of the listing is packed from then on."""
+    store = StateStore(tmp_path / "s.db", hot_keys=0)
+    await store.open()
+    for n, key in enumerate(ACCOUNTS):  # one slice each, no freshness yet
+        update = account_update(key, n)
+        await store.commit(StateUpdate(update.balances, update.alerts))
+    records = [Freshness(key, T0, T0, listed=True) for key in ACCOUNTS]
+    records.append(Freshness(SOURCE, T0, T0, last_listing_at=T0))
+    await store.commit(StateUpdate([], [], freshness=records))
+    assert packed_keys(store) == set()
+    await store.commit(StateUpdate([], [], freshness=[Freshness(ACCOUNTS[0], T0, T0, "HTTP 404")]))
+    assert packed_keys(store) == {ACCOUNTS[0]}
+    await store.close()
+
+
 async def test_packed_accounts_take_a_fraction_of_the_memory(tmp_path: Path) -> None:
     """2,000 accounts polled one by one, each with a history, a stale alert and a freshness record: the
     store's memory for their state (traced allocations) with every account packed is under half of it

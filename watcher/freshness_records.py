@@ -99,10 +99,12 @@ class FreshnessRecords:
             if packed is not None:
                 self._records[subject] = packed
 
-    def is_listed(self, subject: BalanceKey) -> bool:
-        """Whether `subject`'s account answered in its source's latest listing."""
-        listed = self._listed.get(subject.source)
-        return listed is not None and subject.account in listed
+    def polled_alone(self, key: BalanceKey) -> bool:
+        """Whether the account of `key` (any of its balance types) has a record that is not listed: it was
+        polled on its own, or it dropped out of its source's listing. False for an account seen only in
+        listings, or not yet recorded at all (a first listing stages its balances before its records)."""
+        subject = key if key.balance_type == "" else BalanceKey(key.source, key.account)
+        return subject in self._records
 
     def listed(self, source: str) -> Collection[str]:
         """The listed accounts of `source` (a live view: do not keep it)."""

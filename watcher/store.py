@@ -1,9 +1,12 @@
 """The state store: last known balances, alert states, poll outcomes and the event outbox, in SQLite.
 
 The whole state is loaded into memory when the store opens: reads are dictionary look-ups on the poll
-path. A poll's new state and the events it implies are one update, written in ONE transaction (the
-outbox), so a crash leaves either the old state and no events, or the new state and all its events,
-which the relay then publishes.
+path. Beyond `hot_keys`, the records of the accounts polled one by one that went longest unused are held
+packed to bytes (watcher.packed, watcher.hot_keys), and unpacked when read.
+
+A poll's new state and the events it implies are one update, written in ONE transaction (the outbox),
+so a crash leaves either the old state and no events, or the new state and all its events, which the
+relay then publishes.
 
 Group commit: `stage()` applies an update to memory at once (under the caller's evaluation lock) and
 queues it; one writer task writes every queued update in one transaction on the store's worker thread
@@ -512,7 +515,7 @@ class StateStore:
         the truth and each write carries its own objects)."""
         freshness = self._freshness
         for key in self._hot.overflow():
-            if freshness.is_listed(key):
+            if not _packable(key, freshness):
                 continue  # listed since: a listing reads all its accounts every round
             self._known.pack(key)
             self._alerts.pack(key)
@@ -777,9 +780,9 @@ class StateStore:
 
 
 def _packable(key: BalanceKey, freshness: FreshnessRecords) -> bool:
-    """Whether the records of `key` may be packed: an account's, not listed (a source's own records and
-    a listing's accounts are read again every round)."""
-    return key.account != WHOLE_SOURCE and not freshness.is_listed(key)
+    """Whether the records of `key` may be packed: an account polled on its own (a source's own records
+    and a listing's accounts are read again every round; unpacked, a listing's share their objects)."""
+    return key.account != WHOLE_SOURCE and freshness.polled_alone(key)
 
 
 class _Sharing(dict[Any, Any]):
