@@ -33,7 +33,7 @@ class AlertRecords:
     def __init__(self, states: Iterable[AlertState] = (), hot: HotKeys | None = None) -> None:
         # A key's states: its only one (an object, or packed), or a dict of two or more by fingerprint.
         self._by_key: dict[BalanceKey, AlertState | bytes | dict[str, AlertState]] = {}
-        self._hot = HotKeys(0) if hot is None else hot
+        self._hot = hot  # the store's, counting the keys unpacked by a read; None: not counted
         # The keys with a pending or firing state, in the order they became so (a dict as an ordered set).
         self._active: dict[BalanceKey, None] = {}
         for state in states:
@@ -74,7 +74,8 @@ class AlertRecords:
             return NO_ALERTS
         if type(held) is bytes:
             held = self._by_key[key] = unpack_alert(key, held)
-            self._hot.add(key)
+            if self._hot is not None:
+                self._hot.add(key)
         if type(held) is AlertState:
             return {held.fingerprint: held}
         assert isinstance(held, dict)

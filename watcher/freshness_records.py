@@ -47,7 +47,7 @@ class FreshnessRecords:
     def __init__(self, records: Iterable[Freshness] = (), hot: HotKeys | None = None) -> None:
         # The records that are not listed, as they are or packed.
         self._records: dict[BalanceKey, Freshness | bytes] = {}
-        self._hot = HotKeys(0) if hot is None else hot
+        self._hot = hot  # the store's, counting the keys unpacked by a read; None: not counted
         # By source, the listed accounts: their compact pair, or the record itself when it says more.
         self._listed: dict[str, dict[str, _Since | Freshness]] = {}
         self._memo: dict[_Since, _Since] = {}
@@ -81,7 +81,8 @@ class FreshnessRecords:
         if record is not None:
             if type(record) is bytes:
                 record = self._records[subject] = unpack_freshness(subject, record)
-                self._hot.add(subject)
+                if self._hot is not None:
+                    self._hot.add(subject)
             return record  # type: ignore[return-value]  # not bytes: unpacked above
         listed = self._listed.get(subject.source)
         kept = None if listed is None else listed.get(subject.account)
