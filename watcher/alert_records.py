@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
 from watcher.hot_keys import HotKeys
-from watcher.packed import alert_fingerprint, pack_alert, unpack_alert
+from watcher.packed import alert_fingerprint, pack_alert, pack_entry, unpack_alert
 
 # What `view` returns for a key without alert states: shared, read-only.
 NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
@@ -96,11 +96,7 @@ class AlertRecords:
 
     def pack(self, key: BalanceKey) -> None:
         """Keep the state of `key` packed, when it is its only one (and can be packed exactly)."""
-        held = self._by_key.get(key)
-        if type(held) is AlertState:
-            packed = pack_alert(held)
-            if packed is not None:
-                self._by_key[key] = packed
+        pack_entry(self._by_key, key, AlertState, pack_alert)
 
     def __iter__(self) -> Iterator[AlertState]:
         """Every state."""

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from rules.types import BalanceKey, Freshness
 from watcher.hot_keys import HotKeys
-from watcher.packed import pack_freshness, unpack_freshness
+from watcher.packed import pack_entry, pack_freshness, unpack_freshness
 
 # When a compact record was first watched and last answered by itself; one object per listing, shared.
 _Since = tuple[datetime, datetime | None]
@@ -94,11 +94,7 @@ class FreshnessRecords:
 
     def pack(self, subject: BalanceKey) -> None:
         """Keep the record of `subject` packed, when it is not listed (and can be packed exactly)."""
-        record = self._records.get(subject)
-        if type(record) is Freshness:
-            packed = pack_freshness(record)
-            if packed is not None:
-                self._records[subject] = packed
+        pack_entry(self._records, subject, Freshness, pack_freshness)
 
     def polled_alone(self, key: BalanceKey) -> bool:
         """Whether the account of `key` (any of its balance types) has a record that is not listed: it was

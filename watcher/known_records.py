@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 
 from rules.types import BalanceKey, KnownBalance
 from watcher.hot_keys import HotKeys
-from watcher.packed import pack_known, unpack_known
+from watcher.packed import pack_entry, pack_known, unpack_known
 
 
 class KnownRecords(Mapping[BalanceKey, KnownBalance]):
@@ -38,11 +38,7 @@ class KnownRecords(Mapping[BalanceKey, KnownBalance]):
 
     def pack(self, key: BalanceKey) -> None:
         """Keep the balance of `key` packed (unless it cannot be packed exactly)."""
-        held = self._by_key.get(key)
-        if type(held) is KnownBalance:
-            packed = pack_known(held)
-            if packed is not None:
-                self._by_key[key] = packed
+        pack_entry(self._by_key, key, KnownBalance, pack_known)
 
     def __getitem__(self, key: BalanceKey) -> KnownBalance:
         held = self._by_key[key]

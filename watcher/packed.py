@@ -16,10 +16,15 @@ is not packed: `pack_*` returns None and the store keeps the object.
 from __future__ import annotations
 
 import marshal
+from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
+
+_K = TypeVar("_K")
+_R = TypeVar("_R")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -27,6 +32,18 @@ _MICROSECOND = timedelta(microseconds=1)
 
 class _NotPackable(Exception):
     """A value the packed form cannot give back exactly."""
+
+
+def pack_entry(
+    records: MutableMapping[_K, Any], key: _K, kind: type[_R], pack: Callable[[_R], bytes | None]
+) -> None:
+    """Replace the record of `key` with its packed bytes, when it is a `kind` (not packed already, nor a
+    container's other form) and packs exactly."""
+    held = records.get(key)
+    if type(held) is kind:
+        packed = pack(held)
+        if packed is not None:
+            records[key] = packed
 
 
 def _us(moment: datetime) -> int:
