@@ -61,7 +61,7 @@ def _moment(us: int) -> datetime:
 
 
 def _moment_or_none(us: int | None) -> datetime | None:
-    return None if us is None else _EPOCH + timedelta(0, 0, us)
+    return None if us is None else _moment(us)
 
 
 def pack_known(known: KnownBalance) -> bytes | None:

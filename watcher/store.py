@@ -425,7 +425,7 @@ class StateStore:
             if not fresh.listed:
                 if touched is not None:
                     touched.add(fresh.subject)
-                if fresh.subject.account != WHOLE_SOURCE:
+                if _packable(fresh.subject, freshness):
                     hot.add(fresh.subject)
         for key, known in update.balances:
             self._known.put(key, known)
