@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
+from watcher import alert_records
 from watcher.alert_records import NO_ALERTS, AlertRecords
 from watcher.hot_keys import HotKeys
 
@@ -38,7 +40,7 @@ def check_against(
         if not expected:
             assert view is NO_ALERTS
     assert sorted(kept, key=repr) == sorted(model.values(), key=repr)
-    active = kept.active()
+    active = list(kept.active())
     assert len(active) == len({(s.key, s.fingerprint) for s in active})  # each once
     assert sorted(active, key=repr) == sorted(
         (s for s in model.values() if s.status in ACTIVE_STATUSES), key=repr
@@ -75,7 +77,7 @@ def test_a_keys_only_state_is_kept_without_a_dict_of_its_own() -> None:
     kept.put(AlertState("f1", "low", key, "resolved", 1, T0))
     assert [s.fingerprint for s in kept.active()] == ["f2"]
     kept.put(AlertState("f2", "stale", key, "inactive", 0, T0))
-    assert kept.active() == []
+    assert list(kept.active()) == []
 
 
 @settings(max_examples=300)
@@ -96,7 +98,7 @@ def test_packed_states_read_back_the_same(steps: list[AlertState | BalanceKey], 
             held = kept._by_key.get(step)
             if walk_first:  # the walks unpack copies: the state stays packed
                 assert sorted(kept, key=repr) == sorted(model.values(), key=repr)
-                kept.active()
+                list(kept.active())
                 assert kept._by_key.get(step) is held
         packed = {key for key, held in kept._by_key.items() if type(held) is bytes}
         check_against(model, kept, same_objects=False)  # views every key: each packed one is unpacked
@@ -115,3 +117,26 @@ def test_a_packed_state_joined_by_another_fingerprint_makes_the_dict() -> None:
     kept.put(second)
     assert kept._by_key[key] == {"f1": first, "f2": second}
     assert sorted(kept.active(), key=repr) == sorted([first, second], key=repr)
+
+
+def test_the_walk_over_active_states_unpacks_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`active` hands out packed states one by one, each unpacked for its turn: a walk over 100,000 of them
+    (the daemon's firing count after every round) never holds them all at once."""
+    keys = [BalanceKey("mc", f"acct-{n}") for n in range(50)]
+    kept = AlertRecords(AlertState("f1", "stale", key, "firing", 1, T0) for key in keys)
+    for key in keys:
+        kept.pack(key)
+    unpacked: list[BalanceKey] = []
+    unpack = alert_records.unpack_alert
+
+    def counting(key: BalanceKey, held: bytes) -> AlertState:
+        unpacked.append(key)
+        return unpack(key, held)
+
+    monkeypatch.setattr(alert_records, "unpack_alert", counting)
+    walk = kept.active()
+    assert next(walk).key == keys[0]
+    assert unpacked == [keys[0]]
+    assert [state.key for state in walk] == keys[1:]
+    assert unpacked == keys
+    assert all(type(held) is bytes for held in kept._by_key.values()), "the walk leaves them packed"

@@ -21,7 +21,7 @@ from rules.types import Balance, BalanceKey, Observation
 from watcher.events import Event
 from watcher.poller import OutboxDelivery, Poller, RulesHolder
 from watcher.sources.base import FetchResult
-from watcher.store import StateStore, StateUpdate
+from watcher.store import PollRecord, StateStore, StateUpdate
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
 RULES = parse_rules(
@@ -190,6 +190,32 @@ async def test_round_of_many_accounts_runs_max_concurrency_workers(tmp_path: Pat
     assert len(await store.poll_records()) == 500
     assert store.outbox_depth == 500
     assert store.group_commits < 500, "calls landing together share a transaction"
+    await store.close()
+
+
+async def test_a_rounds_call_outcomes_are_saved_in_batches_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round does not hold every call's outcome to its end: they are saved in batches of
+    POLL_RECORDS_BATCH while calls are still being made, and every outcome is saved once by the end."""
+    monkeypatch.setattr(poller_module, "POLL_RECORDS_BATCH", 40)
+    store = StateStore(tmp_path / "s.db", outbox_limit=10_000)
+    await store.open()
+    saved: list[tuple[int, int]] = []  # (outcomes in the batch, calls made when it was saved)
+    source = ManyAccountsSource(500, max_concurrency=8)
+    record_polls = store.record_polls
+
+    async def watched(records: Sequence[PollRecord]) -> None:
+        saved.append((len(records), len(source.called)))
+        await record_polls(records)
+
+    monkeypatch.setattr(store, "record_polls", watched)
+    delivery = OutboxDelivery(store, wake=lambda: None)
+    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    await poller.poll_round()
+    assert [count for count, _ in saved] == [40] * 12 + [20], "saved when full, the rest at the end"
+    assert saved[0][1] < 100, "the first batch is saved early in the round, not at its end"
+    assert sorted(r.target for r in await store.poll_records()) == sorted(source.targets())
     await store.close()
 
 

@@ -69,11 +69,11 @@ async def test_active_alerts_follow_every_update_and_survive_reopen(tmp_path: Pa
     assert sorted(a.fingerprint for a in store.active_alerts()) == ["a" * 32, "b" * 32]
     resolved = AlertState("a" * 32, "low", KEY, "resolved", 1, T0, T0 + timedelta(minutes=5))
     await store.commit(StateUpdate(balances=[], alerts=[resolved]))
-    assert store.active_alerts() == [other]
+    assert list(store.active_alerts()) == [other]
     await store.close()
     reopened = StateStore(tmp_path / "state.db")
     await reopened.open()
-    assert reopened.active_alerts() == [other]
+    assert list(reopened.active_alerts()) == [other]
     assert {a.status for a in reopened.all_alerts()} == {"resolved", "firing"}
     await reopened.close()
 

@@ -81,18 +81,17 @@ class AlertRecords:
         assert isinstance(held, dict)
         return MappingProxyType(held)
 
-    def active(self) -> list[AlertState]:
-        """The pending and firing states."""
-        found: list[AlertState] = []
+    def active(self) -> Iterator[AlertState]:
+        """The pending and firing states, one at a time: a packed one is unpacked for its turn only, so a
+        walk over 100,000 of them never holds them all (do not put states while walking)."""
         for key in self._active:
             held = self._by_key[key]
             if type(held) is AlertState:
-                found.append(held)  # an active key's only state is the active one
+                yield held  # an active key's only state is the active one
             elif type(held) is bytes:
-                found.append(unpack_alert(key, held))
+                yield unpack_alert(key, held)
             else:
-                found.extend(s for s in _states_in(held) if s.status in ACTIVE_STATUSES)
-        return found
+                yield from (s for s in _states_in(held) if s.status in ACTIVE_STATUSES)
 
     def pack(self, key: BalanceKey) -> None:
         """Keep the state of `key` packed, when it is its only one (and can be packed exactly)."""

@@ -48,6 +48,9 @@ from watcher.store import OutboxFull, PollRecord, StateStore, StateUpdate
 # Observations of one result assessed and staged under one hold of the evaluation lock: a listing of
 # 100,000 accounts lets the loop run between its slices.
 SLICE_SIZE = 2_000
+# The outcomes of a round's calls are saved in batches of this many as the round goes: a round of
+# 100,000 accounts polled one by one would otherwise hold ~22 MiB of them until its end.
+POLL_RECORDS_BATCH = 1_000
 
 
 class EventDelivery(Protocol):
@@ -253,10 +256,7 @@ class Poller:
                 for _ in range(max(1, min(source.max_concurrency, len(targets)))):
                     group.create_task(worker())
         summary.duration_s = time.monotonic() - started
-        try:
-            await self._store.record_polls(records)
-        except Exception as exc:  # the outcome record is bookkeeping; the round itself is done
-            self._log.error("poll records not saved", account="*", correlation_id="", error=repr(exc))
+        await self._save_records(records)
         self._log.info(
             "poll round",
             account="*",
@@ -270,6 +270,16 @@ class Poller:
             duration_ms=round(summary.duration_s * 1000, 1),
         )
         return summary
+
+    async def _save_records(self, records: list[PollRecord]) -> None:
+        """Save the outcomes gathered so far and empty `records` (at once, before any await: the round's
+        other workers go on appending to it)."""
+        batch = records[:]
+        records.clear()
+        try:
+            await self._store.record_polls(batch)
+        except Exception as exc:  # the outcome record is bookkeeping; the polls themselves are done
+            self._log.error("poll records not saved", account="*", correlation_id="", error=repr(exc))
 
     def _pacing_wait(self, target: str) -> float | None:
         """PSD2 sources have a daily access budget: seconds to wait before calling (0: now), or None when
@@ -362,6 +372,8 @@ class Poller:
                 last_success_at=now if result.outcome == "ok" else None,
             )
         )
+        if len(records) >= POLL_RECORDS_BATCH:
+            await self._save_records(records)
 
     async def _process(
         self, result: FetchResult, pending: list[Observation], log: structlog.typing.FilteringBoundLogger

@@ -30,7 +30,7 @@ import itertools
 import json
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -381,8 +381,9 @@ class StateStore:
         self._touched, self._touched_sources = set(), set()
         return None if touched is None else (touched, sources)
 
-    def active_alerts(self) -> list[AlertState]:
-        """The pending and firing alert states."""
+    def active_alerts(self) -> Iterator[AlertState]:
+        """The pending and firing alert states, one at a time (see AlertRecords.active: walk them at once,
+        without an await, and make a list if the store may change meanwhile)."""
         return self._alerts.active()
 
     def all_alerts(self) -> list[AlertState]:
