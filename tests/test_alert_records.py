@@ -14,6 +14,7 @@ from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
 from watcher import alert_records
 from watcher.alert_records import NO_ALERTS, AlertRecords
 from watcher.hot_keys import HotKeys
+from watcher.packed import ON_DISK
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 KEYS = [BalanceKey(source, account) for source in ("mc", "other") for account in ("*", "a", "b")]
@@ -140,3 +141,30 @@ def test_the_walk_over_active_states_unpacks_one_at_a_time(monkeypatch: pytest.M
     assert [state.key for state in walk] == keys[1:]
     assert unpacked == keys
     assert all(type(held) is bytes for held in kept._by_key.values()), "the walk leaves them packed"
+
+
+@settings(max_examples=300)
+@given(st.lists(states | st.sampled_from(KEYS), max_size=40))
+def test_states_let_go_of_memory_read_back_from_disk(steps: list[AlertState | BalanceKey]) -> None:
+    """Letting go of any key at any moment (each put durable at once) changes nothing a reader sees:
+    views, puts over a key on disk (which fetch its other states first), the walk of every state and the
+    active index; a key with an active state is packed instead, never left on disk."""
+    disk: dict[tuple[BalanceKey, str], AlertState] = {}
+
+    def load(key: BalanceKey) -> list[AlertState]:
+        return [state for (k, _), state in disk.items() if k == key]
+
+    kept = AlertRecords(hot=HotKeys(0), load=load)
+    for step in steps:
+        if isinstance(step, AlertState):
+            kept.put(step)
+            disk[(step.key, step.fingerprint)] = step
+        else:
+            kept.let_go(step)
+            assert not any(kept._by_key.get(key) is ON_DISK for key in kept._active)
+        # The walks, which fetch copies: a key let go stays on disk until a view or a put reads it back.
+        assert sorted(kept, key=repr) == sorted(disk.values(), key=repr)
+        assert sorted(kept.active(), key=repr) == sorted(
+            (s for s in disk.values() if s.status in ACTIVE_STATUSES), key=repr
+        )
+    check_against(disk, kept, same_objects=False)

@@ -114,3 +114,25 @@ def test_packed_records_read_back_the_same(steps: list[Freshness | BalanceKey]) 
             assert kept.polled_alone(subject) == (subject in model and not model[subject].listed)
             card = BalanceKey(subject.source, subject.account, "available")
             assert kept.polled_alone(card) == kept.polled_alone(subject)
+
+
+@settings(max_examples=300)
+@given(st.lists(records | st.sampled_from(SUBJECTS), max_size=40))
+def test_records_let_go_of_memory_read_back_from_disk(steps: list[Freshness | BalanceKey]) -> None:
+    """Letting go of any subject at any moment (each put durable at once; a listed record stays, its
+    index is its memory) changes nothing a reader sees, and whether a subject was polled alone neither."""
+    disk: dict[BalanceKey, Freshness] = {}
+    kept = FreshnessRecords(hot=HotKeys(0), load=disk.get)
+    for step in steps:
+        if isinstance(step, Freshness):
+            kept.put(step)
+            disk[step.subject] = step
+        else:
+            kept.let_go(step)
+        # Walks and membership, which read nothing back: a subject let go stays on disk until a `get`.
+        assert set(kept.unlisted_subjects()) == {s for s, r in disk.items() if not r.listed}
+        unlisted = sorted((r for r in disk.values() if not r.listed), key=repr)
+        assert sorted(kept.unlisted(), key=repr) == unlisted
+        for subject in SUBJECTS:
+            assert kept.polled_alone(subject) == (subject in disk and not disk[subject].listed)
+    check_against(disk, kept)

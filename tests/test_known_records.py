@@ -88,3 +88,31 @@ def test_balances_read_back_as_the_last_put_whatever_was_packed(
         assert {k: str(v.balance.amount) for k, v in kept.items()} == {
             k: str(v.balance.amount) for k, v in model.items()
         }
+
+
+@settings(max_examples=200)
+@given(st.lists(
+    st.tuples(st.sampled_from(["put", "pack", "let_go", "read"]), st.sampled_from(KEYS),
+              st.sampled_from(["1", "2.5"])),
+    max_size=30,
+))
+def test_balances_let_go_of_memory_read_back_from_disk(steps: list[tuple[str, BalanceKey, str]]) -> None:
+    """Letting go of any key at any moment (each put durable at once, as the store lets go only of
+    durable keys) changes nothing a reader sees; a read fetches the balance back and keeps it, a walk
+    fetches a copy; a key never put is never held."""
+    disk: dict[BalanceKey, KnownBalance] = {}
+    hot = HotKeys(10)
+    kept = KnownRecords(hot, disk.get)
+    for op, key, amount in steps:
+        if op == "put":
+            kept.put(key, balance(amount))
+            disk[key] = balance(amount)
+        elif op == "pack":
+            kept.pack(key)
+        elif op == "let_go":
+            kept.let_go(key)
+        else:
+            assert kept.read(key) == disk.get(key)
+            assert key not in disk or type(kept._by_key[key]) is KnownBalance
+        assert dict(kept.items()) == disk
+        assert set(kept) == set(disk)

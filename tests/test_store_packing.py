@@ -4,7 +4,9 @@ and a source's own records are never packed; and the packed state takes a fracti
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import sqlite3
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
+from watcher.packed import ON_DISK
 from watcher.store import StateStore, StateUpdate
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
@@ -54,7 +57,18 @@ def point_reads(store: StateStore) -> tuple[object, ...]:
 
 
 def packed_keys(store: StateStore) -> set[BalanceKey]:
-    return {k for k, held in store._known._by_key.items() if type(held) is bytes}
+    """The keys whose balance is out of memory: packed, or on disk only."""
+    return {k for k, held in store._known._by_key.items() if type(held) is bytes or held is ON_DISK}
+
+
+def on_disk(store: StateStore) -> set[BalanceKey]:
+    """The keys of which some record is on disk only."""
+    return {
+        k
+        for records in (store._known._by_key, store._alerts._by_key, store._freshness._records)
+        for k, held in records.items()
+        if held is ON_DISK
+    }
 
 
 steps = st.lists(
@@ -87,6 +101,8 @@ async def test_readers_see_the_same_state_packed_or_not(
         unpacked = set(packing._known) - packed_keys(packing)
         assert len({k for k in unpacked if k.account not in listed_now}) <= hot_keys
         assert SOURCE not in packed_keys(packing)
+        alerts_on_disk = {k for k, held in packing._alerts._by_key.items() if held is ON_DISK}
+        assert not alerts_on_disk & set(packing._alerts._active), "an active state stays in memory"
         if read:
             assert point_reads(packing) == point_reads(plain)
     for store in (packing, plain):
@@ -146,3 +162,66 @@ async def test_packed_accounts_take_a_fraction_of_the_memory(tmp_path: Path) -> 
 
     unpacked, packed = await traced(10**6), await traced(0)
     assert packed < unpacked / 2, (packed, unpacked)
+
+
+async def test_records_let_go_of_memory_are_read_back_from_disk(tmp_path: Path) -> None:
+    """Beyond the hot keys, a durable account's records leave memory (only their keys stay): a read on the
+    poll path fetches each back from SQLite, equal to what was written, keeps it until the next group
+    commit lets it go again, and is counted; a walk reads a copy and leaves it on disk."""
+    store = StateStore(tmp_path / "s.db", hot_keys=0)
+    await store.open()
+    key = ACCOUNTS[0]
+    update = account_update(key, 2)  # a resolved alert: nothing active keeps it in memory
+    await store.commit(update)
+    assert on_disk(store) == {key}
+    assert store.all_known() == {key: update.balances[0][1]}
+    assert on_disk(store) == {key}, "a walk reads a copy"
+    reads = store.disk_reads
+    assert store.known(key) == update.balances[0][1]
+    assert dict(store.alerts_view(key)) == {update.alerts[0].fingerprint: update.alerts[0]}
+    assert store.freshness(key) == update.freshness[0]
+    assert store.disk_reads == reads + 3
+    assert on_disk(store) == set()
+    await store.commit(StateUpdate([], [], freshness=[Freshness(SOURCE, T0, T0)]))
+    assert on_disk(store) == {key}, "let go again after the next group commit"
+    await store.close()
+
+
+async def test_a_record_whose_write_is_still_queued_is_packed_not_let_go(tmp_path: Path) -> None:
+    """A record staged after the group commit in flight is newer in memory than on disk: when that commit
+    ends and the key is beyond the hot keys, it is packed, never let go (a read would then fetch the
+    older row from disk)."""
+    store = StateStore(tmp_path / "s.db", hot_keys=0)
+    await store.open()
+    key = ACCOUNTS[0]
+    first = store.stage(account_update(key, 2))
+    while not store._writing:  # the writer has taken the first update into its transaction  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    newer = account_update(key, 4)
+    second = store.stage(newer)
+    await first
+    assert key not in on_disk(store)
+    assert store.known(key) == newer.balances[0][1]
+    assert store.freshness(key) == newer.freshness[0]
+    await second
+    await store.commit(StateUpdate([], [], freshness=[Freshness(SOURCE, T0, T0)]))
+    assert on_disk(store) == {key}
+    assert store.known(key) == newer.balances[0][1]
+    await store.close()
+
+
+async def test_a_record_gone_from_disk_reads_as_never_seen(tmp_path: Path) -> None:
+    """Only a database changed by another program can lose a row whose record left memory: the account
+    then reads as new (no balance, no alerts, no freshness), and the store goes on."""
+    store = StateStore(tmp_path / "s.db", hot_keys=0)
+    await store.open()
+    key = ACCOUNTS[0]
+    await store.commit(account_update(key, 2))
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        for table in ("balances", "alerts", "freshness"):
+            db.execute(f"DELETE FROM {table} WHERE account = ?", (key.account,))
+    assert store.known(key) is None
+    assert dict(store.alerts_view(key)) == {}
+    assert store.freshness(key) is None
+    assert key not in store.known_view()
+    await store.close()

@@ -9,17 +9,19 @@ firing alert.
 A key's only state may also be packed to bytes (watcher.packed), ~230 bytes instead of ~550 with its
 strings and datetimes, for an account not polled lately: `view` unpacks it and keeps the object, counting
 the key as hot (watcher.hot_keys) until the store packs it again; the walks (`active`, iteration) unpack a
-copy and change nothing.
+copy and change nothing. A key without an active state may also be let go of memory (`ON_DISK`): its
+states are read back from the database the same two ways (watcher.disk_records). Active states always
+stay in memory: the alert clock and the metrics walk them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
 from watcher.hot_keys import HotKeys
-from watcher.packed import alert_fingerprint, pack_alert, pack_entry, unpack_alert
+from watcher.packed import ON_DISK, OnDisk, alert_fingerprint, pack_alert, pack_entry, unpack_alert
 
 # What `view` returns for a key without alert states: shared, read-only.
 NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
@@ -28,12 +30,20 @@ NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
 class AlertRecords:
     """Every stored alert state, the latest put of each (key, fingerprint)."""
 
-    __slots__ = ("_active", "_by_key", "_hot")
+    __slots__ = ("_active", "_by_key", "_hot", "_load")
 
-    def __init__(self, states: Iterable[AlertState] = (), hot: HotKeys | None = None) -> None:
-        # A key's states: its only one (an object, or packed), or a dict of two or more by fingerprint.
-        self._by_key: dict[BalanceKey, AlertState | bytes | dict[str, AlertState]] = {}
+    def __init__(
+        self,
+        states: Iterable[AlertState] = (),
+        hot: HotKeys | None = None,
+        load: Callable[[BalanceKey], list[AlertState]] = lambda key: [],
+    ) -> None:
+        """`load`: reads the states of a key let go of memory back from the database."""
+        # A key's states: its only one (an object, or packed), or a dict of two or more by fingerprint;
+        # ON_DISK when they were let go of memory.
+        self._by_key: dict[BalanceKey, AlertState | bytes | dict[str, AlertState] | OnDisk] = {}
         self._hot = hot  # the store's, counting the keys unpacked by a read; None: not counted
+        self._load = load
         # The keys with a pending or firing state, in the order they became so (a dict as an ordered set).
         self._active: dict[BalanceKey, None] = {}
         for state in states:
@@ -43,6 +53,8 @@ class AlertRecords:
         """Store `state` in place of the one of its key and fingerprint, if any."""
         key = state.key
         held = self._by_key.get(key)
+        if held is ON_DISK:
+            held = self._read_back(key)
         if held is None:
             self._by_key[key] = state
         elif type(held) is AlertState:
@@ -76,6 +88,10 @@ class AlertRecords:
             held = self._by_key[key] = unpack_alert(key, held)
             if self._hot is not None:
                 self._hot.add(key)
+        elif held is ON_DISK:
+            held = self._read_back(key)
+            if held is None:
+                return NO_ALERTS
         if type(held) is AlertState:
             return {held.fingerprint: held}
         assert isinstance(held, dict)
@@ -97,18 +113,39 @@ class AlertRecords:
         """Keep the state of `key` packed, when it is its only one (and can be packed exactly)."""
         pack_entry(self._by_key, key, AlertState, pack_alert)
 
+    def let_go(self, key: BalanceKey) -> None:
+        """Keep only the key of states that are durable, none of them active: they are read back from the
+        database when needed. A key with an active state is packed instead."""
+        if key in self._active:
+            self.pack(key)
+        elif key in self._by_key:
+            self._by_key[key] = ON_DISK
+
+    def _read_back(self, key: BalanceKey) -> AlertState | dict[str, AlertState] | None:
+        """Read the states of `key` back from the database and keep them in memory again."""
+        states = self._load(key)
+        if not states:  # on disk no more: only a database changed by someone else can do that
+            del self._by_key[key]
+            return None
+        held = self._by_key[key] = states[0] if len(states) == 1 else {s.fingerprint: s for s in states}
+        if self._hot is not None:
+            self._hot.add(key)
+        return held
+
     def __iter__(self) -> Iterator[AlertState]:
         """Every state."""
         for key, held in self._by_key.items():
             if type(held) is bytes:
                 yield unpack_alert(key, held)
+            elif held is ON_DISK:
+                yield from self._load(key)
             else:
                 yield from _states_in(held)
 
 
-def _states_in(held: AlertState | bytes | dict[str, AlertState]) -> Iterable[AlertState]:
+def _states_in(held: AlertState | bytes | dict[str, AlertState] | OnDisk) -> Iterable[AlertState]:
     """The states of one key as `_by_key` holds them, unpacked: the one state itself, or a dict by
-    fingerprint (`put` and `active` never meet a packed one: see the callers)."""
+    fingerprint (`put` and `active` never meet a packed one or one on disk: see the callers)."""
     if type(held) is AlertState:
         return (held,)
     assert isinstance(held, dict)

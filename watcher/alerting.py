@@ -68,7 +68,7 @@ class AlertClock:
             plan = schedule.due(rules, now)
             if plan is None:  # everything: every key with an active alert or a record of its own
                 keys = {state.key for state in store.active_alerts()}
-                keys.update(record.subject for record in store.unlisted_freshness())
+                keys.update(store.unlisted_subjects())
                 walk_listings: Callable[[str], Collection[str]] = store.listed_accounts
             else:
                 keys, sources = plan

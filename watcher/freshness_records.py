@@ -8,17 +8,18 @@ entry in its source's index of listed accounts, pointing at a shared (watched_si
 pair, and the Freshness is made again when it is looked up (rarely: an account that drops out of a
 listing, or the alert clock's walk of a late listing). Any other record is kept as it is, or, for an
 account not polled lately, packed to bytes (watcher.packed): `get` unpacks it and keeps the object,
-counting the subject as hot (watcher.hot_keys) until the store packs it again.
+counting the subject as hot (watcher.hot_keys) until the store packs it again. Such a record may also be
+let go of memory once durable (`ON_DISK`): `get` reads it back from the database (watcher.disk_records).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime
 
 from rules.types import BalanceKey, Freshness
 from watcher.hot_keys import HotKeys
-from watcher.packed import pack_entry, pack_freshness, unpack_freshness
+from watcher.packed import ON_DISK, OnDisk, pack_entry, pack_freshness, unpack_freshness
 
 # When a compact record was first watched and last answered by itself; one object per listing, shared.
 _Since = tuple[datetime, datetime | None]
@@ -42,12 +43,19 @@ class FreshnessRecords:
     """Every freshness record by subject: the records that are not listed (which the alert clock walks),
     and by source an index of the listed accounts, each with its compact pair or its whole record."""
 
-    __slots__ = ("_hot", "_listed", "_memo", "_records")
+    __slots__ = ("_hot", "_listed", "_load", "_memo", "_records")
 
-    def __init__(self, records: Iterable[Freshness] = (), hot: HotKeys | None = None) -> None:
-        # The records that are not listed, as they are or packed.
-        self._records: dict[BalanceKey, Freshness | bytes] = {}
+    def __init__(
+        self,
+        records: Iterable[Freshness] = (),
+        hot: HotKeys | None = None,
+        load: Callable[[BalanceKey], Freshness | None] = lambda subject: None,
+    ) -> None:
+        """`load`: reads a record let go of memory back from the database."""
+        # The records that are not listed, as they are, packed, or ON_DISK.
+        self._records: dict[BalanceKey, Freshness | bytes | OnDisk] = {}
         self._hot = hot  # the store's, counting the keys unpacked by a read; None: not counted
+        self._load = load
         # By source, the listed accounts: their compact pair, or the record itself when it says more.
         self._listed: dict[str, dict[str, _Since | Freshness]] = {}
         self._memo: dict[_Since, _Since] = {}
@@ -78,12 +86,17 @@ class FreshnessRecords:
     def get(self, subject: BalanceKey) -> Freshness | None:
         """The record of `subject`, or None."""
         record = self._records.get(subject)
+        if type(record) is Freshness:
+            return record
         if record is not None:
-            if type(record) is bytes:
-                record = self._records[subject] = unpack_freshness(subject, record)
-                if self._hot is not None:
-                    self._hot.add(subject)
-            return record  # type: ignore[return-value]  # not bytes: unpacked above
+            fresh = unpack_freshness(subject, record) if type(record) is bytes else self._load(subject)
+            if fresh is None:  # on disk no more: only a database changed by someone else can do that
+                del self._records[subject]
+                return None
+            self._records[subject] = fresh
+            if self._hot is not None:
+                self._hot.add(subject)
+            return fresh
         listed = self._listed.get(subject.source)
         kept = None if listed is None else listed.get(subject.account)
         if isinstance(kept, Freshness):
@@ -95,6 +108,15 @@ class FreshnessRecords:
     def pack(self, subject: BalanceKey) -> None:
         """Keep the record of `subject` packed, when it is not listed (and can be packed exactly)."""
         pack_entry(self._records, subject, Freshness, pack_freshness)
+
+    def put_on_disk(self, subject: BalanceKey) -> None:
+        """Hold `subject` for a durable record that is not listed and was not read (the store's load)."""
+        self._records[subject] = ON_DISK
+
+    def let_go(self, subject: BalanceKey) -> None:
+        """Keep only the subject of a record that is durable and not listed: it is read back when needed."""
+        if subject in self._records:
+            self._records[subject] = ON_DISK
 
     def polled_alone(self, key: BalanceKey) -> bool:
         """Whether the account of `key` (any of its balance types) has a record that is not listed: it was
@@ -109,7 +131,16 @@ class FreshnessRecords:
 
     def unlisted(self) -> list[Freshness]:
         """The records that are not listed (the sources' own among them)."""
-        return [
-            unpack_freshness(subject, record) if type(record) is bytes else record  # type: ignore[misc]
-            for subject, record in self._records.items()
-        ]
+        found: list[Freshness] = []
+        for subject, record in self._records.items():
+            if type(record) is Freshness:
+                found.append(record)
+            else:
+                fresh = unpack_freshness(subject, record) if type(record) is bytes else self._load(subject)
+                if fresh is not None:
+                    found.append(fresh)
+        return found
+
+    def unlisted_subjects(self) -> Iterator[BalanceKey]:
+        """The subjects of the records that are not listed, none of them read back."""
+        return iter(self._records)

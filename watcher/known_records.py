@@ -3,34 +3,46 @@ packed to bytes (watcher.packed): ~180 bytes instead of ~1 KB with its history.
 
 A read on the poll path (`read`) unpacks a packed balance and keeps the object, counting its key as hot
 (watcher.hot_keys) until the store packs it again. Reading as a Mapping (the alert clock's look-ups, the
-metrics' walk of every balance) unpacks a copy and changes nothing.
+metrics' walk of every balance) unpacks a copy and changes nothing. A balance let go of memory
+(`ON_DISK`) is read back from the database the same two ways (watcher.disk_records).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from rules.types import BalanceKey, KnownBalance
 from watcher.hot_keys import HotKeys
-from watcher.packed import pack_entry, pack_known, unpack_known
+from watcher.packed import ON_DISK, OnDisk, pack_entry, pack_known, unpack_known
+
+_Held = KnownBalance | bytes | OnDisk
 
 
 class KnownRecords(Mapping[BalanceKey, KnownBalance]):
     """Every last known balance by key."""
 
-    __slots__ = ("_by_key", "_hot")
+    __slots__ = ("_by_key", "_hot", "_load")
 
-    def __init__(self, hot: HotKeys) -> None:
-        self._by_key: dict[BalanceKey, KnownBalance | bytes] = {}
+    def __init__(
+        self, hot: HotKeys, load: Callable[[BalanceKey], KnownBalance | None] = lambda key: None
+    ) -> None:
+        """`load`: reads a balance let go of memory back from the database."""
+        self._by_key: dict[BalanceKey, _Held] = {}
         self._hot = hot
+        self._load = load
 
     def read(self, key: BalanceKey) -> KnownBalance | None:
         """The balance of `key`, about to be used: unpacked, and kept so until it is packed again."""
         held = self._by_key.get(key)
-        if type(held) is bytes:
-            held = self._by_key[key] = unpack_known(held)
-            self._hot.add(key)
-        return held  # type: ignore[return-value]  # not bytes: unpacked above
+        if type(held) is KnownBalance or held is None:
+            return held
+        known = unpack_known(held) if type(held) is bytes else self._load(key)
+        if known is None:  # on disk no more: only a database changed by someone else can do that
+            del self._by_key[key]
+            return None
+        self._by_key[key] = known
+        self._hot.add(key)
+        return known
 
     def put(self, key: BalanceKey, known: KnownBalance) -> None:
         """Store `known` as the balance of `key`."""
@@ -40,9 +52,23 @@ class KnownRecords(Mapping[BalanceKey, KnownBalance]):
         """Keep the balance of `key` packed (unless it cannot be packed exactly)."""
         pack_entry(self._by_key, key, KnownBalance, pack_known)
 
+    def put_on_disk(self, key: BalanceKey) -> None:
+        """Hold `key` for a balance that is durable and was not read (the store's load at open)."""
+        self._by_key[key] = ON_DISK
+
+    def let_go(self, key: BalanceKey) -> None:
+        """Keep only the key of a balance that is durable: it is read back from the database when needed."""
+        if key in self._by_key:
+            self._by_key[key] = ON_DISK
+
     def __getitem__(self, key: BalanceKey) -> KnownBalance:
         held = self._by_key[key]
-        return unpack_known(held) if type(held) is bytes else held  # type: ignore[return-value]
+        if type(held) is KnownBalance:
+            return held
+        known = unpack_known(held) if type(held) is bytes else self._load(key)
+        if known is None:
+            raise KeyError(key)
+        return known
 
     def __contains__(self, key: object) -> bool:
         return key in self._by_key

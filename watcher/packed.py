@@ -11,15 +11,18 @@ Python), so `marshal`'s format, which may change between Python versions, is fin
 equal objects again: Decimal keeps its exponent (1000.00 stays 1000.00); a datetime comes back in UTC.
 A record that cannot be packed exactly (a datetime that is naive or in another zone than `datetime.UTC`)
 is not packed: `pack_*` returns None and the store keeps the object.
+
+Beyond packing, a record that is durable may leave memory altogether (`ON_DISK`): see watcher.disk_records.
 """
 
 from __future__ import annotations
 
+import enum
 import marshal
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
 
@@ -28,6 +31,16 @@ _R = TypeVar("_R")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+class OnDisk(enum.Enum):
+    """What a container holds for a record that is only on disk (written, then let go of memory): its key
+    stays, so membership and walks over keys are unchanged, and a read fetches the record again."""
+
+    ON_DISK = "on disk"
+
+
+ON_DISK: Final = OnDisk.ON_DISK
 
 
 class _NotPackable(Exception):

@@ -1,8 +1,10 @@
 """The state store: last known balances, alert states, poll outcomes and the event outbox, in SQLite.
 
-The whole state is loaded into memory when the store opens: reads are dictionary look-ups on the poll
-path. Beyond `hot_keys`, the records of the accounts polled one by one that went longest unused are held
-packed to bytes (watcher.packed, watcher.hot_keys), and unpacked when read.
+The state is loaded into memory when the store opens: reads are dictionary look-ups on the poll path.
+Beyond `hot_keys`, the records of the accounts polled one by one that went longest unused leave memory
+once durable (watcher.disk_records: only their keys stay, and a read fetches them back by primary key),
+or are held packed to bytes while a write of theirs is pending or an alert of theirs is active
+(watcher.packed, watcher.hot_keys).
 
 A poll's new state and the events it implies are one update, written in ONE transaction (the outbox),
 so a crash leaves either the old state and no events, or the new state and all its events, which the
@@ -34,7 +36,6 @@ from collections.abc import Callable, Collection, Generator, Iterable, Iterator,
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,22 @@ import structlog
 from rules.types import (
     WHOLE_SOURCE,
     AlertState,
-    Balance,
     BalanceKey,
     Freshness,
     KnownBalance,
 )
 from watcher.alert_records import AlertRecords
+from watcher.disk_records import (
+    ALERT_COLUMNS,
+    BALANCE_COLUMNS,
+    FRESHNESS_COLUMNS,
+    DiskReader,
+    Moments,
+    Sharing,
+    alert_of,
+    freshness_of,
+    known_of,
+)
 from watcher.events import Event
 from watcher.freshness_records import FreshnessRecords
 from watcher.hot_keys import HotKeys
@@ -56,7 +67,6 @@ from watcher.known_records import KnownRecords
 from watcher.store_schema import (
     SCHEMA,
     add_missing_columns,
-    alert_detail_from_json,
     alert_detail_to_json,
     parse_time,
 )
@@ -184,14 +194,15 @@ class StateStore:
         self._db: sqlite3.Connection | None = None
         self.checkpointer = WalCheckpointer(path, checkpoint_period_s)
         # The keys of accounts polled one by one whose records are objects; beyond `hot_keys` of them, the
-        # records of the oldest are packed to bytes (a third of their size) until they are read again.
+        # records of the oldest leave memory (or are packed) until they are read again.
         self._hot = HotKeys(hot_keys)
-        self._known = KnownRecords(self._hot)
+        self._disk = DiskReader()  # reads back the records that left memory
+        self._known = KnownRecords(self._hot, self._disk.known)
         # Every alert state, with an index of the pending and firing ones: what time alone can move (the
         # alert clock's tick), without a walk over every state of every key.
-        self._alerts = AlertRecords(hot=self._hot)
+        self._alerts = AlertRecords(hot=self._hot, load=self._disk.alerts)
         self._accesses: dict[tuple[str, str], list[datetime]] = {}
-        self._freshness = FreshnessRecords(hot=self._hot)
+        self._freshness = FreshnessRecords(hot=self._hot, load=self._disk.freshness)
         # Keys whose alerts or freshness changed since the alert clock last asked (None: every key).
         self._touched: set[BalanceKey] | None = None
         self._touched_sources: set[str] = set()  # sources whose own (source-wide) alerts changed
@@ -243,6 +254,7 @@ class StateStore:
         db.executescript(SCHEMA)
         add_missing_columns(db)
         self._db = db
+        self._disk.open(self.path)
         # PSD2 access budget: only the last 24 hours matter.
         day_ago = (datetime.now(UTC) - timedelta(days=1)).isoformat()
         db.execute("DELETE FROM accesses WHERE at < ?", (day_ago,))
@@ -257,59 +269,33 @@ class StateStore:
         # SQLite hands out a new string per column of every row: the values many rows share (a source, a
         # currency, a state, the time and correlation id of one listing, ...) are kept once, as they are
         # after polling, not 100,000 times over.
-        share: Callable[[Any], Any] = _Sharing()
-        moment = _Moments()
-        # Freshness first: an account that is not listed has its records packed as they are read.
-        freshness = FreshnessRecords(hot=self._hot)
-        for fresh in (
-            Freshness(
-                BalanceKey(share(row[0]), row[1]), moment(row[2]), moment(row[3]) if row[3] else None, row[4],
-                bool(row[5]), listed=bool(row[6]), last_listing_at=parse_time(row[7]),
-            )
-            for row in db.execute(
-                "SELECT source, account, watched_since, last_success_at, last_error, access_revoked, listed,"
-                " last_listing_at FROM freshness"
-            )
-        ):
-            freshness.put(fresh)
-            if _packable(fresh.subject, freshness):
-                freshness.pack(fresh.subject)
-        known = KnownRecords(self._hot)
-        for row in db.execute(
-            "SELECT source, account, balance_type, amount, currency, state, provider_balance_type,"
-            " description, observed_at, correlation_id, version, history FROM balances"
-        ):
+        share: Callable[[Any], Any] = Sharing()
+        moment = Moments()
+        # Freshness first: the records of an account that is not listed stay on disk, not read, until used.
+        disk = self._disk
+        freshness = FreshnessRecords(hot=self._hot, load=disk.freshness)
+        for row in db.execute(f"SELECT {FRESHNESS_COLUMNS} FROM freshness"):
+            subject = BalanceKey(share(row[0]), row[1])
+            if row[6] or subject.account == WHOLE_SOURCE:  # listed, or a source's own
+                freshness.put(freshness_of(row, subject, moment))
+            else:
+                freshness.put_on_disk(subject)
+        known = KnownRecords(self._hot, disk.known)
+        for row in db.execute(f"SELECT {BALANCE_COLUMNS} FROM balances"):
             key = BalanceKey(share(row[0]), row[1], share(row[2]))
-            text = row[11]
-            history = () if text == "[]" else tuple((moment(t), Decimal(a)) for t, a in json.loads(text))
-            known.put(key, KnownBalance(
-                balance=Balance(Decimal(row[3]), share(row[4]), share(row[5]), share(row[6])),
-                observed_at=moment(row[8]),
-                correlation_id=share(row[9]),
-                version=row[10],
-                description=row[7],
-                history=history,
-            ))
             if _packable(key, freshness):
-                known.pack(key)
-        alerts = AlertRecords(hot=self._hot)
-        for row in db.execute(
-            "SELECT fingerprint, rule, source, account, balance_type, status, episode, started_at,"
-            " resolved_at, detail FROM alerts"
-        ):
+                known.put_on_disk(key)
+            else:
+                known.put(key, known_of(row, share, moment))
+        alerts = AlertRecords(hot=self._hot, load=disk.alerts)
+        polled_alone: set[BalanceKey] = set()
+        for row in db.execute(f"SELECT {ALERT_COLUMNS} FROM alerts"):
             key = BalanceKey(share(row[2]), row[3], share(row[4]))
-            alerts.put(AlertState(
-                fingerprint=row[0],
-                rule=share(row[1]),
-                key=key,
-                status=share(row[5]),
-                episode=row[6],
-                started_at=moment(row[7]),
-                resolved_at=parse_time(row[8]),
-                **alert_detail_from_json(row[9]),
-            ))
+            alerts.put(alert_of(row, key, share, moment))
             if _packable(key, freshness):
-                alerts.pack(key)
+                polled_alone.add(key)
+        for key in polled_alone:  # once every state of the key is in
+            alerts.let_go(key)  # (an active one stays, packed)
         depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
         used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         last_seq = max(last or 0, used[0] if used else 0)
@@ -331,6 +317,7 @@ class StateStore:
             await self._writer
             self._writer = None
         # Before the writer's connection: the last one to close checkpoints the rest and removes the log.
+        self._disk.close()
         await self.checkpointer.close()
         if self._db is not None:
             await self._call(self._db.close)
@@ -372,6 +359,15 @@ class StateStore:
     def unlisted_freshness(self) -> list[Freshness]:
         """The freshness records that are not `listed` (the sources' own among them)."""
         return self._freshness.unlisted()
+
+    def unlisted_subjects(self) -> Iterator[BalanceKey]:
+        """The subjects of those records, none of them read (walk them at once, without an await)."""
+        return self._freshness.unlisted_subjects()
+
+    @property
+    def disk_reads(self) -> int:
+        """Records read back from the database since the store opened, having left memory."""
+        return self._disk.reads
 
     def take_touched(self) -> tuple[set[BalanceKey], set[str]] | None:
         """For the alert clock, which visits only what changed or is due: the keys whose alert states or
@@ -511,16 +507,34 @@ class StateStore:
             self._pack_overflow()
 
     def _pack_overflow(self) -> None:
-        """Pack the records of the keys that went longest unused, beyond the limit of hot keys (here, after a
-        group commit, rather than on the poll's path: packing is not needed for durability, memory is
-        the truth and each write carries its own objects)."""
+        """Let go of the records of the keys that went longest unused, beyond the limit of hot keys: out of
+        memory when durable, packed when a write of theirs is still queued (memory is then ahead of disk).
+        Here, after a group commit, rather than on the poll's path: it is not needed for durability."""
         freshness = self._freshness
+        queued: set[BalanceKey] | None = None
         for key in self._hot.overflow():
             if not _packable(key, freshness):
                 continue  # listed since: a listing reads all its accounts every round
-            self._known.pack(key)
-            self._alerts.pack(key)
-            freshness.pack(key)
+            if queued is None:
+                queued = self._queued_keys()
+            if key in queued:
+                self._known.pack(key)
+                self._alerts.pack(key)
+                freshness.pack(key)
+            else:
+                self._known.let_go(key)
+                self._alerts.let_go(key)
+                freshness.let_go(key)
+
+    def _queued_keys(self) -> set[BalanceKey]:
+        """The keys of the updates staged and not yet written (called between two group commits)."""
+        keys: set[BalanceKey] = set()
+        for staged in self._queue:
+            update = staged.update
+            keys.update(key for key, _ in update.balances)
+            keys.update(alert.key for alert in update.alerts)
+            keys.update(fresh.subject for fresh in update.freshness)
+        return keys
 
     def _write_sync(
         self, batch: list[StagedCommit], first_seq: int, delete_through: int, tail: bool = False
@@ -784,27 +798,6 @@ def _packable(key: BalanceKey, freshness: FreshnessRecords) -> bool:
     """Whether the records of `key` may be packed: an account polled on its own (a source's own records
     and a listing's accounts are read again every round; unpacked, a listing's share their objects)."""
     return key.account != WHOLE_SOURCE and freshness.polled_alone(key)
-
-
-class _Sharing(dict[Any, Any]):
-    """Called with a value, gives the first equal value it was called with: one object for all."""
-
-    __slots__ = ()
-
-    def __call__(self, value: Any) -> Any:
-        return self.setdefault(value, value)
-
-
-class _Moments(dict[str, datetime]):
-    """Called with an ISO 8601 text, gives its datetime: one object per distinct text."""
-
-    __slots__ = ()
-
-    def __call__(self, text: str) -> datetime:
-        found = self.get(text)
-        if found is None:
-            found = self[text] = datetime.fromisoformat(text)
-        return found
 
 
 class _transaction:

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     resolved_at TEXT,
     detail TEXT NOT NULL DEFAULT '{}'
 );
+-- A key's states, read back when they were let go of memory (watcher.disk_records).
+CREATE INDEX IF NOT EXISTS alerts_by_key ON alerts (source, account, balance_type);
 CREATE TABLE IF NOT EXISTS freshness (
     source TEXT NOT NULL,
     account TEXT NOT NULL,
