@@ -81,32 +81,6 @@ def test_a_keys_only_state_is_kept_without_a_dict_of_its_own() -> None:
     assert list(kept.active()) == []
 
 
-@settings(max_examples=300)
-@given(st.lists(states | st.sampled_from(KEYS), max_size=40), st.booleans())
-def test_packed_states_read_back_the_same(steps: list[AlertState | BalanceKey], walk_first: bool) -> None:
-    """Packing any key at any moment (a key in `steps`) changes nothing a reader sees: views, the walk of
-    every state and the active index give states equal to the last put, whether the walks meet a state
-    still packed or one a view has unpacked; a view keeps it unpacked and counts its key as hot."""
-    hot = HotKeys(0)
-    kept = AlertRecords(hot=hot)
-    model: dict[tuple[BalanceKey, str], AlertState] = {}
-    for step in steps:
-        if isinstance(step, AlertState):
-            kept.put(step)
-            model[(step.key, step.fingerprint)] = step
-        else:
-            kept.pack(step)
-            held = kept._by_key.get(step)
-            if walk_first:  # the walks unpack copies: the state stays packed
-                assert sorted(kept, key=repr) == sorted(model.values(), key=repr)
-                list(kept.active())
-                assert kept._by_key.get(step) is held
-        packed = {key for key, held in kept._by_key.items() if type(held) is bytes}
-        check_against(model, kept, same_objects=False)  # views every key: each packed one is unpacked
-        assert not any(type(held) is bytes for held in kept._by_key.values())
-        assert set(hot.overflow()) == packed
-
-
 def test_a_packed_state_joined_by_another_fingerprint_makes_the_dict() -> None:
     """A second fingerprint put over a packed state keeps both, unpacked, in the key's dict."""
     key = KEYS[1]
@@ -144,27 +118,40 @@ def test_the_walk_over_active_states_unpacks_one_at_a_time(monkeypatch: pytest.M
 
 
 @settings(max_examples=300)
-@given(st.lists(states | st.sampled_from(KEYS), max_size=40))
-def test_states_let_go_of_memory_read_back_from_disk(steps: list[AlertState | BalanceKey]) -> None:
-    """Letting go of any key at any moment (each put durable at once) changes nothing a reader sees:
-    views, puts over a key on disk (which fetch its other states first), the walk of every state and the
-    active index; a key with an active state is packed instead, never left on disk."""
+@given(st.lists(states | st.tuples(st.sampled_from(["pack", "let_go", "view"]), st.sampled_from(KEYS)),
+                max_size=40))
+def test_states_packed_or_let_go_read_back_the_same(steps: list[AlertState | tuple[str, BalanceKey]]) -> None:
+    """Packing or letting go of any key at any moment (each put durable at once) changes nothing a reader
+    sees: views, puts over a key packed or on disk (which read its other states first), the walk of
+    every state and the active index give states equal to the last put. The walks read copies and leave
+    each key as it was; a view keeps what it read and counts the key as hot. A key with an active state
+    is packed when let go, never left on disk."""
     disk: dict[tuple[BalanceKey, str], AlertState] = {}
 
     def load(key: BalanceKey) -> list[AlertState]:
         return [state for (k, _), state in disk.items() if k == key]
 
-    kept = AlertRecords(hot=HotKeys(0), load=load)
+    hot = HotKeys(0)
+    kept = AlertRecords(hot=hot, load=load)
     for step in steps:
         if isinstance(step, AlertState):
             kept.put(step)
             disk[(step.key, step.fingerprint)] = step
-        else:
-            kept.let_go(step)
+        elif step[0] == "pack":
+            kept.pack(step[1])
+        elif step[0] == "let_go":
+            kept.let_go(step[1])
             assert not any(kept._by_key.get(key) is ON_DISK for key in kept._active)
-        # The walks, which fetch copies: a key let go stays on disk until a view or a put reads it back.
+        else:
+            hot.overflow()
+            away = {k for k, held in kept._by_key.items() if type(held) is bytes or held is ON_DISK}
+            check_against(disk, kept, same_objects=False)  # views every key: each is read back
+            assert not any(type(held) is bytes or held is ON_DISK for held in kept._by_key.values())
+            assert set(hot.overflow()) == away
+        held = dict(kept._by_key)
         assert sorted(kept, key=repr) == sorted(disk.values(), key=repr)
         assert sorted(kept.active(), key=repr) == sorted(
             (s for s in disk.values() if s.status in ACTIVE_STATUSES), key=repr
         )
+        assert all(kept._by_key[k] is v for k, v in held.items()), "the walks change nothing"
     check_against(disk, kept, same_objects=False)

@@ -94,45 +94,31 @@ def test_the_memo_of_pairs_is_bounded() -> None:
 
 
 @settings(max_examples=300)
-@given(st.lists(records | st.sampled_from(SUBJECTS), max_size=40))
-def test_packed_records_read_back_the_same(steps: list[Freshness | BalanceKey]) -> None:
-    """Packing any subject at any moment (a subject in `steps`; a listed one stays as it is) changes
-    nothing a reader sees: look-ups, the listed index and the unlisted walk give the last record put."""
-    kept = FreshnessRecords(hot=HotKeys(0))
-    model: dict[BalanceKey, Freshness] = {}
-    for step in steps:
-        if isinstance(step, Freshness):
-            kept.put(step)
-            model[step.subject] = step
-        else:
-            kept.pack(step)
-            assert sorted(kept.unlisted(), key=repr) == sorted(
-                (r for r in model.values() if not r.listed), key=repr
-            )
-        check_against(model, kept)
-        for subject in SUBJECTS:
-            assert kept.polled_alone(subject) == (subject in model and not model[subject].listed)
-            card = BalanceKey(subject.source, subject.account, "available")
-            assert kept.polled_alone(card) == kept.polled_alone(subject)
-
-
-@settings(max_examples=300)
-@given(st.lists(records | st.sampled_from(SUBJECTS), max_size=40))
-def test_records_let_go_of_memory_read_back_from_disk(steps: list[Freshness | BalanceKey]) -> None:
-    """Letting go of any subject at any moment (each put durable at once; a listed record stays, its
-    index is its memory) changes nothing a reader sees, and whether a subject was polled alone neither."""
+@given(st.lists(records | st.tuples(st.sampled_from(["pack", "let_go", "get"]), st.sampled_from(SUBJECTS)),
+                max_size=40))
+def test_records_packed_or_let_go_read_back_the_same(steps: list[Freshness | tuple[str, BalanceKey]]) -> None:
+    """Packing or letting go of any subject at any moment (each put durable at once; a listed record
+    stays as it is) changes nothing a reader sees: look-ups, the listed index, the unlisted walk and
+    whether a subject was polled alone give the last record put; the walks read nothing back."""
     disk: dict[BalanceKey, Freshness] = {}
     kept = FreshnessRecords(hot=HotKeys(0), load=disk.get)
     for step in steps:
         if isinstance(step, Freshness):
             kept.put(step)
             disk[step.subject] = step
+        elif step[0] == "pack":
+            kept.pack(step[1])
+        elif step[0] == "let_go":
+            kept.let_go(step[1])
         else:
-            kept.let_go(step)
-        # Walks and membership, which read nothing back: a subject let go stays on disk until a `get`.
+            check_against(disk, kept)  # reads every subject back
+        held = dict(kept._records)
         assert set(kept.unlisted_subjects()) == {s for s, r in disk.items() if not r.listed}
         unlisted = sorted((r for r in disk.values() if not r.listed), key=repr)
         assert sorted(kept.unlisted(), key=repr) == unlisted
         for subject in SUBJECTS:
             assert kept.polled_alone(subject) == (subject in disk and not disk[subject].listed)
+            card = BalanceKey(subject.source, subject.account, "available")
+            assert kept.polled_alone(card) == kept.polled_alone(subject)
+        assert all(kept._records[k] is v for k, v in held.items()), "the walks change nothing"
     check_against(disk, kept)

@@ -115,8 +115,8 @@ class _Strict(BaseModel):
 
 class StateConfig(_Strict):
     path: Path = Path("/var/lib/balance-watcher/state.db")
-    # Keys of accounts polled one by one whose state stays unpacked in memory; the others' is packed
-    # (about a third of the size) until they are read again. Bounds memory by the keys in use.
+    # Keys of accounts polled one by one whose state stays in memory; the others' leaves memory once
+    # written, and is read back from the database when used. Bounds memory by the keys in use.
     hot_keys: int = Field(default=10_000, ge=0)
 
 
