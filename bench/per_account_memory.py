@@ -11,8 +11,9 @@ shape (bench/per_account.py at 100,000 accounts): a round lasts --round-minutes,
 rules' two-minute stale `after`, so between two polls of an account its stale alert fires (the alert
 clock ticks every simulated 10 s) and the next poll resolves it; every poll sees a new amount.
 
-Round 1 is first sight. The peak of each round is measured alone (VmHWM reset before it); `--trace` adds
-tracemalloc (slow): traced memory after each round and the largest allocation sites still alive.
+Round 1 is first sight. The peak of each round is measured alone (VmHWM reset before it), with the
+records read back from disk (beyond --hot-keys, see watcher/disk_records.py); `--trace` adds tracemalloc
+(slow): traced memory after each round and the largest allocation sites still alive.
 """
 
 from __future__ import annotations
@@ -161,9 +162,11 @@ async def run(args: argparse.Namespace) -> None:
     if args.trace:
         tracemalloc.start()
     for round_no in range(1, args.rounds + 1):
+        reads = store.disk_reads
         summary, wall, cpu, now = await measured_round(poller, store, trace=args.trace)
         print(f"round {round_no}: {wall:.2f} s ({cpu:.2f} CPU s), {summary.events} events, {ticks} ticks so "
-              f"far; peak RSS {now['VmHWM']:.1f} MiB, RSS after {now['VmRSS']:.1f} MiB")
+              f"far, {store.disk_reads - reads} records read back from disk; peak RSS {now['VmHWM']:.1f} MiB,"
+              f" RSS after {now['VmRSS']:.1f} MiB")
         if args.trace:
             print_traced(args.sites)
     ticking.cancel()

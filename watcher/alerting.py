@@ -136,8 +136,9 @@ class AlertClock:
         """After a (re)load: resolve the alerts of rules that are gone; the others keep their state."""
         async with self._c.lock:
             store = self._c.store
+            # Only an active state can be resolved by a rule's going: the walk reads nothing back from disk.
             update = reconcile(
-                store.all_alerts(), self._c.rules.rules, self._clock(), old_rules=old_rules,
+                store.active_alerts(), self._c.rules.rules, self._clock(), old_rules=old_rules,
                 balances=store.known_view(),
             )
             staged = self._stage(update)

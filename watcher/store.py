@@ -283,7 +283,7 @@ class StateStore:
         known = KnownRecords(self._hot, disk.known)
         for row in db.execute(f"SELECT {BALANCE_COLUMNS} FROM balances"):
             key = BalanceKey(share(row[0]), row[1], share(row[2]))
-            if _packable(key, freshness):
+            if _may_leave_memory(key, freshness):
                 known.put_on_disk(key)
             else:
                 known.put(key, known_of(row, share, moment))
@@ -292,7 +292,7 @@ class StateStore:
         for row in db.execute(f"SELECT {ALERT_COLUMNS} FROM alerts"):
             key = BalanceKey(share(row[2]), row[3], share(row[4]))
             alerts.put(alert_of(row, key, share, moment))
-            if _packable(key, freshness):
+            if _may_leave_memory(key, freshness):
                 polled_alone.add(key)
         for key in polled_alone:  # once every state of the key is in
             alerts.let_go(key)  # (an active one stays, packed)
@@ -422,15 +422,15 @@ class StateStore:
             if not fresh.listed:
                 if touched is not None:
                     touched.add(fresh.subject)
-                if _packable(fresh.subject, freshness):
+                if _may_leave_memory(fresh.subject, freshness):
                     hot.add(fresh.subject)
         for key, known in update.balances:
             self._known.put(key, known)
-            if _packable(key, freshness):
+            if _may_leave_memory(key, freshness):
                 hot.add(key)
         for alert in update.alerts:
             self._alerts.put(alert)
-            if _packable(alert.key, freshness):
+            if _may_leave_memory(alert.key, freshness):
                 hot.add(alert.key)
             if touched is not None:
                 touched.add(alert.key)
@@ -504,16 +504,16 @@ class StateStore:
             # Let go of the batch's updates and events now, not when the next batch replaces them: an idle
             # writer would otherwise keep a first listing's 100,000 events alive after Kafka took them.
             batch, entries = [], []
-            self._pack_overflow()
+            self._let_go_overflow()
 
-    def _pack_overflow(self) -> None:
+    def _let_go_overflow(self) -> None:
         """Let go of the records of the keys that went longest unused, beyond the limit of hot keys: out of
         memory when durable, packed when a write of theirs is still queued (memory is then ahead of disk).
         Here, after a group commit, rather than on the poll's path: it is not needed for durability."""
         freshness = self._freshness
         queued: set[BalanceKey] | None = None
         for key in self._hot.overflow():
-            if not _packable(key, freshness):
+            if not _may_leave_memory(key, freshness):
                 continue  # listed since: a listing reads all its accounts every round
             if queued is None:
                 queued = self._queued_keys()
@@ -794,9 +794,10 @@ class StateStore:
         return self._db
 
 
-def _packable(key: BalanceKey, freshness: FreshnessRecords) -> bool:
-    """Whether the records of `key` may be packed: an account polled on its own (a source's own records
-    and a listing's accounts are read again every round; unpacked, a listing's share their objects)."""
+def _may_leave_memory(key: BalanceKey, freshness: FreshnessRecords) -> bool:
+    """Whether the records of `key` may leave memory (or be packed): an account polled on its own (a
+    source's own records and a listing's accounts are read again every round; a listing's share their
+    objects)."""
     return key.account != WHOLE_SOURCE and freshness.polled_alone(key)
 
 
