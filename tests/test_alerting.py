@@ -99,3 +99,30 @@ async def test_the_scheduled_clock_equals_a_clock_over_every_key(tmp_path: Path)
     assert len(fired) > len(set(fired)), "and reminders followed"
     for daemon in daemons:
         await daemon.store.close()
+
+
+async def test_a_rules_reload_resolves_the_gone_rules_alerts_without_reading_the_rest_back(
+    tmp_path: Path,
+) -> None:
+    """After a reload without a rule, its firing alerts resolve; only active states can, and those stay in
+    memory, so the alerts of accounts whose records left memory (beyond the hot keys) are not read back
+    from disk for it."""
+    store = StateStore(tmp_path / "s.db", hot_keys=0)
+    await store.open()
+    daemon = Daemon(store)
+    await daemon.poll(0, ACCOUNTS[:10], ok=True)
+    await daemon.poll(14, ACCOUNTS[10:], ok=True)  # the source answers: only the first ten go stale
+    await daemon.tick(16, every_key=True)  # pending
+    await daemon.tick(22, every_key=False)  # firing
+    assert sum(e.type == "balance.alert.firing" for e in daemon.events) == 10
+    await daemon.poll(23, ACCOUNTS[:4], ok=True)  # their alerts resolve, and their records leave memory
+    await store.flush()
+    reads = store.disk_reads
+    components = daemon.clock._c
+    components.rules.replace([])  # (the other rule names the gone one: it goes too)
+    before = len(daemon.events)
+    await daemon.clock.reconcile(old_rules=RULES)
+    resolved = {e.key for e in daemon.events[before:] if e.type == "balance.alert.resolved"}
+    assert len(resolved) == 6
+    assert store.disk_reads == reads
+    await store.close()
