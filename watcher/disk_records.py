@@ -1,15 +1,17 @@
 """The state store's records as SQLite rows: read at open (every row) and, for a record that was let go of
 memory, read again one key at a time (`DiskReader`).
 
-Polling 100,000 accounts one by one, an account's records are used once a round (its poll, and its
-`stale` alert coming due); packed they are still ~500 bytes an account with their dict entries. Once a
+Polling 100,000 accounts one by one, an account's records are used only at its poll and when its `stale`
+alert comes due; packed they are still ~500 bytes an account with their dict entries. Once a
 record's last write is durable and its account has gone unused longest, the store keeps only its key
-(`watcher.packed.ON_DISK`), and the next read fetches it back by its primary key: ~10-30 us a table on
-this machine, about what unpacking costs, from pages the OS caches.
+(`watcher.packed.ON_DISK`), and the next read fetches it back by its primary key, from pages the OS
+caches: on this machine 44 us for a balance, 62 for a key's alert states, 30 for a freshness record (about
+half of it the query), where unpacking took ~30 us for all three.
 
 The reads are synchronous, on the event loop's thread, on a connection of their own (WAL mode: a reader
-sees every committed transaction and never waits for the writer). They come in the same synchronous step
-as the evaluation they feed: an await there would let another poll change the state in between.
+sees every committed transaction and does not wait for the writer): the rules engine calls the store's
+look-ups from its pure, synchronous evaluation. A page the OS has not cached is read from the disk
+while the loop waits: keep the database on a local disk.
 """
 
 from __future__ import annotations
