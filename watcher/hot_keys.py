@@ -1,9 +1,9 @@
-"""Which keys of the state store hold their records as objects, and which are due to be packed.
+"""Which keys of the state store hold their records as objects, and which are due to leave memory.
 
 Only keys of accounts polled one by one are kept here (a listing's accounts are read together every round,
 and their records are already shared and compact): a key written or read joins at the end, and beyond the
-limit the oldest are handed back to be packed (see watcher.packed). The limit bounds the state's memory
-by the keys in use, not by every key the daemon ever saw.
+limit the oldest are handed back to leave memory (watcher.disk_records) or be packed (watcher.packed).
+The limit bounds the state's memory by the keys in use, not by every key the daemon ever saw.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class HotKeys:
         self._keys[key] = None
 
     def overflow(self) -> list[BalanceKey]:
-        """The oldest keys beyond the limit, no longer counted here: the caller packs their records."""
+        """The oldest keys beyond the limit, no longer counted here: the caller lets their records go."""
         excess = len(self._keys) - self.limit
         if excess <= 0:
             return []
@@ -39,7 +39,7 @@ class HotKeys:
         return [pop(last=False)[0] for _ in range(excess)]
 
     def clear(self) -> None:
-        """Forget every key (the records were loaded again, packed)."""
+        """Forget every key (the records were loaded again, those that may be on disk left there)."""
         self._keys.clear()
 
     def __len__(self) -> int:

@@ -32,7 +32,7 @@ class KnownRecords(Mapping[BalanceKey, KnownBalance]):
         self._load = load
 
     def read(self, key: BalanceKey) -> KnownBalance | None:
-        """The balance of `key`, about to be used: unpacked, and kept so until it is packed again."""
+        """The balance of `key`, about to be used: unpacked or read back, and kept so until let go again."""
         held = self._by_key.get(key)
         if type(held) is KnownBalance or held is None:
             return held

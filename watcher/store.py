@@ -303,7 +303,7 @@ class StateStore:
 
     def _install(self, snapshot: _Snapshot) -> None:
         self._touched = None  # everything is new
-        self._hot.clear()  # what may be packed was packed as it was loaded
+        self._hot.clear()  # what may leave memory was left on disk as it was loaded
         self._known = snapshot.known
         self._alerts = snapshot.alerts
         self._freshness = snapshot.freshness
