@@ -9,6 +9,7 @@ import asyncio
 import gc
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -216,6 +217,54 @@ async def test_a_rounds_call_outcomes_are_saved_in_batches_as_it_goes(
     assert [count for count, _ in saved] == [40] * 12 + [20], "saved when full, the rest at the end"
     assert saved[0][1] < 100, "the first batch is saved early in the round, not at its end"
     assert sorted(r.target for r in await store.poll_records()) == sorted(source.targets())
+    await store.close()
+
+
+class MovingAccountsSource(ManyAccountsSource):
+    """Every account's balance is `amount` (set between rounds)."""
+
+    amount = "9000.00"
+
+    async def fetch(self, target: str) -> FetchResult:
+        result = await super().fetch(target)
+        (obs,) = result.observations
+        balance = replace(obs.balance, amount=Decimal(self.amount))
+        return replace(result, observations=(replace(obs, balance=balance),))
+
+
+async def test_a_record_that_cannot_be_read_back_fails_its_poll_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the hot keys, an account's records are read back from the database when it is polled: when
+    that read fails (a disk error), that account's poll fails loudly and advances nothing, every other
+    account is processed, and the next round, with the disk back, processes it too."""
+    store = StateStore(tmp_path / "s.db", outbox_limit=10_000, hot_keys=0)
+    await store.open()
+    source = MovingAccountsSource(20, max_concurrency=4)
+    # A stale rule: each account then has a freshness record of its own, what makes it one polled alone.
+    rules = parse_rules({"rules": [{"name": "stale", "kind": "stale", "after": "15m"}]}, "stale.toml")
+    delivery = OutboxDelivery(store, wake=lambda: None)
+    poller = Poller(source, store, delivery, RulesHolder(rules), clock=lambda: T0)
+    await poller.poll_round()
+    await store.flush()
+    broken = BalanceKey("mc", "tok-7")
+    rows = store._disk._rows
+
+    def failing(sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        if "tok-7" in args:
+            raise sqlite3.OperationalError("disk I/O error")
+        return rows(sql, args)
+
+    monkeypatch.setattr(store._disk, "_rows", failing)
+    source.amount = "8000.00"
+    summary = await poller.poll_round()
+    assert (summary.calls, summary.events, summary.delivery_failures) == (20, 19, 1)
+    assert store.known(BalanceKey("mc", "tok-8")).balance.amount == Decimal("8000.00")  # type: ignore[union-attr]
+    monkeypatch.setattr(store._disk, "_rows", rows)
+    assert store.known(broken).balance.amount == Decimal("9000.00")  # type: ignore[union-attr]
+    summary = await poller.poll_round()
+    assert (summary.events, summary.delivery_failures) == (1, 0)
+    assert store.known(broken).balance.amount == Decimal("8000.00")  # type: ignore[union-attr]
     await store.close()
 
 
