@@ -21,7 +21,15 @@ from types import MappingProxyType
 
 from rules.types import ACTIVE_STATUSES, AlertState, BalanceKey
 from watcher.hot_keys import HotKeys
-from watcher.packed import ON_DISK, OnDisk, alert_fingerprint, pack_alert, pack_entry, unpack_alert
+from watcher.packed import (
+    ON_DISK,
+    OnDisk,
+    alert_fingerprint,
+    let_go_entry,
+    pack_alert,
+    pack_entry,
+    unpack_alert,
+)
 
 # What `view` returns for a key without alert states: shared, read-only.
 NO_ALERTS: Mapping[str, AlertState] = MappingProxyType({})
@@ -118,8 +126,8 @@ class AlertRecords:
         database when needed. A key with an active state is packed instead."""
         if key in self._active:
             self.pack(key)
-        elif key in self._by_key:
-            self._by_key[key] = ON_DISK
+        else:
+            let_go_entry(self._by_key, key)
 
     def _read_back(self, key: BalanceKey) -> AlertState | dict[str, AlertState] | None:
         """Read the states of `key` back from the database and keep them in memory again."""

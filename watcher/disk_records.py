@@ -73,16 +73,16 @@ def known_of(
     row: tuple[Any, ...],
     share: Callable[[Any], Any],
     moment: Callable[[str], datetime],
-    share_id: Callable[[Any], Any] | None = None,
+    share_id: Callable[[Any], Any],
 ) -> KnownBalance:
-    """A `balances` row (BALANCE_COLUMNS) as its last known balance; `share_id` shares its correlation id
-    (by default, `share`)."""
+    """A `balances` row (BALANCE_COLUMNS) as its last known balance; `share` shares its short strings,
+    `share_id` its correlation id (one listing's, at load; not a single account's, read back)."""
     text = row[11]
     history = () if text == "[]" else tuple((moment(t), Decimal(a)) for t, a in json.loads(text))
     return KnownBalance(
         balance=Balance(Decimal(row[3]), share(row[4]), share(row[5]), share(row[6])),
         observed_at=moment(row[8]),
-        correlation_id=(share_id or share)(row[9]),
+        correlation_id=share_id(row[9]),
         version=row[10],
         description=row[7],
         history=history,

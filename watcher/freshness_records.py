@@ -19,7 +19,16 @@ from datetime import datetime
 
 from rules.types import BalanceKey, Freshness
 from watcher.hot_keys import HotKeys
-from watcher.packed import ON_DISK, OnDisk, pack_entry, pack_freshness, unpack_freshness
+from watcher.packed import (
+    ON_DISK,
+    OnDisk,
+    copy_of,
+    let_go_entry,
+    pack_entry,
+    pack_freshness,
+    thawed,
+    unpack_freshness,
+)
 
 # When a compact record was first watched and last answered by itself; one object per listing, shared.
 _Since = tuple[datetime, datetime | None]
@@ -89,14 +98,8 @@ class FreshnessRecords:
         if type(record) is Freshness:
             return record
         if record is not None:
-            fresh = unpack_freshness(subject, record) if type(record) is bytes else self._load(subject)
-            if fresh is None:  # on disk no more: only a database changed by someone else can do that
-                del self._records[subject]
-                return None
-            self._records[subject] = fresh
-            if self._hot is not None:
-                self._hot.add(subject)
-            return fresh
+            held: bytes | OnDisk = record  # type: ignore[assignment]  # not a Freshness: returned above
+            return thawed(self._records, subject, held, unpack_freshness, self._load, self._hot)
         listed = self._listed.get(subject.source)
         kept = None if listed is None else listed.get(subject.account)
         if isinstance(kept, Freshness):
@@ -115,8 +118,7 @@ class FreshnessRecords:
 
     def let_go(self, subject: BalanceKey) -> None:
         """Keep only the subject of a record that is durable and not listed: it is read back when needed."""
-        if subject in self._records:
-            self._records[subject] = ON_DISK
+        let_go_entry(self._records, subject)
 
     def polled_alone(self, key: BalanceKey) -> bool:
         """Whether the account of `key` (any of its balance types) has a record that is not listed: it was
@@ -136,7 +138,7 @@ class FreshnessRecords:
             if type(record) is Freshness:
                 found.append(record)
             else:
-                fresh = unpack_freshness(subject, record) if type(record) is bytes else self._load(subject)
+                fresh = copy_of(subject, record, unpack_freshness, self._load)  # type: ignore[arg-type]
                 if fresh is not None:
                     found.append(fresh)
         return found

@@ -13,9 +13,22 @@ from collections.abc import Callable, Iterator, Mapping
 
 from rules.types import BalanceKey, KnownBalance
 from watcher.hot_keys import HotKeys
-from watcher.packed import ON_DISK, OnDisk, pack_entry, pack_known, unpack_known
+from watcher.packed import (
+    ON_DISK,
+    OnDisk,
+    copy_of,
+    let_go_entry,
+    pack_entry,
+    pack_known,
+    thawed,
+    unpack_known,
+)
 
 _Held = KnownBalance | bytes | OnDisk
+
+
+def _unpack(key: BalanceKey, packed: bytes) -> KnownBalance:
+    return unpack_known(packed)  # a packed balance does not hold its key
 
 
 class KnownRecords(Mapping[BalanceKey, KnownBalance]):
@@ -36,13 +49,7 @@ class KnownRecords(Mapping[BalanceKey, KnownBalance]):
         held = self._by_key.get(key)
         if type(held) is KnownBalance or held is None:
             return held
-        known = unpack_known(held) if type(held) is bytes else self._load(key)
-        if known is None:  # on disk no more: only a database changed by someone else can do that
-            del self._by_key[key]
-            return None
-        self._by_key[key] = known
-        self._hot.add(key)
-        return known
+        return thawed(self._by_key, key, held, _unpack, self._load, self._hot)  # type: ignore[arg-type]
 
     def put(self, key: BalanceKey, known: KnownBalance) -> None:
         """Store `known` as the balance of `key`."""
@@ -58,14 +65,13 @@ class KnownRecords(Mapping[BalanceKey, KnownBalance]):
 
     def let_go(self, key: BalanceKey) -> None:
         """Keep only the key of a balance that is durable: it is read back from the database when needed."""
-        if key in self._by_key:
-            self._by_key[key] = ON_DISK
+        let_go_entry(self._by_key, key)
 
     def __getitem__(self, key: BalanceKey) -> KnownBalance:
         held = self._by_key[key]
         if type(held) is KnownBalance:
             return held
-        known = unpack_known(held) if type(held) is bytes else self._load(key)
+        known = copy_of(key, held, _unpack, self._load)  # type: ignore[arg-type]
         if known is None:
             raise KeyError(key)
         return known

@@ -22,9 +22,12 @@ import marshal
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from rules.types import AlertState, Balance, BalanceKey, Freshness, KnownBalance
+
+if TYPE_CHECKING:
+    from watcher.hot_keys import HotKeys
 
 _K = TypeVar("_K")
 _R = TypeVar("_R")
@@ -57,6 +60,44 @@ def pack_entry(
         packed = pack(held)
         if packed is not None:
             records[key] = packed
+
+
+def let_go_entry(records: MutableMapping[BalanceKey, Any], key: BalanceKey) -> None:
+    """Keep only `key` for a record that is durable, if there is one: it is read back when needed."""
+    if key in records:
+        records[key] = ON_DISK
+
+
+def thawed(
+    records: MutableMapping[BalanceKey, Any],
+    key: BalanceKey,
+    held: bytes | OnDisk,
+    unpack: Callable[[BalanceKey, bytes], _R],
+    load: Callable[[BalanceKey], _R | None],
+    hot: HotKeys | None,
+) -> _R | None:
+    """The record of `key`, held packed or on disk, made an object again and kept so (its key counted as
+    hot); None when it is on disk no more (only a database changed by someone else can do that), and its
+    entry is dropped."""
+    record = copy_of(key, held, unpack, load)
+    if record is None:
+        del records[key]
+        return None
+    records[key] = record
+    if hot is not None:
+        hot.add(key)
+    return record
+
+
+def copy_of(
+    key: BalanceKey,
+    held: bytes | OnDisk,
+    unpack: Callable[[BalanceKey, bytes], _R],
+    load: Callable[[BalanceKey], _R | None],
+) -> _R | None:
+    """The record of `key`, held packed or on disk, as an object for one use (the container keeps it as it
+    is held)."""
+    return unpack(key, held) if type(held) is bytes else load(key)
 
 
 def _us(moment: datetime) -> int:

@@ -286,7 +286,7 @@ class StateStore:
             if _may_leave_memory(key, freshness):
                 known.put_on_disk(key)
             else:
-                known.put(key, known_of(row, share, moment))
+                known.put(key, known_of(row, share, moment, share))
         alerts = AlertRecords(hot=self._hot, load=disk.alerts)
         polled_alone: set[BalanceKey] = set()
         for row in db.execute(f"SELECT {ALERT_COLUMNS} FROM alerts"):
