@@ -18,6 +18,9 @@ PATCHES is a comma-separated list (or "none"):
   trace-memory   tracemalloc from the start; after each poll round, the memory traced (alive and peak
                  since the previous round), RSS, and the allocation sites holding the most (in
                  $BENCH_MEMORY_FILE); slows the daemon down two to three times
+  memory-probe   a thread samples the process every 0.5 s; at each new high of RSS it writes RSS (anon,
+                 file), glibc's heap (mallinfo2: in use, free, mmapped), pymalloc's blocks, and the
+                 store's outbox in memory, write queue and keys held (in $BENCH_MEMORY_FILE); cheap
 
 The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit,
 no-checkpoint) measured changes that are now made in watcher/ itself: `[signing] threads`, the group
@@ -227,7 +230,65 @@ def patch_trace_memory() -> None:
     Poller.poll_round = poll_round  # type: ignore[method-assign]
 
 
+def patch_memory_probe() -> None:
+    """At each new high of RSS, what it is made of: which allocator holds it and what the store holds then.
+    Reads from another thread are racy, but len() of a deque, list or dict is atomic under the GIL."""
+    import ctypes
+    import os
+    import sys as _sys
+    import threading
+    import time as _time
+
+    from watcher.store import StateStore
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    out = open(os.environ["BENCH_MEMORY_FILE"], "a", buffering=1)  # noqa: SIM115
+    stores: list[StateStore] = []
+    real_init = StateStore.__init__
+
+    def init(self: StateStore, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        stores.append(self)
+
+    StateStore.__init__ = init  # type: ignore[method-assign]
+
+    def status() -> dict[str, int]:
+        with open("/proc/self/status") as lines:
+            return {line.split(":")[0]: int(line.split()[1]) for line in lines
+                    if line.startswith(("VmRSS", "RssAnon", "RssFile", "Threads"))}
+
+    def sample() -> None:
+        high = 0
+        started = _time.time()
+        while True:
+            _time.sleep(0.5)
+            now = status()
+            if now["VmRSS"] < high + 2048:
+                continue
+            high = now["VmRSS"]
+            info = libc.mallinfo2()
+            store = stores[-1] if stores else None
+            held = "" if store is None else (
+                f" outbox in memory {len(store._unpublished)}, queued {len(store._queue)},"
+                f" writing {len(store._writing)}, hot {len(store._hot._keys)}")
+            out.write(
+                f"{_time.time() - started:8.1f} s: RSS {now['VmRSS'] / 1024:.1f} MiB (anon"
+                f" {now['RssAnon'] / 1024:.1f}, file {now['RssFile'] / 1024:.1f}), threads {now['Threads']};"
+                f" malloc heap {info.arena / 2**20:.1f} MiB (in use {info.uordblks / 2**20:.1f}, free"
+                f" {info.fordblks / 2**20:.1f}), mmapped {info.hblkhd / 2**20:.1f} MiB in {info.hblks};"
+                f" pymalloc blocks {_sys.getallocatedblocks()};{held}\n")
+
+    threading.Thread(target=sample, name="memory-probe", daemon=True).start()
+
+
 PATCHES = {
+    "memory-probe": patch_memory_probe,
     "trace-latency": patch_trace_latency,
     "trace-stalls": patch_trace_stalls,
     "relay-serial": patch_relay_serial,

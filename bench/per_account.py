@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from common import (
 
 def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str, profile: bool,
             floor_threads: bool = True, signing_threads: int | None = None,
-            floor: dict[str, Any] | None = None) -> dict[str, Any]:
+            floor: dict[str, Any] | None = None, patches: Sequence[str] = ()) -> dict[str, Any]:
     variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
     sandbox = env.sandbox(accounts, tick)
     # The sandbox shares the two cores: its CPU per request says how much of them is left for us.
@@ -77,7 +78,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             log_level=log_level, metrics_port=port, signing_threads=signing_threads,
         )
         log(f"N={accounts}: daemon, {rounds} rounds, {variant or 'as configured by default'}")
-        daemon = Daemon(config, metrics_port=port)
+        daemon = Daemon(config, metrics_port=port, patches=patches)
         try:
             published = None
             profiler = None
@@ -177,17 +178,20 @@ def main() -> int:
     parser.add_argument("--signing-threads", type=int, action="append", default=[],
                         help="also run the daemon with [signing] threads = N (0: sign on the event loop; "
                              "repeatable: one extra run each)")
+    parser.add_argument("--patches", default="",
+                        help="patched_daemon.py patches for the daemon, comma-separated")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    patches = [name for name in args.patches.split(",") if name]
     with Env.start() as env:
         results = []
         for n in args.accounts:
             results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
-                                   profile=args.profile))
+                                   profile=args.profile, patches=patches))
             for threads in args.signing_threads:
                 results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
                                        profile=args.profile, floor_threads=False, signing_threads=threads,
-                                       floor=results[-1]["floor"]))
+                                       floor=results[-1]["floor"], patches=patches))
     dump({"per_account": results}, args.out)
     for r in results:
         label = r["variant"] or "as is"
