@@ -163,7 +163,7 @@ def assess_poll(
     alerts_of: AlertsOf,
     *,
     listed_of: ListedOf | None = None,
-    active_alerts: Callable[[], Iterable[AlertState]] | None = None,
+    active_keys: Callable[[], Iterable[BalanceKey]] | None = None,
     subject_of: Callable[[str], BalanceKey] | None = None,
 ) -> PollAssessment:
     """Take one call's outcome: update the freshness of its source and of each account it covered, and
@@ -184,7 +184,7 @@ def assess_poll(
     every record is returned (the resolution is zero).
 
     A successful listing (`outcome.listing`), given `listed_of` (the accounts of a source whose stored
-    records are listed) and `active_alerts` (every pending or firing state), is stored as one fact:
+    records are listed) and `active_keys` (the keys with a pending or firing state), is stored as one fact:
     the source's record with `last_listing_at`, exact; a record only for the accounts that were not
     listed (new, failing before, or answered by single calls) and, unlisted with the time of the
     previous listing, for those that dropped out of it. An account listed again costs nothing.
@@ -200,7 +200,7 @@ def assess_poll(
     resolution = compiled.freshness_resolution
     source = outcome.source
     stored = resolving(freshness_of)
-    as_listing = ok and outcome.listing and listed_of is not None and active_alerts is not None
+    as_listing = ok and outcome.listing and listed_of is not None and active_keys is not None
     records: list[Freshness] = []
     subjects = [subject_key(source)]
     make_subject = subject_of if subject_of is not None else partial(subject_key, source)
@@ -261,9 +261,8 @@ def assess_poll(
                 records.append(record)
     if as_listing and has_stale_rules:
         # The stale alerts of accounts listed again (no record visited above) resolve too.
-        assert active_alerts is not None
-        for state in active_alerts():
-            key = state.key
+        assert active_keys is not None
+        for key in active_keys():  # by key first: a state is read only for a key listed again
             if (
                 key.source == source
                 and key.account in answered
@@ -271,7 +270,10 @@ def assess_poll(
                 and key.account != WHOLE_SOURCE
                 and key == subject_key(source, key.account)
             ):
-                _resolve_stale(compiled, state, at, stepped)
+                found = alerts_of(key)
+                for state in found.values() if found else ():
+                    if state.active:
+                        _resolve_stale(compiled, state, at, stepped)
     if not stepped:
         return PollAssessment(tuple(records), (), ())
     settled = _settle(compiled, stepped, at, alerts_of)

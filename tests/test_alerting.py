@@ -11,10 +11,11 @@ from typing import cast
 
 from rules.loader import parse_rules
 from rules.staleness import assess_poll
-from rules.types import PollOutcome
+from rules.types import PollOutcome, subject_key
 from watcher.alerting import AlertClock
 from watcher.app import Components
 from watcher.events import Event
+from watcher.packed import ON_DISK
 from watcher.poller import OutboxDelivery, RulesHolder
 from watcher.store import StateStore, StateUpdate
 
@@ -101,12 +102,12 @@ async def test_the_scheduled_clock_equals_a_clock_over_every_key(tmp_path: Path)
         await daemon.store.close()
 
 
-async def test_a_rules_reload_resolves_the_gone_rules_alerts_without_reading_the_rest_back(
+async def test_a_rules_reload_resolves_the_gone_rules_alerts_and_reads_back_only_those(
     tmp_path: Path,
 ) -> None:
-    """After a reload without a rule, its firing alerts resolve; only active states can, and those stay in
-    memory, so the alerts of accounts whose records left memory (beyond the hot keys) are not read back
-    from disk for it."""
+    """After a reload without a rule, its firing alerts resolve. Every state of the accounts polled one by
+    one has left memory (beyond the hot keys), active ones too: a reload that keeps every rule reads none
+    back (the counts by rule say so), and one without a rule reads back only the active states."""
     store = StateStore(tmp_path / "s.db", hot_keys=0)
     await store.open()
     daemon = Daemon(store)
@@ -115,14 +116,19 @@ async def test_a_rules_reload_resolves_the_gone_rules_alerts_without_reading_the
     await daemon.tick(16, every_key=True)  # pending
     await daemon.tick(22, every_key=False)  # firing
     assert sum(e.type == "balance.alert.firing" for e in daemon.events) == 10
-    await daemon.poll(23, ACCOUNTS[:4], ok=True)  # their alerts resolve, and their records leave memory
+    await daemon.poll(23, ACCOUNTS[:4], ok=True)  # their alerts resolve
     await store.flush()
+    assert store._alerts._by_key[subject_key(SOURCE, ACCOUNTS[5])] is ON_DISK, "an active state too"
     reads = store.disk_reads
     components = daemon.clock._c
-    components.rules.replace([])  # (the other rule names the gone one: it goes too)
     before = len(daemon.events)
+    await daemon.clock.reconcile(old_rules=RULES)  # the same rules
+    assert len(daemon.events) == before
+    assert store.disk_reads == reads
+    components.rules.replace([])  # (the other rule names the gone one: it goes too)
     await daemon.clock.reconcile(old_rules=RULES)
     resolved = {e.key for e in daemon.events[before:] if e.type == "balance.alert.resolved"}
     assert len(resolved) == 6
-    assert store.disk_reads == reads
+    assert store.disk_reads == reads + 2 * 6  # each active state: by the walk, then by its put
+    assert not list(store.active_alert_keys())
     await store.close()

@@ -54,8 +54,15 @@ def record_some(metrics: Metrics) -> None:
     )
     metrics.observe_round(RoundSummary("mc-gbp", calls=1, outcomes=Counter(ok=1), duration_s=0.1), 1.8e9)
     metrics.observe_round(RoundSummary("mypos", calls=1, outcomes=Counter(http_error=1), duration_s=0.3))
-    metrics.set_alerts_firing({("gbp-low", "critical"): 2, ("eur-high", "warning"): 1})
-    metrics.set_alerts_firing({("gbp-low", "critical"): 1})  # eur-high resolved
+    metrics.record_active_alerts({
+        ("gbp-low", "critical", "firing"): 2, ("eur-high", "warning", "firing"): 1,
+        ("eur-high", None, "firing"): 1,
+    })
+    # eur-high resolved; pending states are not firing; a rule without a severity warns
+    metrics.record_active_alerts({
+        ("gbp-low", "critical", "firing"): 1, ("gbp-low", "critical", "pending"): 4,
+        ("usd-low", None, "firing"): 2, ("usd-low", "warning", "firing"): 1,
+    })
     metrics.events_sent(["changes", "alerts", "changes", "changes", "changes"])
     metrics.events_not_sent(["changes", "changes"])
     outbox = [7]
@@ -100,6 +107,7 @@ async def test_scrape_shows_every_recorded_value() -> None:
     assert got[(p + "accounts_tracked", (("source", "idle"),))] == 0  # declared, nothing known yet
     assert got[(p + "alerts_firing", (("rule", "gbp-low"), ("severity", "critical")))] == 1
     assert (p + "alerts_firing", (("rule", "eur-high"), ("severity", "warning"))) not in got
+    assert got[(p + "alerts_firing", (("rule", "usd-low"), ("severity", "warning")))] == 3
     assert got[(p + "events_published_total", (("topic", "changes"),))] == 4
     assert got[(p + "events_published_total", (("topic", "alerts"),))] == 1
     assert got[(p + "events_failed_total", (("topic", "changes"),))] == 2

@@ -228,9 +228,12 @@ class World:
     def active(self) -> list[AlertState]:
         return [a for by_fp in self.alerts.values() for a in by_fp.values() if a.active]
 
+    def active_keys(self) -> list[BalanceKey]:
+        return [key for key, by_fp in self.alerts.items() if any(a.active for a in by_fp.values())]
+
     def poll(self, outcome: PollOutcome) -> list[AlertTransition]:
         result = assess_poll(outcome, RULES, self.freshness.get, self.alerts.get, listed_of=self.listed_of,
-                             active_alerts=self.active)
+                             active_keys=self.active_keys)
         self._keep(result.freshness, result.alerts)
         return list(result.transitions)
 

@@ -49,6 +49,9 @@ class Listings:
     def active(self) -> list[AlertState]:
         return [a for by_fp in self.alerts.values() for a in by_fp.values() if a.active]
 
+    def active_keys(self) -> list[BalanceKey]:
+        return [key for key, by_fp in self.alerts.items() if any(a.active for a in by_fp.values())]
+
     def listing(
         self, minutes: float, accounts: tuple[str, ...], ok: bool = True, reason: str | None = None,
         revoked: bool = False,
@@ -56,13 +59,13 @@ class Listings:
         outcome = PollOutcome(SOURCE, at(minutes), accounts, ok, reason, revoked, listing=self.as_listing)
         result = assess_poll(
             outcome, self.rules, self.freshness.get, self.alerts.get,
-            listed_of=self.listed_of, active_alerts=self.active,
+            listed_of=self.listed_of, active_keys=self.active_keys,
         )
         # The poller hands a listing's accounts over as its dict's keys, not copied into a tuple: the same.
         as_keys = replace(outcome, accounts=dict.fromkeys(accounts).keys())
         assert assess_poll(
             as_keys, self.rules, self.freshness.get, self.alerts.get,
-            listed_of=self.listed_of, active_alerts=self.active,
+            listed_of=self.listed_of, active_keys=self.active_keys,
         ) == result
         self.written = list(result.freshness)
         self.freshness.update({record.subject: record for record in result.freshness})
@@ -245,7 +248,7 @@ def test_records_take_the_subject_keys_the_caller_gives() -> None:
     for as_listing in (True, False):
         outcome = PollOutcome(SOURCE, at(0), ("a", "b"), True, None, False, listing=as_listing)
         rules = compile_rules([stale()])
-        kwargs = {"listed_of": lambda source: (), "active_alerts": list} if as_listing else {}
+        kwargs = {"listed_of": lambda source: (), "active_keys": list} if as_listing else {}
         plain = assess_poll(outcome, rules, {}.get, {}.get, **kwargs)  # type: ignore[arg-type]
         shared = assess_poll(
             outcome, rules, {}.get, {}.get, subject_of=own.__getitem__, **kwargs  # type: ignore[arg-type]

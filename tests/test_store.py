@@ -60,20 +60,27 @@ async def test_alert_update_replaces_the_previous_state(tmp_path: Path) -> None:
 
 async def test_active_alerts_follow_every_update_and_survive_reopen(tmp_path: Path) -> None:
     """`active_alerts` (what the alert clock walks) holds exactly the pending and firing states: a state
-    leaves it when it resolves, joins it when it fires again, and the index is rebuilt on open."""
+    leaves it when it resolves, joins it when it fires again, and the index is rebuilt on open; so do
+    the keys with an active state and the counts by rule, severity and status."""
     store = StateStore(tmp_path / "state.db")
     await store.open()
     pending = AlertState("a" * 32, "low", KEY, "pending", 0, T0, pending_since=T0)
-    other = AlertState("b" * 32, "state", CARD, "firing", 1, T0)
+    other = AlertState("b" * 32, "state", CARD, "firing", 1, T0, severity="critical")
     await store.commit(StateUpdate(balances=[], alerts=[pending, other]))
     assert sorted(a.fingerprint for a in store.active_alerts()) == ["a" * 32, "b" * 32]
+    assert set(store.active_alert_keys()) == {KEY, CARD}
+    assert store.active_alert_counts() == {("low", None, "pending"): 1, ("state", "critical", "firing"): 1}
     resolved = AlertState("a" * 32, "low", KEY, "resolved", 1, T0, T0 + timedelta(minutes=5))
     await store.commit(StateUpdate(balances=[], alerts=[resolved]))
     assert list(store.active_alerts()) == [other]
+    assert list(store.active_alert_keys()) == [CARD]
+    assert store.active_alert_counts() == {("state", "critical", "firing"): 1}
     await store.close()
     reopened = StateStore(tmp_path / "state.db")
     await reopened.open()
     assert list(reopened.active_alerts()) == [other]
+    assert list(reopened.active_alert_keys()) == [CARD]
+    assert reopened.active_alert_counts() == {("state", "critical", "firing"): 1}
     assert {a.status for a in reopened.all_alerts()} == {"resolved", "firing"}
     await reopened.close()
 

@@ -67,7 +67,7 @@ class AlertClock:
             self._take_touched()
             plan = schedule.due(rules, now)
             if plan is None:  # everything: every key with an active alert or a record of its own
-                keys = {state.key for state in store.active_alerts()}
+                keys = set(store.active_alert_keys())
                 keys.update(store.unlisted_subjects())
                 walk_listings: Callable[[str], Collection[str]] = store.listed_accounts
             else:
@@ -136,10 +136,14 @@ class AlertClock:
         """After a (re)load: resolve the alerts of rules that are gone; the others keep their state."""
         async with self._c.lock:
             store = self._c.store
-            # Only an active state can be resolved by a rule's going: the walk reads nothing back from disk.
+            rules = self._c.rules.rules
+            # Only an active state can be resolved by a rule's going, and the counts say whether any active
+            # state's rule is gone without reading one: a reload that keeps them reads nothing back.
+            names = {rule.name for rule in rules}
+            if all(rule in names for rule, _, _ in store.active_alert_counts()):
+                return 0
             update = reconcile(
-                store.active_alerts(), self._c.rules.rules, self._clock(), old_rules=old_rules,
-                balances=store.known_view(),
+                store.active_alerts(), rules, self._clock(), old_rules=old_rules, balances=store.known_view(),
             )
             staged = self._stage(update)
         return await self._durable(staged)

@@ -135,10 +135,16 @@ class Metrics:
                 balance_type=key.balance_type or state.balance.balance_type or "",
             ).set(float(state.balance.signed_amount))  # a gauge is a float; exactness stays in the events
 
-    def set_alerts_firing(self, counts: Mapping[tuple[str, str], int]) -> None:
-        """Alerts firing per (rule name, severity); series absent from `counts` are dropped."""
+    def record_active_alerts(self, counts: Mapping[tuple[str, str | None, str], int]) -> None:
+        """The alerts firing per (rule name, severity), from the store's counts of active states by (rule,
+        severity, status) (StateStore.active_alert_counts; a rule without a severity warns); series absent
+        from `counts` are dropped."""
+        firing: collections.Counter[tuple[str, str]] = collections.Counter()
+        for (rule, severity, status), count in counts.items():
+            if status == "firing":
+                firing[(rule, severity or "warning")] += count
         self.alerts_firing.clear()
-        for (rule, severity), count in counts.items():
+        for (rule, severity), count in firing.items():
             self.alerts_firing.labels(rule=rule, severity=severity).set(count)
 
     def events_sent(self, topics: Iterable[str]) -> None:

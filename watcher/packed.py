@@ -171,12 +171,6 @@ def unpack_alert(key: BalanceKey, packed: bytes) -> AlertState:
     )
 
 
-def alert_fingerprint(packed: bytes) -> str:
-    """The fingerprint of a packed alert state."""
-    fingerprint: str = marshal.loads(packed)[0]
-    return fingerprint
-
-
 def pack_freshness(fresh: Freshness) -> bytes | None:
     """`fresh` without its subject (the store's dict holds it) as bytes, or None when it cannot be packed
     exactly."""

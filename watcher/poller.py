@@ -451,7 +451,7 @@ class Poller:
             outcome, subject_of = self._poll_outcome(result)
             stale = assess_poll(
                 outcome, rules, store.freshness, alerts_of,
-                listed_of=store.listed_accounts, active_alerts=store.active_alerts, subject_of=subject_of,
+                listed_of=store.listed_accounts, active_keys=store.active_alert_keys, subject_of=subject_of,
             )
             freshness = stale.freshness
             alerts.extend(stale.alerts)

@@ -32,7 +32,7 @@ import itertools
 import json
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, KeysView, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -295,7 +295,7 @@ class StateStore:
             if _may_leave_memory(key, freshness):
                 polled_alone.add(key)
         for key in polled_alone:  # once every state of the key is in
-            alerts.let_go(key)  # (an active one stays, packed)
+            alerts.let_go(key)
         depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
         used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         last_seq = max(last or 0, used[0] if used else 0)
@@ -379,8 +379,19 @@ class StateStore:
 
     def active_alerts(self) -> Iterator[AlertState]:
         """The pending and firing alert states, one at a time (see AlertRecords.active: walk them at once,
-        without an await, and make a list if the store may change meanwhile)."""
+        without an await, and make a list if the store may change meanwhile). Those of accounts polled
+        one by one may be read back from disk, ~60 us each: prefer the two below where they do."""
         return self._alerts.active()
+
+    def active_alert_keys(self) -> KeysView[BalanceKey]:
+        """The keys with a pending or firing alert state, without reading a state (copy it before an
+        await)."""
+        return self._alerts.active_keys()
+
+    def active_alert_counts(self) -> Mapping[tuple[str, str | None, str], int]:
+        """How many alert states are pending or firing, by (rule, severity, status): kept as states are
+        put, so counting reads nothing back (copy it before an await)."""
+        return self._alerts.counts()
 
     def all_alerts(self) -> list[AlertState]:
         """Every stored alert state."""
