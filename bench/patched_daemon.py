@@ -21,6 +21,10 @@ PATCHES is a comma-separated list (or "none"):
   memory-probe   a thread samples the process every 0.5 s; at each new high of RSS it writes RSS (anon,
                  file), glibc's heap (mallinfo2: in use, free, mmapped), pymalloc's blocks, and the
                  store's outbox in memory, write queue and keys held (in $BENCH_MEMORY_FILE); cheap
+  census         after poll round $BENCH_CENSUS_ROUND (default 2): VmHWM so far, then the objects the
+                 garbage collector tracks, by type (count, bytes), and each container of over 20,000
+                 items with what holds it (in $BENCH_MEMORY_FILE); a few seconds, and its own lists
+                 may raise VmHWM after it: read the peak from the line it writes first
 
 The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit,
 no-checkpoint) measured changes that are now made in watcher/ itself: `[signing] threads`, the group
@@ -287,8 +291,74 @@ def patch_memory_probe() -> None:
     threading.Thread(target=sample, name="memory-probe", daemon=True).start()
 
 
+def patch_census() -> None:
+    """Which objects the daemon holds, by type, without tracemalloc's cost while it runs: a census of
+    what the garbage collector tracks (strings and bytes are not tracked; they show as the containers
+    holding them), and the owners of the big containers (a dict of 100,000 keys costs its table)."""
+    import collections
+    import gc
+    import os
+    import sys as _sys
+
+    from watcher.poller import Poller
+
+    out = open(os.environ["BENCH_MEMORY_FILE"], "a", buffering=1)  # noqa: SIM115
+    census_round = int(os.environ.get("BENCH_CENSUS_ROUND", "2"))
+    real_round = Poller.poll_round
+    rounds = [0]
+
+    def hwm() -> str:
+        with open("/proc/self/status") as lines:
+            return next(line.split(":")[1].strip() for line in lines if line.startswith("VmHWM"))
+
+    def owner(container: object, everything: list[object]) -> str:
+        names = []
+        for ref in gc.get_referrers(container):
+            if ref is everything or type(ref).__name__ == "frame":
+                continue
+            if isinstance(ref, dict):  # an instance's __dict__, or a dict of dicts
+                holders = [type(r).__qualname__ for r in gc.get_referrers(ref)
+                           if r is not everything and type(r).__name__ != "frame"]
+                names.append(f"dict in {holders[:3]}")
+            else:
+                names.append(type(ref).__qualname__)
+        return ", ".join(names[:4])
+
+    async def poll_round(self: Poller) -> Any:
+        summary = await real_round(self)
+        rounds[0] += 1
+        if rounds[0] != census_round:
+            return summary
+        out.write(f"census after round {rounds[0]}: VmHWM so far {hwm()}\n")
+        frozen = gc.get_freeze_count()  # the daemon froze what it made at start-up: count that too
+        gc.unfreeze()
+        everything = gc.get_objects()
+        by_type: collections.Counter[str] = collections.Counter()
+        sizes: collections.Counter[str] = collections.Counter()
+        big = []
+        for obj in everything:
+            name = type(obj).__qualname__
+            by_type[name] += 1
+            sizes[name] += _sys.getsizeof(obj)
+            if isinstance(obj, (dict, list, set, tuple, collections.deque)) and len(obj) > 20_000:
+                big.append(obj)
+        for name, size in sizes.most_common(30):
+            out.write(f"  {size / 2**20:8.2f} MiB {by_type[name]:9d}  {name}\n")
+        out.write(f"  big containers ({len(big)}):\n")
+        for obj in sorted(big, key=_sys.getsizeof, reverse=True):
+            out.write(f"  {_sys.getsizeof(obj) / 2**20:8.2f} MiB {len(obj):9d}  {type(obj).__qualname__}"
+                      f" held by {owner(obj, everything)}\n")
+        del everything, big
+        gc.freeze()  # (now with what came since: the census ends a measurement)
+        out.write(f"census done ({frozen} objects were frozen): VmHWM {hwm()}\n")
+        return summary
+
+    Poller.poll_round = poll_round  # type: ignore[method-assign]
+
+
 PATCHES = {
     "memory-probe": patch_memory_probe,
+    "census": patch_census,
     "trace-latency": patch_trace_latency,
     "trace-stalls": patch_trace_stalls,
     "relay-serial": patch_relay_serial,

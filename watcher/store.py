@@ -178,13 +178,14 @@ class StateStore:
         self,
         path: Path,
         outbox_limit: int = 1_000_000,
-        outbox_memory_limit: int = 50_000,
+        outbox_memory_limit: int = 10_000,
         checkpoint_period_s: float = CHECKPOINT_PERIOD_S,
         hot_keys: int = 10_000,
     ) -> None:
         self.path = path
         self.outbox_limit = outbox_limit
-        # Committed events kept in memory for the relay, at most; beyond it the relay reads the table.
+        # Committed events kept in memory for the relay, at most; beyond it the relay reads the table. An
+        # event costs ~1.1 KB in memory: while Kafka lags, 10,000 of them are ~11 MiB (50,000 were ~53).
         self.outbox_memory_limit = outbox_memory_limit
         # Events staged or in the outbox, and not yet acknowledged by Kafka.
         self.outbox_depth = 0
