@@ -21,6 +21,8 @@ PATCHES is a comma-separated list (or "none"):
   memory-probe   a thread samples the process every 0.5 s; at each new high of RSS it writes RSS (anon,
                  file), glibc's heap (mallinfo2: in use, free, mmapped), pymalloc's blocks, and the
                  store's outbox in memory, write queue and keys held (in $BENCH_MEMORY_FILE); cheap
+  outbox-memory  the store keeps at most $BENCH_OUTBOX_MEMORY events of the outbox in memory for the
+                 relay (the default before the eleventh pass was 50,000; for comparison)
   census         after poll round $BENCH_CENSUS_ROUND (default 2): VmHWM so far, then the objects the
                  garbage collector tracks, by type (count, bytes), and each container of over 20,000
                  items with what holds it (in $BENCH_MEMORY_FILE); a few seconds, and its own lists
@@ -356,8 +358,24 @@ def patch_census() -> None:
     Poller.poll_round = poll_round  # type: ignore[method-assign]
 
 
+def patch_outbox_memory() -> None:
+    """The store's bound of committed events held in memory for the relay, from $BENCH_OUTBOX_MEMORY."""
+    import os
+
+    from watcher.store import StateStore
+
+    limit = int(os.environ["BENCH_OUTBOX_MEMORY"])
+    real_init = StateStore.__init__
+
+    def init(self: StateStore, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **{**kwargs, "outbox_memory_limit": limit})
+
+    StateStore.__init__ = init  # type: ignore[method-assign]
+
+
 PATCHES = {
     "memory-probe": patch_memory_probe,
+    "outbox-memory": patch_outbox_memory,
     "census": patch_census,
     "trace-latency": patch_trace_latency,
     "trace-stalls": patch_trace_stalls,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -50,7 +52,8 @@ from common import (
 
 def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str, profile: bool,
             floor_threads: bool = True, signing_threads: int | None = None,
-            floor: dict[str, Any] | None = None, patches: Sequence[str] = ()) -> dict[str, Any]:
+            floor: dict[str, Any] | None = None, patches: Sequence[str] = (),
+            broker_pause: float = 0.0) -> dict[str, Any]:
     variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
     sandbox = env.sandbox(accounts, tick)
     # The sandbox shares the two cores: its CPU per request says how much of them is left for us.
@@ -71,7 +74,8 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             floor_threads_result = asyncio.run(signed_floor(urls, key, sign_in_threads=2))
         folder = env.folder(f"per-account-{accounts}" + (f"-{variant}" if variant else ""))
         port = free_port()
-        broker_cpu = CpuSampler(env.fresh_broker().process.pid).__enter__()
+        broker = env.fresh_broker()
+        broker_cpu = CpuSampler(broker.process.pid).__enter__()
         config, _topics = write_config(
             folder, env,
             mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64),
@@ -93,6 +97,15 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                     time.sleep(0.05)
             published = PublishedSampler(daemon)
             lines = daemon.wait_for_rounds(1, timeout=3600)
+            if broker_pause:
+                # Kafka lagging: the broker stopped (SIGSTOP) for a while after the first round, while
+                # the daemon polls on and its outbox grows; then it answers again and the relay catches up.
+                log(f"N={accounts}: broker paused for {broker_pause:.0f} s")
+                os.kill(broker.process.pid, signal.SIGSTOP)
+                try:
+                    time.sleep(broker_pause)
+                finally:
+                    os.kill(broker.process.pid, signal.SIGCONT)
             if profile:
                 # The steady rounds: from now for about one round's duration.
                 duration = float(lines[0]["duration_ms"]) / 1000
@@ -180,6 +193,8 @@ def main() -> int:
                              "repeatable: one extra run each)")
     parser.add_argument("--patches", default="",
                         help="patched_daemon.py patches for the daemon, comma-separated")
+    parser.add_argument("--broker-pause", type=float, default=0.0,
+                        help="stop the broker for this many seconds after the first round (Kafka lagging)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     patches = [name for name in args.patches.split(",") if name]
@@ -187,11 +202,12 @@ def main() -> int:
         results = []
         for n in args.accounts:
             results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
-                                   profile=args.profile, patches=patches))
+                                   profile=args.profile, patches=patches, broker_pause=args.broker_pause))
             for threads in args.signing_threads:
                 results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
                                        profile=args.profile, floor_threads=False, signing_threads=threads,
-                                       floor=results[-1]["floor"], patches=patches))
+                                       floor=results[-1]["floor"], patches=patches,
+                                       broker_pause=args.broker_pause))
     dump({"per_account": results}, args.out)
     for r in results:
         label = r["variant"] or "as is"
