@@ -147,6 +147,14 @@ class AlertRecords:
         """How many states are pending or firing, by (rule, severity, status), read-only."""
         return MappingProxyType(self._counts)
 
+    def put_on_disk(self, key: BalanceKey, active: AlertState | None = None) -> None:
+        """Hold `key` for a state that is durable and was not kept (the store's load at open); an active
+        one is given, to be indexed and counted, and is not kept either."""
+        self._by_key[key] = ON_DISK
+        if active is not None:
+            self._active[key] = None
+            self._count(active, 1)
+
     def pack(self, key: BalanceKey) -> None:
         """Keep the state of `key` packed, when it is its only one (and can be packed exactly)."""
         pack_entry(self._by_key, key, AlertState, pack_alert)

@@ -42,6 +42,7 @@ from typing import Any
 import structlog
 
 from rules.types import (
+    ACTIVE_STATUSES,
     WHOLE_SOURCE,
     AlertState,
     BalanceKey,
@@ -289,14 +290,14 @@ class StateStore:
             else:
                 known.put(key, known_of(row, share, moment, share))
         alerts = AlertRecords(hot=self._hot, load=disk.alerts)
-        polled_alone: set[BalanceKey] = set()
         for row in db.execute(f"SELECT {ALERT_COLUMNS} FROM alerts"):
             key = BalanceKey(share(row[2]), row[3], share(row[4]))
-            alerts.put(alert_of(row, key, share, moment))
-            if _may_leave_memory(key, freshness):
-                polled_alone.add(key)
-        for key in polled_alone:  # once every state of the key is in
-            alerts.let_go(key)
+            if not _may_leave_memory(key, freshness):
+                alerts.put(alert_of(row, key, share, moment))
+            elif row[5] in ACTIVE_STATUSES:  # converted to be counted, not kept
+                alerts.put_on_disk(key, alert_of(row, key, share, moment))
+            else:
+                alerts.put_on_disk(key)
         depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
         used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         last_seq = max(last or 0, used[0] if used else 0)
