@@ -43,6 +43,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def self_status(*fields: str) -> dict[str, int]:
+    """These fields of /proc/self/status, in KiB (or a count: Threads). The daemon's own reading of what
+    bench/common.py's `proc_status` reads from outside: importing that module would add its imports to the
+    memory measured."""
+    with open("/proc/self/status") as lines:
+        return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith(fields)}
+
+
 def patch_trace_latency() -> None:
     """Append `ce_id ce_time ack_wall_time` to $BENCH_LATENCY_FILE for every record Kafka acknowledges:
     the producer's per-record delivery future resolves when the broker's acks=all answer arrives."""
@@ -215,18 +223,13 @@ def patch_trace_memory() -> None:
     out = open(os.environ["BENCH_MEMORY_FILE"], "a", buffering=1)  # noqa: SIM115
     real_round = Poller.poll_round
 
-    def proc_status() -> dict[str, str]:
-        with open("/proc/self/status") as lines:
-            return {line.split(":")[0]: line.split()[1] for line in lines
-                    if line.startswith(("VmRSS", "VmHWM"))}
-
     async def poll_round(self: Poller) -> Any:
         summary = await real_round(self)
         current, peak = tracemalloc.get_traced_memory()
-        status = proc_status()
+        status = self_status("VmRSS", "VmHWM")
         out.write(f"round of {summary.source}: {summary.calls} calls, traced {current / 2**20:.1f} MiB alive,"
-                  f" peak {peak / 2**20:.1f} MiB; VmRSS {int(status['VmRSS']) / 1024:.1f} MiB,"
-                  f" VmHWM {int(status['VmHWM']) / 1024:.1f} MiB\n")
+                  f" peak {peak / 2**20:.1f} MiB; VmRSS {status['VmRSS'] / 1024:.1f} MiB,"
+                  f" VmHWM {status['VmHWM'] / 1024:.1f} MiB\n")
         for stat in tracemalloc.take_snapshot().statistics("lineno")[:30]:
             frame = stat.traceback[0]
             out.write(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d}  {frame.filename}:{frame.lineno}\n")
@@ -264,17 +267,12 @@ def patch_memory_probe() -> None:
 
     StateStore.__init__ = init  # type: ignore[method-assign]
 
-    def status() -> dict[str, int]:
-        with open("/proc/self/status") as lines:
-            return {line.split(":")[0]: int(line.split()[1]) for line in lines
-                    if line.startswith(("VmRSS", "RssAnon", "RssFile", "Threads"))}
-
     def sample() -> None:
         high = 0
         started = _time.time()
         while True:
             _time.sleep(0.5)
-            now = status()
+            now = self_status("VmRSS", "RssAnon", "RssFile", "Threads")
             if now["VmRSS"] < high + 2048:
                 continue
             high = now["VmRSS"]
@@ -310,8 +308,7 @@ def patch_census() -> None:
     rounds = [0]
 
     def hwm() -> str:
-        with open("/proc/self/status") as lines:
-            return next(line.split(":")[1].strip() for line in lines if line.startswith("VmHWM"))
+        return f"{self_status('VmHWM')['VmHWM']} kB"
 
     def owner(container: object, everything: list[object]) -> str:
         names = []
