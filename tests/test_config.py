@@ -211,6 +211,8 @@ def test_performance_settings_are_read_and_overridable(
         (MC + 'max_listing_bytes = "256MiB"\n', "(mc).max_listing_bytes: Input should be a valid"),
         ('[kafka]\ncompression_type = "brotli"\n', "kafka.compression_type: Input should be 'zstd', 'lz4'"),
         ("[kafka]\ncompression_type = false\n", "kafka.compression_type: Input should be 'zstd'"),
+        ("[kafka]\nlinger_ms = -1\n", "kafka.linger_ms: Input should be greater than or equal to 0"),
+        ("[kafka]\nlinger_ms = 5000\n", "kafka.linger_ms: Input should be less than or equal to 1000"),
     ],
 )
 def test_bad_performance_settings_name_the_key(tmp_path: Path, text: str, expected: str) -> None:

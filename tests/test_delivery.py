@@ -78,6 +78,17 @@ async def test_relay_publishes_the_outbox_in_order_and_empties_it(
     await store.close()
 
 
+@pytest.mark.parametrize(("settings", "linger_s"), [({}, 0.0), ({"linger_ms": 20}, 0.02)])
+async def test_producer_lingers_as_configured(settings: dict[str, int], linger_s: float) -> None:
+    """A batch waits `kafka.linger_ms` for more records before it is sent, by default not at all: under
+    load batches form while a request is in flight, and a wait would only delay every acknowledgement."""
+    producer = build_producer(KafkaConfig(**settings))  # type: ignore[arg-type]
+    try:
+        assert producer._message_accumulator._linger_time == linger_s
+    finally:
+        await producer.stop()
+
+
 @pytest.mark.parametrize("codec", ["zstd", "lz4", "snappy", "gzip", "none"])
 async def test_events_arrive_whole_with_every_compression(
     tmp_path: Path, kafka_broker: Broker, codec: str

@@ -141,6 +141,10 @@ class KafkaConfig(_Strict):
     # few events to hundreds) on the wire and on the brokers' disks, for 1-3 us per event in batches of
     # a few (gzip: 30-150 us there). Every consumer must know the codec (zstd: Kafka 2.1 and its clients on).
     compression_type: Literal["zstd", "lz4", "snappy", "gzip", "none"] = "zstd"
+    # How long a batch waits for more records before it is sent. Batches form without waiting: the
+    # relay hands events over by the hundred, and the producer keeps one request in flight per broker
+    # while the next batch fills. A wait only delays the acknowledgement (bench/README.md, item 59).
+    linger_ms: int = Field(default=0, ge=0, le=1000)
     # TLS / SASL, named as aiokafka names them.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     ssl_cafile: Path | None = None

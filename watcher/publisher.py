@@ -51,7 +51,7 @@ def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
         **kafka_client_options(config),
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=config.linger_ms,
         max_batch_size=config.max_batch_bytes,
         compression_type=None if config.compression_type == "none" else config.compression_type,
     )
