@@ -23,7 +23,8 @@ PATCHES is a comma-separated list (or "none"):
                  store's outbox in memory, write queue and keys held (in $BENCH_MEMORY_FILE); cheap
   outbox-memory  the store keeps at most $BENCH_OUTBOX_MEMORY events of the outbox in memory for the
                  relay (the default before the eleventh pass was 50,000; for comparison)
-  linger         the producer's linger_ms from $BENCH_LINGER_MS (the daemon's is 5; an experiment)
+  linger         the producer's linger_ms from $BENCH_LINGER_MS (`kafka.linger_ms`: 0 by default since
+                 the twelfth pass, a fixed 5 before; for comparison)
   census         after poll round $BENCH_CENSUS_ROUND (default 2): VmHWM so far, then the objects the
                  garbage collector tracks, by type (count, bytes), and each container of over 20,000
                  items with what holds it (in $BENCH_MEMORY_FILE); a few seconds, and its own lists

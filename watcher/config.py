@@ -142,8 +142,9 @@ class KafkaConfig(_Strict):
     # a few (gzip: 30-150 us there). Every consumer must know the codec (zstd: Kafka 2.1 and its clients on).
     compression_type: Literal["zstd", "lz4", "snappy", "gzip", "none"] = "zstd"
     # How long a batch waits for more records before it is sent. Batches form without waiting: the
-    # relay hands events over by the hundred, and the producer keeps one request in flight per broker
-    # while the next batch fills. A wait only delays the acknowledgement (bench/README.md, item 59).
+    # relay hands over every event committed so far at once, and the producer keeps one request in
+    # flight per broker while the next batch fills. A wait only delays the acknowledgement (bench/README.md,
+    # item 59).
     linger_ms: int = Field(default=0, ge=0, le=1000)
     # TLS / SASL, named as aiokafka names them.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
