@@ -13,10 +13,12 @@ from collections.abc import Callable, Collection, Iterable, KeysView, Mapping, S
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
+from typing import cast
 
 from rules.annotations import render_annotations
 from rules.compiled import CompiledRules, compile_rules
 from rules.durations import format_duration
+from rules.first_listed import FirstListedRecords
 from rules.lifecycle import AlertTransition, Settled, settle, step
 from rules.model import Rule
 from rules.types import WHOLE_SOURCE, AlertState, BalanceKey, Freshness, PollOutcome, subject_key
@@ -33,7 +35,7 @@ ListedOf = Callable[[str], Collection[str]]
 class PollAssessment:
     """What one poll's outcome leads to: freshness records, alert states to store, transitions to publish."""
 
-    freshness: tuple[Freshness, ...]
+    freshness: Sequence[Freshness]  # a tuple, or rules.first_listed's records after a first listing
     transitions: tuple[AlertTransition, ...]
     alerts: tuple[AlertState, ...]
 
@@ -201,7 +203,9 @@ def assess_poll(
     source = outcome.source
     stored = resolving(freshness_of)
     as_listing = ok and outcome.listing and listed_of is not None and active_keys is not None
-    records: list[Freshness] = []
+    # A record, or the key of an account first seen in this listing, whose record is made when read.
+    records: list[Freshness | BalanceKey] = []
+    first_listed = False
     subjects = [subject_key(source)]
     make_subject = subject_of if subject_of is not None else partial(subject_key, source)
     accounts = outcome.accounts
@@ -222,6 +226,7 @@ def assess_poll(
     stepped: list[tuple[Rule, AlertState | None, AlertState]] = []
     for subject in subjects:
         previous = stored(subject)
+        record: Freshness | None = None
         if (
             ok
             and not as_listing
@@ -234,10 +239,16 @@ def assess_poll(
         ):
             # Answered again, soon after a stored success: nothing to store. (Its stale alerts, if any,
             # still resolve below: a reload may have made one fire in between.)
-            record = None
+            storing = False
+        elif as_listing and previous is None and subject.account != WHOLE_SOURCE:
+            # First seen in this listing: `Freshness(subject, at, at, listed=True)`, made when read, not
+            # held for each of 100,000 accounts until the store has written them (rules.first_listed).
+            records.append(subject)
+            first_listed = storing = True
         else:
             record = _refreshed(outcome, previous, subject, listed=as_listing)
-            if ok or record != previous:
+            storing = ok or record != previous
+            if storing:
                 records.append(record)
         if not has_stale_rules:
             continue
@@ -254,11 +265,11 @@ def assess_poll(
                 state.active
                 and state.key == subject
                 and _resolve_stale(compiled, state, at, stepped)
-                and record is None
+                and not storing
             ):
                 # A transition names the last success: this one, so store it too.
-                record = _refreshed(outcome, previous, subject, listed=False)
-                records.append(record)
+                records.append(_refreshed(outcome, previous, subject, listed=False))
+                storing = True
     if as_listing and has_stale_rules:
         # The stale alerts of accounts listed again (no record visited above) resolve too.
         assert active_keys is not None
@@ -274,16 +285,19 @@ def assess_poll(
                 for state in found.values() if found else ():
                     if state.active:
                         _resolve_stale(compiled, state, at, stepped)
+    freshness: Sequence[Freshness] = (
+        FirstListedRecords(records, at) if first_listed else tuple(cast("list[Freshness]", records))
+    )
     if not stepped:
-        return PollAssessment(tuple(records), (), ())
+        return PollAssessment(freshness, (), ())
     settled = _settle(compiled, stepped, at, alerts_of)
-    by_subject = {record.subject: record for record in records}
+    by_subject = {record.subject: record for record in freshness}
     # As stored once this call's records are: a transition names the last success they hold.
     current = resolving(lambda subject: by_subject.get(subject) or freshness_of(subject))
     transitions = tuple(
         stale_transition(s, at, current(s.after.key)) for s in settled if s.status is not None
     )
-    return PollAssessment(tuple(records), transitions, tuple(s.after for s in settled if s.changed))
+    return PollAssessment(freshness, transitions, tuple(s.after for s in settled if s.changed))
 
 
 def _resolve_stale(

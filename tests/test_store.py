@@ -342,16 +342,24 @@ async def test_outbox_batches_stay_in_order_across_restart_and_memory_overflow(t
         assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
 
 
-async def test_listing_freshness_and_the_listed_index_survive_reopen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held_by_key", [False, True])
+async def test_listing_freshness_and_the_listed_index_survive_reopen(
+    tmp_path: Path, held_by_key: bool
+) -> None:
     """A source's `last_listing_at` and its accounts' `listed` flags read back equal after a restart, and
-    the index of listed accounts is rebuilt from them (an unlisted record leaves it)."""
+    the index of listed accounts is rebuilt from them (an unlisted record leaves it); the same when a first
+    listing's records come held by key (rules.first_listed), as `assess_poll` gives them."""
+    from rules.first_listed import FirstListedRecords
     from rules.types import Freshness
 
     store = StateStore(tmp_path / "s.db")
     await store.open()
     whole = Freshness(BalanceKey("mc", "*"), T0, T0, last_listing_at=T0)
     listed = [Freshness(BalanceKey("mc", a), T0, T0, listed=True) for a in ("a", "b")]
-    await store.commit(StateUpdate([], [], freshness=[whole, *listed]))
+    records = (FirstListedRecords([whole, *(r.subject for r in listed)], T0) if held_by_key
+               else [whole, *listed])
+    await store.commit(StateUpdate([], [], freshness=records))
+    assert set(store.listed_accounts("mc")) == {"a", "b"}
     await store.commit(StateUpdate([], [], freshness=[Freshness(BalanceKey("mc", "b"), T0, T0)]))
     assert set(store.listed_accounts("mc")) == {"a"}
     await store.close()

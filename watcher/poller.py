@@ -446,7 +446,7 @@ class Poller:
                 alerts.extend(assessment.alerts)
             if assessment.change is not None or assessment.transitions:
                 events.extend(events_of(assessment))
-        freshness: tuple[Freshness, ...] = ()
+        freshness: Sequence[Freshness] = ()
         if staleness and rules.has_stale_rules:
             outcome, subject_of = self._poll_outcome(result)
             stale = assess_poll(
