@@ -23,8 +23,6 @@ PATCHES is a comma-separated list (or "none"):
                  store's outbox in memory, write queue and keys held (in $BENCH_MEMORY_FILE); cheap
   outbox-memory  the store keeps at most $BENCH_OUTBOX_MEMORY events of the outbox in memory for the
                  relay (the default before the eleventh pass was 50,000; for comparison)
-  linger         the producer's linger_ms from $BENCH_LINGER_MS (`kafka.linger_ms`: 0 by default since
-                 the twelfth pass, a fixed 5 before; for comparison)
   census         after poll round $BENCH_CENSUS_ROUND (default 2): VmHWM so far, then the objects the
                  garbage collector tracks, by type (count, bytes), and each container of over 20,000
                  items with what holds it (in $BENCH_MEMORY_FILE); a few seconds, and its own lists
@@ -33,7 +31,8 @@ PATCHES is a comma-separated list (or "none"):
 The patches this script carried before (sign-threads, sync-normal, unlocked, listing-limit,
 no-checkpoint) measured changes that are now made in watcher/ itself: `[signing] threads`, the group
 commit with synchronous=NORMAL, the source's `max_listing_bytes`, and checkpoints off the commit path
-(see bench/README.md).
+(see bench/README.md). A setting the daemon reads needs no patch: its environment overrides the config
+file (`BALANCE_WATCHER_KAFKA__LINGER_MS=5`, say), and the benchmarks pass their environment on.
 """
 
 from __future__ import annotations
@@ -372,23 +371,7 @@ def patch_outbox_memory() -> None:
     StateStore.__init__ = init  # type: ignore[method-assign]
 
 
-def patch_linger() -> None:
-    """The producer's linger_ms from $BENCH_LINGER_MS: how long a batch waits for more records."""
-    import os
-
-    import watcher.publisher
-
-    linger_ms = int(os.environ["BENCH_LINGER_MS"])
-    real_producer = watcher.publisher.AIOKafkaProducer
-
-    def producer(**kwargs: Any) -> Any:
-        return real_producer(**{**kwargs, "linger_ms": linger_ms})
-
-    watcher.publisher.AIOKafkaProducer = producer  # type: ignore[misc,assignment]
-
-
 PATCHES = {
-    "linger": patch_linger,
     "memory-probe": patch_memory_probe,
     "outbox-memory": patch_outbox_memory,
     "census": patch_census,

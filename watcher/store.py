@@ -294,10 +294,9 @@ class StateStore:
             key = BalanceKey(share(row[2]), row[3], share(row[4]))
             if not _may_leave_memory(key, freshness):
                 alerts.put(alert_of(row, key, share, moment))
-            elif row[5] in ACTIVE_STATUSES:  # converted to be counted, not kept
-                alerts.put_on_disk(key, alert_of(row, key, share, moment))
-            else:
-                alerts.put_on_disk(key)
+            else:  # an active state is converted to be counted, not kept
+                active = row[5] in ACTIVE_STATUSES
+                alerts.put_on_disk(key, alert_of(row, key, share, moment) if active else None)
         depth, first, last = db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox").fetchone()
         used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         last_seq = max(last or 0, used[0] if used else 0)
