@@ -1,23 +1,28 @@
-"""The composition root owns the signing pool: it builds it from `[signing] threads`, hands it to every
-Mastercard source (also those a reload builds), and shuts it down when the components close. It also
-gives those sources the folder where they spool a large listing body."""
+"""The composition root owns the signer: it builds the threads or processes `[signing]` asks for, hands
+them to every Mastercard source (also those a reload builds), and shuts them down when the components
+close. It also gives those sources the folder where they spool a large listing body."""
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from watcher.app import open_components
+from tests.test_sources_http import verify_oauth
+from watcher import sign_process
+from watcher.app import StartupError, open_components
 from watcher.config import MastercardSendConfig, Settings
 from watcher.devkeys import DevKey
 from watcher.events import Event
+from watcher.sign_process import SigningProcesses
+from watcher.signing import ThreadSigner
 from watcher.sources.mastercard import MastercardSendSource
 
 
-def settings(tmp_path: Path, dev_key: DevKey, threads: int | None) -> Settings:
+def settings(tmp_path: Path, dev_key: DevKey, threads: int | None, processes: int | None = None) -> Settings:
     source: dict[str, Any] = {
         "type": "mastercard-send", "name": "mc", "base_url": "http://127.0.0.1:9/send", "partner_id": "p",
         "consumer_key": "ck", "signing_key_path": str(dev_key.p12_path),
@@ -26,6 +31,8 @@ def settings(tmp_path: Path, dev_key: DevKey, threads: int | None) -> Settings:
     data: dict[str, Any] = {"state": {"path": str(tmp_path / "state.db")}, "sources": [source]}
     if threads is not None:
         data["signing"] = {"threads": threads}
+    if processes is not None:
+        data["signing"] = {"processes": processes}
     return Settings(**data)
 
 
@@ -41,33 +48,70 @@ async def test_pool_is_built_shared_and_shut_down(
     sign on it; after the components close it takes no more work."""
     async with open_components(settings(tmp_path, dev_key, threads), [], publish=False,
                                on_event=_ignore) as components:
-        pool = components.sign_pool
+        signer = components.signer
+        assert isinstance(signer, ThreadSigner)
+        pool = signer.pool
         assert isinstance(pool, ThreadPoolExecutor)
         assert pool._max_workers == expected
         (poller,) = components.pollers
         assert isinstance(poller.source, MastercardSendSource)
-        assert poller.source._sign_pool is pool
+        assert poller.source._signer is signer
         cfg = components.settings.sources[0]
         assert isinstance(cfg, MastercardSendConfig)
         rebuilt = components.make_source(cfg, poller.source._key)
         assert isinstance(rebuilt, MastercardSendSource)
-        assert rebuilt._sign_pool is pool
+        assert rebuilt._signer is signer
         assert pool.submit(lambda: 42).result() == 42
     with pytest.raises(RuntimeError, match="shutdown"):
         pool.submit(lambda: 42)
+
+
+async def test_signing_processes_are_started_shared_and_closed(tmp_path: Path, dev_key: DevKey) -> None:
+    """`[signing] processes = 2`: two processes run before the first poll; the sources, and a source built
+    for a reload, sign through them with their own key; after the components close they have exited."""
+    async with open_components(settings(tmp_path, dev_key, None, processes=2), [], publish=False,
+                               on_event=_ignore) as components:
+        signer = components.signer
+        assert isinstance(signer, SigningProcesses)
+        children = [child for child in signer._children if child is not None and child.alive]
+        assert len(children) == 2
+        (poller,) = components.pollers
+        assert isinstance(poller.source, MastercardSendSource)
+        assert poller.source._signer is signer
+        cfg = components.settings.sources[0]
+        assert isinstance(cfg, MastercardSendConfig)
+        rebuilt = components.make_source(cfg, poller.source._key)
+        assert isinstance(rebuilt, MastercardSendSource)
+        assert rebuilt._signer is signer
+        url = rebuilt.url_for("t")
+        header = await rebuilt._authorization(url)
+        verify_oauth(header, "GET", url, rebuilt._key.public_key())
+    assert all(child.transport is not None and child.transport.get_returncode() == 0 for child in children)
+
+
+async def test_signing_processes_that_cannot_start_stop_the_start(
+    tmp_path: Path, dev_key: DevKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signing process that cannot start is a StartupError saying so, before any poll."""
+    monkeypatch.setattr(sign_process, "WORKER", (sys.executable, "-c", "raise SystemExit(4)"))
+    with pytest.raises(StartupError, match=r"could not start: signing process \d+ exited with code 4"):
+        async with open_components(settings(tmp_path, dev_key, None, processes=1), [], publish=False,
+                                   on_event=_ignore):
+            pytest.fail("the components opened")
 
 
 @pytest.mark.parametrize("threads", [None, 0])
 async def test_zero_threads_sign_on_the_event_loop(
     tmp_path: Path, dev_key: DevKey, threads: int | None
 ) -> None:
-    """`[signing] threads = 0`, the default: no pool; the sources sign on the event loop."""
+    """`[signing] threads = 0` and no processes, the default: no signer; the sources sign on the event
+    loop."""
     async with open_components(settings(tmp_path, dev_key, threads), [], publish=False,
                                on_event=_ignore) as components:
-        assert components.sign_pool is None
+        assert components.signer is None
         (poller,) = components.pollers
         assert isinstance(poller.source, MastercardSendSource)
-        assert poller.source._sign_pool is None
+        assert poller.source._signer is None
 
 
 async def test_listings_spool_next_to_the_state_database(tmp_path: Path, dev_key: DevKey) -> None:

@@ -175,12 +175,12 @@ def test_performance_settings_have_safe_defaults(tmp_path: Path) -> None:
     body limit of 256 MiB (room for a listing of 100,000 accounts, about 37 MB as Mastercard indents
     it); the example config says the same."""
     settings = load_settings(write(tmp_path, MC))
-    assert settings.signing.threads == 0
+    assert settings.signing.threads == settings.signing.processes == 0
     source = settings.sources[0]
     assert isinstance(source, MastercardSendConfig)
     assert source.max_listing_bytes == 256 * 1024 * 1024
     example = load_settings(ROOT / "config.example.toml")
-    assert example.signing.threads == 0
+    assert example.signing.threads == example.signing.processes == 0
     assert settings.kafka.compression_type == example.kafka.compression_type == "zstd"
 
 
@@ -188,7 +188,7 @@ def test_performance_settings_are_read_and_overridable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`[signing] threads` (0 signs on the event loop) and a source's `max_listing_bytes` are read from
-    the file, and the environment overrides the thread count."""
+    the file, and the environment overrides the thread and process counts."""
     path = write(tmp_path, "[signing]\nthreads = 0\n" + MC + "max_listing_bytes = 1048576\n")
     settings = load_settings(path)
     assert settings.signing.threads == 0
@@ -197,6 +197,9 @@ def test_performance_settings_are_read_and_overridable(
     assert source.max_listing_bytes == 1024 * 1024
     monkeypatch.setenv("BALANCE_WATCHER_SIGNING__THREADS", "4")
     assert load_settings(path).signing.threads == 4
+    monkeypatch.setenv("BALANCE_WATCHER_SIGNING__THREADS", "0")
+    monkeypatch.setenv("BALANCE_WATCHER_SIGNING__PROCESSES", "2")
+    assert load_settings(path).signing.processes == 2
 
 
 @pytest.mark.parametrize(
@@ -206,6 +209,9 @@ def test_performance_settings_are_read_and_overridable(
         ("[signing]\nthreads = 65\n", "signing.threads: Input should be less than or equal to 64"),
         ('[signing]\nthreads = "many"\n', "signing.threads: Input should be a valid integer"),
         ("[signing]\npool = 2\n", "signing.pool: unknown key"),
+        ("[signing]\nprocesses = -1\n", "signing.processes: Input should be greater than or equal to 0"),
+        ("[signing]\nprocesses = 65\n", "signing.processes: Input should be less than or equal to 64"),
+        ("[signing]\nthreads = 2\nprocesses = 1\n", "set signing.threads or signing.processes, not both"),
         (MC + "max_listing_bytes = 1000\n", "(mc).max_listing_bytes: Input should be greater than"),
         (MC + "max_listing_bytes = 8589934592\n", "(mc).max_listing_bytes: Input should be less"),
         (MC + 'max_listing_bytes = "256MiB"\n', "(mc).max_listing_bytes: Input should be a valid"),
@@ -216,7 +222,8 @@ def test_performance_settings_are_read_and_overridable(
     ],
 )
 def test_bad_performance_settings_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
-    """Out-of-range or mistyped signing threads and listing limits are ConfigErrors naming the key."""
+    """Out-of-range or mistyped signing threads or processes (or both set) and listing limits are
+    ConfigErrors naming the key."""
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text))
     assert expected in str(info.value)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,7 +36,8 @@ from cryptography.x509.oid import NameOID
 from oauth1.oauth import OAuth
 
 from watcher.config import ConfigError, MastercardSendConfig, MyposPsd2Config
-from watcher.signing import authorization_header
+from watcher.sign_process import SigningProcesses
+from watcher.signing import ThreadSigner, authorization_header
 from watcher.sources import build_source, transport
 from watcher.sources.base import FetchResult
 from watcher.sources.mastercard import MastercardSendSource
@@ -560,7 +562,7 @@ async def test_mastercard_signs_on_the_pool_the_exact_url_sent(
     server.handler = flaky
     with RecordingPool() as pool:
         source = build_source(mc_config(server.base, non_card_tokens=[token], retries=2), session, key,
-                              sign_pool=pool)
+                              signer=ThreadSigner(pool))
         result = await source.fetch(token)
         assert result.outcome == "ok", result.error
         assert result.attempts == 2
@@ -578,7 +580,8 @@ async def test_mastercard_signs_on_the_pool_the_exact_url_sent(
 async def test_mastercard_without_a_pool_signs_on_the_event_loop(
     server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
 ) -> None:
-    """sign_pool None (`[signing] threads = 0`) signs in the event loop's thread; the request is the same."""
+    """No signer (`[signing]` threads and processes 0) signs in the event loop's thread; the request is
+    the same."""
     loop_thread = threading.current_thread().name
     signed_on: list[str] = []
 
@@ -597,6 +600,60 @@ async def test_mastercard_without_a_pool_signs_on_the_event_loop(
     verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())
 
 
+async def test_mastercard_signs_in_a_signing_process_the_exact_url_sent(
+    server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
+) -> None:
+    """With signing processes, each attempt (a retried 503 included) is signed by a child process, with a
+    fresh nonce, and verifies for exactly the URL the server received, odd token included."""
+    token = "tok:a/b?c%d e"
+    attempts: list[int] = []
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        attempts.append(1)
+        if len(attempts) == 1:
+            return web.Response(status=503)
+        return web.json_response({"account_balances": {"account_balance": {
+            "non_card_token": token, "balance": {"amount": "1", "currency": "GBP", "state": "IN_CREDIT"}}}})
+
+    server.handler = flaky
+    signer = SigningProcesses(1)
+    await signer.start()
+    try:
+        source = build_source(mc_config(server.base, non_card_tokens=[token], retries=2), session, key,
+                              signer=signer)
+        with pytest.MonkeyPatch.context() as patch:  # nothing is signed in this process
+            patch.setattr("watcher.sources.mastercard.authorization_header", None)
+            result = await source.fetch(token)
+    finally:
+        await signer.close()
+    assert result.outcome == "ok", result.error
+    assert result.attempts == 2
+    nonces = set()
+    for seen in server.seen:
+        assert seen.raw_path.endswith("/non-card-tokens/tok:a%2Fb%3Fc%25d%20e/account-balance")
+        verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())
+        nonces.add(oauth_params(seen.headers["Authorization"])["oauth_nonce"])
+    assert len(nonces) == 2
+
+
+async def test_a_call_that_cannot_be_signed_fails_without_a_request(
+    server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
+) -> None:
+    """When no signing process can start, the call fails at once (`bad_response`, "could not sign the
+    request", not retried) and nothing is sent."""
+    server.handler = answer((SEED / "mc_account_balance.json").read_bytes())
+    signer = SigningProcesses(1, command=[sys.executable, "-c", "raise SystemExit(5)"])
+    source = MastercardSendSource(mc_config(server.base, retries=3), session, key, signer=signer)
+    result = await source.fetch(TOKEN)
+    await signer.close()
+    assert result.outcome == "bad_response"
+    assert result.error is not None
+    assert result.error.startswith("could not sign the request: a signing process could not start")
+    assert "exited with code 5" in result.error
+    assert result.attempts == 1
+    assert server.seen == []
+
+
 async def test_many_calls_share_the_pool(
     server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
 ) -> None:
@@ -611,7 +668,7 @@ async def test_many_calls_share_the_pool(
     server.handler = echo
     with RecordingPool() as pool:
         source = MastercardSendSource(mc_config(server.base, non_card_tokens=tokens), session, key,
-                                      sign_pool=pool)
+                                      signer=ThreadSigner(pool))
         results = await asyncio.gather(*(source.fetch(t) for t in tokens))
         assert len(pool.threads) == 20
     assert [r.outcome for r in results] == ["ok"] * 20

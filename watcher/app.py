@@ -22,7 +22,8 @@ from watcher.metrics import Metrics
 from watcher.poller import EventDelivery, OutboxDelivery, Poller, PrintOnlyDelivery, RulesHolder
 from watcher.publisher import KafkaPublisher, build_producer
 from watcher.relay import OutboxRelay
-from watcher.signing import SigningKeyError, load_signing_key
+from watcher.sign_process import SigningError, SigningProcesses
+from watcher.signing import OffLoopSigner, SigningKeyError, ThreadSigner, load_signing_key
 from watcher.sources import build_source
 from watcher.sources.base import BalanceSource
 from watcher.store import StateStore
@@ -48,8 +49,8 @@ class Components:
     lock: asyncio.Lock
     # Builds a source like the ones above (same session, same ledger): for a config reload.
     make_source: Callable[[SourceConfig, RSAPrivateKey | None], BalanceSource]
-    # The threads that sign Mastercard requests off the event loop; None: `[signing] threads = 0`.
-    sign_pool: ThreadPoolExecutor | None = None
+    # What signs Mastercard requests off the event loop; None: on the loop (`[signing]`, both 0).
+    signer: OffLoopSigner | None = None
 
 
 async def load_signing_keys(
@@ -94,13 +95,23 @@ async def open_components(
             raise StartupError(f"cannot open the state store {settings.state.path}: {exc}") from None
         stack.push_async_callback(store.close)
 
-        # OAuth1 RSA signing, off the event loop. Threads start on first use; closed after the session
-        # (no request is signed any more then). Queued signatures are cancelled, the ones being computed
-        # (a millisecond each) are waited for.
-        sign_pool: ThreadPoolExecutor | None = None
+        # OAuth1 RSA signing, off the event loop. Threads start on first use; processes now, so that one
+        # that cannot start stops the daemon's start. Both are closed after the session (no request is
+        # signed any more then): queued signatures are cancelled, or answered by a closing process; the
+        # ones being computed (a millisecond each) are waited for.
+        signer: OffLoopSigner | None = None
         if settings.signing.threads > 0:
             sign_pool = ThreadPoolExecutor(settings.signing.threads, thread_name_prefix="oauth1-sign")
             stack.callback(sign_pool.shutdown, wait=True, cancel_futures=True)
+            signer = ThreadSigner(sign_pool)
+        elif settings.signing.processes > 0:
+            processes = SigningProcesses(settings.signing.processes)
+            stack.push_async_callback(processes.close)
+            try:
+                await processes.start()
+            except SigningError as exc:
+                raise StartupError(str(exc)) from None
+            signer = processes
 
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -141,7 +152,7 @@ async def open_components(
 
         def make_source(cfg: SourceConfig, key: RSAPrivateKey | None) -> BalanceSource:
             # The store is the PSD2 access ledger: the daily budget survives restarts and reloads.
-            return build_source(cfg, session, key, ledger=store, sign_pool=sign_pool, spool_dir=spool_dir)
+            return build_source(cfg, session, key, ledger=store, signer=signer, spool_dir=spool_dir)
 
         pollers = [
             Poller(make_source(cfg, keys.get(cfg.name)), store, delivery, holder, clock, lock)
@@ -155,5 +166,5 @@ async def open_components(
         for poller in pollers:
             poller.metrics = metrics
         yield Components(
-            settings, store, session, relay, holder, pollers, metrics, delivery, lock, make_source, sign_pool
+            settings, store, session, relay, holder, pollers, metrics, delivery, lock, make_source, signer
         )

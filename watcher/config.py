@@ -181,6 +181,14 @@ class SigningConfig(_Strict):
     # Threads that compute OAuth1 RSA signatures off the event loop (cryptography releases the GIL while
     # it signs); 0 signs on the event loop itself: measured faster unless the daemon has cores to spare.
     threads: int = Field(default=0, ge=0, le=64)
+    # Child processes that compute them instead (watcher.sign_process): off the loop and off its GIL.
+    processes: int = Field(default=0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SigningConfig:
+        if self.threads and self.processes:
+            raise ValueError("set signing.threads or signing.processes, not both")
+        return self
 
 
 class LoggingConfig(_Strict):

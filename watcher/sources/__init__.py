@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor
 from datetime import datetime
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from watcher.config import MastercardSendConfig, MyposPsd2Config
+from watcher.signing import OffLoopSigner
 from watcher.sources.base import BalanceSource
 from watcher.sources.budget import AccessLedger
 from watcher.sources.mastercard import MastercardSendSource
@@ -25,20 +25,20 @@ def build_source(
     *,
     clock: Callable[[], datetime] = utc_now,
     ledger: AccessLedger | None = None,
-    sign_pool: Executor | None = None,
+    signer: OffLoopSigner | None = None,
     spool_dir: Path | None = None,
 ) -> BalanceSource:
     """The adapter for one configured source. Mastercard needs its signing key, already loaded.
 
     `ledger` keeps a PSD2 source's access budget across restarts (the state store); without it the
-    budget is counted in memory only. `sign_pool` signs Mastercard requests off the event loop (None:
-    on the loop); the caller owns it and shuts it down. `spool_dir`: a disk-backed folder where a
+    budget is counted in memory only. `signer` signs Mastercard requests off the event loop (None: on
+    the loop); the caller owns it and shuts it down. `spool_dir`: a disk-backed folder where a
     Mastercard listing's large body is spooled while it is parsed (None: kept in memory).
     """
     if isinstance(config, MastercardSendConfig):
         if signing_key is None:
             raise ValueError(f"source {config.name!r}: a Mastercard Send source needs its signing key")
         return MastercardSendSource(
-            config, session, signing_key, clock=clock, sign_pool=sign_pool, spool_dir=spool_dir
+            config, session, signing_key, clock=clock, signer=signer, spool_dir=spool_dir
         )
     return MyposPsd2Source(config, session, clock=clock, ledger=ledger)

@@ -5,10 +5,8 @@ Parsing lives in watcher.sources.mastercard_parse; its public names are re-expor
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -18,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from rules.types import BalanceKey, KnownBalance, Observation
 from watcher.config import MastercardSendConfig
-from watcher.signing import authorization_header
+from watcher.signing import OffLoopSigner, SigningError, authorization_header
 from watcher.sources import transport
 from watcher.sources.base import FetchOutcome, FetchResult, ParseError
 from watcher.sources.body import Spool, whole
@@ -76,12 +74,13 @@ class MastercardSendSource:
         clock: Clock = transport.utc_now,
         *,
         guard: CallGuard | None = None,
-        sign_pool: Executor | None = None,
+        signer: OffLoopSigner | None = None,
         spool_dir: Path | None = None,
     ) -> None:
-        """`sign_pool`: the threads that compute the OAuth1 signatures (the composition root owns it and
-        shuts it down); None signs on the event loop. `spool_dir`: a disk-backed folder where a large
-        listing body is spooled while it is parsed (see watcher.sources.body); None keeps it in memory."""
+        """`signer`: the threads or processes that compute the OAuth1 signatures (the composition root
+        owns them and shuts them down); None signs on the event loop. `spool_dir`: a disk-backed folder
+        where a large listing body is spooled while it is parsed (see watcher.sources.body); None keeps
+        it in memory."""
         if any(not token for token in config.non_card_tokens):
             raise ValueError(f"source {config.name!r}: non_card_tokens contains an empty token")
         self._config = config
@@ -92,7 +91,7 @@ class MastercardSendSource:
         self._partner_url = f"{config.resolved_base_url}/v1/partners/{_segment(config.partner_id)}"
         self._timeouts = transport.Timeouts.of(config)
         self._guard = guard if guard is not None else CallGuard.of(config, clock)
-        self._sign_pool = sign_pool
+        self._signer = signer
         self._listing_keys = ListingKeys()
         # One key per configured account, taken by its every answer and its state (see ListingKeys).
         self._account_keys = ListingKeys.of_accounts(config.name, config.non_card_tokens)
@@ -121,19 +120,15 @@ class MastercardSendSource:
         return f"{self._partner_url}/non-card-tokens/{_segment(target)}/account-balance"
 
     async def _authorization(self, url: str) -> str:
-        """The OAuth1 `Authorization` header for a GET of `url`, signed on the pool when there is one.
+        """The OAuth1 `Authorization` header for a GET of `url`, signed by the signer when there is one.
 
-        RSA signing is CPU work (about 0.4 to 0.9 ms); `cryptography` releases the GIL while it runs,
-        so on the pool the event loop goes on receiving answers meanwhile, and two threads sign on two
-        cores at once.
+        RSA signing is CPU work (about 0.4 to 0.9 ms); with a signer the event loop goes on receiving
+        answers meanwhile.
         """
         consumer_key = self._config.consumer_key.get_secret_value()
-        if self._sign_pool is None:
+        if self._signer is None:
             return authorization_header(url, "GET", consumer_key, self._key)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._sign_pool, authorization_header, url, "GET", consumer_key, self._key
-        )
+        return await self._signer.authorization_header(url, "GET", consumer_key, self._key)
 
     def share_known(self, known: Callable[[BalanceKey], KnownBalance | None]) -> None:
         """An unchanged account takes the known Balance and description objects (see ListingKeys): the
@@ -154,7 +149,11 @@ class MastercardSendSource:
 
         async def send() -> transport.Response | transport.Failure:
             # Signed per attempt (a fresh nonce and timestamp), the very URL string that is sent.
-            headers = {"Accept": _ACCEPT[fmt], "Authorization": await self._authorization(url)}
+            try:
+                authorization = await self._authorization(url)
+            except (SigningError, ValueError) as exc:  # our side failed; the API saw nothing: no retry
+                return transport.Failure("bad_response", f"could not sign the request: {exc}")
+            headers = {"Accept": _ACCEPT[fmt], "Authorization": authorization}
             return await transport.get(
                 self._session, url, headers=headers, timeouts=self._timeouts, limit=limit, spool=spool
             )
