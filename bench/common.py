@@ -102,6 +102,21 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def signing_variants(threads: Sequence[int], processes: Sequence[int]) -> list[str]:
+    """The `--signing-threads` and `--signing-processes` of a benchmark, as `write_config`'s `signing`."""
+    return [f"threads={n}" for n in threads] + [f"processes={n}" for n in processes]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (the daemon's signing processes), from every one of its threads."""
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(child) for child in f.read().split()]
+    return children
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds."""
     user, system = cpu_split(pid)
@@ -119,11 +134,16 @@ class CpuSampler:
     """Samples a process's CPU seconds and RSS every `period` s, with wall time, on a thread; so CPU can be
     attributed to an interval of wall time (a poll round) read from the log afterwards."""
 
-    def __init__(self, pid: int, period: float = 0.05) -> None:
+    def __init__(self, pid: int, period: float = 0.05, *, children: bool = False) -> None:
+        """`children`: count the CPU of the processes `pid` starts too (the daemon's signing processes;
+        a child's last figure stays counted after it ends), and keep their summed peak RSS."""
         self.pid = pid
         self.period = period
         self.samples: list[tuple[float, float]] = []
         self.peak_rss_kib = 0
+        self.children = children
+        self.children_peak_rss_kib = 0
+        self._children_cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -142,11 +162,23 @@ class CpuSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append((time.time(), cpu_seconds(self.pid)))
+                cpu = cpu_seconds(self.pid)
                 self.peak_rss_kib = max(self.peak_rss_kib, proc_status(self.pid).get("VmHWM", 0))
             except (OSError, IndexError, ValueError):
                 return
+            if self.children:
+                cpu += self._sample_children()
+            self.samples.append((time.time(), cpu))
             self._stop.wait(self.period)
+
+    def _sample_children(self) -> float:
+        rss = 0
+        for child in child_pids(self.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                self._children_cpu[child] = cpu_seconds(child)
+                rss += proc_status(child).get("VmHWM", 0)
+        self.children_peak_rss_kib = max(self.children_peak_rss_kib, rss)
+        return sum(self._children_cpu.values())
 
     def cpu_at(self, wall: float) -> float:
         """CPU seconds at wall time `wall`, interpolated between samples."""
@@ -334,15 +366,17 @@ def write_config(
     metrics_port: int | None = None,
     rules: Path = RULES_FILE,
     topic_prefix: str | None = None,
-    signing_threads: int | None = None,
+    signing: str | None = None,
 ) -> tuple[Path, list[str]]:
-    """config.toml (and a copy of the rules) in `folder`; returns it and the two topics."""
+    """config.toml (and a copy of the rules) in `folder`; returns it and the two topics. `signing`:
+    "threads=N" or "processes=N", a `[signing]` setting (None: the daemon's default)."""
     shutil.copy(rules, folder / "rules.toml")
     prefix = re.sub(r"[^A-Za-z0-9._-]", "_", topic_prefix or folder.name)
     topics = [f"{prefix}-changes", f"{prefix}-alerts"]
     metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
-    if signing_threads is not None:  # else the daemon's default
-        metrics += f"[signing]\nthreads = {signing_threads}\n"
+    if signing is not None:  # else the daemon's default
+        name, _, count = signing.partition("=")
+        metrics += f"[signing]\n{name} = {int(count)}\n"
     config = folder / "config.toml"
     config.write_text(
         f"""
@@ -395,7 +429,8 @@ class Daemon:
         # over every line so far (one per poll: 200,000 at 100,000 accounts) cost the benchmark's own
         # process a third of a core, taken from the daemon it measures.
         self._rounds: list[dict[str, Any]] = []
-        self.sampler = CpuSampler(self.pid)
+        # The daemon's CPU includes its signing processes' (`[signing] processes`): their work is its work.
+        self.sampler = CpuSampler(self.pid, children=True)
         self.sampler.__enter__()
 
     @property
@@ -462,6 +497,10 @@ class Daemon:
             return proc_status(self.pid)["VmHWM"] / 1024
         except OSError:
             return self.sampler.peak_rss_kib / 1024
+
+    def signing_processes_peak_rss_mib(self) -> float:
+        """The daemon's children's peak RSS, summed (its signing processes); 0 without any."""
+        return self.sampler.children_peak_rss_kib / 1024
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)

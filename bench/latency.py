@@ -41,6 +41,7 @@ from common import (
     percentile,
     read_topics,
     round_window,
+    signing_variants,
     tokens,
     write_config,
 )
@@ -85,10 +86,10 @@ def stall_summary(path: Path, start: float, end: float) -> dict[str, Any]:
     }
 
 
-def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = None,
+def measure(env: Env, rate: int, seconds: float, signing: str | None = None,
             patch: str | None = None) -> dict[str, Any]:
     variant = " ".join(
-        ([] if signing_threads is None else [f"signing.threads={signing_threads}"])
+        ([] if signing is None else [f"signing.{signing}"])
         + ([f"patch {patch}"] if patch else [])
     )
     accounts = max(100, int(rate * seconds))
@@ -100,7 +101,7 @@ def measure(env: Env, rate: int, seconds: float, signing_threads: int | None = N
         source = mastercard_source(env, sandbox, accounts=tokens(accounts), interval="1s",
                                    max_concurrency=64, max_requests_per_second=rate)
         env.fresh_broker()
-        config, topics = write_config(folder, env, source, metrics_port=port, signing_threads=signing_threads)
+        config, topics = write_config(folder, env, source, metrics_port=port, signing=signing)
         log(f"latency at {rate} polls/s: {accounts} accounts, {variant or 'default settings'}")
         stalls = folder / "stalls.txt"
         patches = ("trace-latency", "trace-stalls", *([patch] if patch else []))
@@ -170,6 +171,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of one round")
     parser.add_argument("--signing-threads", type=int, action="append", default=[],
                         help="also run with [signing] threads = N (repeatable)")
+    parser.add_argument("--signing-processes", type=int, action="append", default=[],
+                        help="also run with [signing] processes = N (repeatable)")
     parser.add_argument("--patch", action="append", default=[],
                         help="also run with this bench/patched_daemon.py patch (repeatable)")
     parser.add_argument("--patch-signing-threads", type=int, default=None,
@@ -180,10 +183,12 @@ def main() -> int:
         results = []
         for rate in args.rates:
             results.append(measure(env, rate, args.seconds))
-            for threads in args.signing_threads:
-                results.append(measure(env, rate, args.seconds, threads))
+            for signing in signing_variants(args.signing_threads, args.signing_processes):
+                results.append(measure(env, rate, args.seconds, signing))
+            threads = args.patch_signing_threads
+            patch_signing = None if threads is None else f"threads={threads}"
             for patch in args.patch:
-                results.append(measure(env, rate, args.seconds, args.patch_signing_threads, patch=patch))
+                results.append(measure(env, rate, args.seconds, patch_signing, patch=patch))
     dump({"latency": results}, args.out)
     for r in results:
         a = r["ack_steady_round"]

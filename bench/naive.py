@@ -40,6 +40,7 @@ from common import (
     log,
     mastercard_source,
     round_window,
+    signing_variants,
     tokens,
     write_config,
 )
@@ -107,8 +108,8 @@ def naive_script(urls: list[str], key: Any, bootstrap: str, topic: str) -> dict[
 
 
 def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds: int = 3,
-            signing_threads: int | None = None) -> dict[str, Any]:
-    variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
+            signing: str | None = None) -> dict[str, Any]:
+    variant = "" if signing is None else f"signing.{signing}"
     sandbox = env.sandbox(accounts, 1.0)
     try:
         names = tokens(accounts)
@@ -125,7 +126,7 @@ def measure(env: Env, accounts: int, naive_accounts: int, latency: float, rounds
         source = mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64)
         env.fresh_broker()
         config, _topics = write_config(folder, env, source, metrics_port=port,
-                                       signing_threads=signing_threads)
+                                       signing=signing)
         daemon = Daemon(config, metrics_port=port)
         try:
             lines = daemon.wait_for_rounds(rounds, timeout=1800)[:rounds]
@@ -161,13 +162,15 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--signing-threads", type=int, action="append", default=[],
                         help="also run the daemon with [signing] threads = N (repeatable)")
+    parser.add_argument("--signing-processes", type=int, action="append", default=[],
+                        help="also run the daemon with [signing] processes = N (repeatable)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Env.start() as env:
         results = [measure(env, args.accounts, args.naive_accounts, args.latency)]
-        for threads in args.signing_threads:
+        for signing in signing_variants(args.signing_threads, args.signing_processes):
             results.append(measure(env, args.accounts, args.naive_accounts, args.latency,
-                                   signing_threads=threads))
+                                   signing=signing))
     dump({"naive": results}, args.out)
     for r in results:
         print(f"{r['latency_s'] * 1000:.0f} ms latency {r['variant'] or 'as is':<30}: naive "

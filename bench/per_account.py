@@ -43,6 +43,7 @@ from common import (
     mastercard_source,
     round_window,
     signed_floor,
+    signing_variants,
     start_profile,
     summarise_profile,
     tokens,
@@ -51,10 +52,10 @@ from common import (
 
 
 def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str, profile: bool,
-            floor_threads: bool = True, signing_threads: int | None = None,
+            floor_threads: bool = True, signing: str | None = None,
             floor: dict[str, Any] | None = None, patches: Sequence[str] = (),
             broker_pause: float = 0.0) -> dict[str, Any]:
-    variant = "" if signing_threads is None else f"signing.threads={signing_threads}"
+    variant = "" if signing is None else f"signing.{signing}"
     sandbox = env.sandbox(accounts, tick)
     # The sandbox shares the two cores: its CPU per request says how much of them is left for us.
     sandbox_cpu = CpuSampler(sandbox.process.pid).__enter__()
@@ -79,7 +80,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
         config, _topics = write_config(
             folder, env,
             mastercard_source(env, sandbox, accounts=names, interval="1s", max_concurrency=64),
-            log_level=log_level, metrics_port=port, signing_threads=signing_threads,
+            log_level=log_level, metrics_port=port, signing=signing,
         )
         log(f"N={accounts}: daemon, {rounds} rounds, {variant or 'as configured by default'}")
         daemon = Daemon(config, metrics_port=port, patches=patches)
@@ -162,6 +163,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                 "broker_cpu_s_per_1000_polls": round(
                     sum(r["broker_cpu_s_per_1000_polls"] for r in steady) / len(steady), 3),
                 "peak_rss_mib": round(peak_rss, 1),
+                "signing_processes_peak_rss_mib": round(daemon.signing_processes_peak_rss_mib(), 1),
             }
             if profiler is not None and prof_path.exists():
                 result["profile"] = summarise_profile(prof_path)
@@ -191,6 +193,8 @@ def main() -> int:
     parser.add_argument("--signing-threads", type=int, action="append", default=[],
                         help="also run the daemon with [signing] threads = N (0: sign on the event loop; "
                              "repeatable: one extra run each)")
+    parser.add_argument("--signing-processes", type=int, action="append", default=[],
+                        help="also run the daemon with [signing] processes = N (repeatable)")
     parser.add_argument("--patches", default="",
                         help="patched_daemon.py patches for the daemon, comma-separated")
     parser.add_argument("--broker-pause", type=float, default=0.0,
@@ -203,9 +207,9 @@ def main() -> int:
         for n in args.accounts:
             results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
                                    profile=args.profile, patches=patches, broker_pause=args.broker_pause))
-            for threads in args.signing_threads:
+            for signing in signing_variants(args.signing_threads, args.signing_processes):
                 results.append(measure(env, n, rounds=args.rounds, tick=args.tick, log_level=args.log_level,
-                                       profile=args.profile, floor_threads=False, signing_threads=threads,
+                                       profile=args.profile, floor_threads=False, signing=signing,
                                        floor=results[-1]["floor"], patches=patches,
                                        broker_pause=args.broker_pause))
     dump({"per_account": results}, args.out)
