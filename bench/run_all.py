@@ -24,10 +24,12 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results.json"
 CHART = BENCH / "results.png"
 OUT = BENCH / ".work" / "json"
-# Settings measured as experiments beside the defaults: signing on 2 threads instead of the event loop
-# (throughput), and on 1 thread (latency: the event loop's share of each poll without the signature).
-EXPERIMENT_SIGNING_THREADS = ["2"]
-LATENCY_EXPERIMENT_SIGNING_THREADS = ["1"]
+# Settings measured as experiments beside the defaults: signing on 2 threads or 1-2 processes instead of
+# the event loop (throughput), and on 1 thread or 1 process (latency: the event loop's share of each poll
+# without the signature); the naive comparison with 1 process too.
+EXPERIMENT_SIGNING = ["--signing-threads", "2", "--signing-processes", "1", "--signing-processes", "2"]
+LATENCY_EXPERIMENT_SIGNING = ["--signing-threads", "1", "--signing-processes", "1"]
+NAIVE_EXPERIMENT_SIGNING = ["--signing-processes", "1"]
 
 
 def run(script: str, *args: str) -> dict[str, Any]:
@@ -46,14 +48,13 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                                "machine": machine() | signing_cost()}
     results.update(run("per_account.py", "--accounts", *counts, "--profile"))
     if not args.no_experiments:
-        experiments = run("per_account.py", "--accounts", "1000", "--rounds", "3",
-                          *[a for n in EXPERIMENT_SIGNING_THREADS for a in ("--signing-threads", n)])
+        experiments = run("per_account.py", "--accounts", "1000", "--rounds", "3", *EXPERIMENT_SIGNING)
         results["experiments"] = experiments["per_account"]
     results.update(run("listing.py", "--accounts", listing_accounts, "--profile"))
-    latency_experiments = [] if args.no_experiments else [
-        a for n in LATENCY_EXPERIMENT_SIGNING_THREADS for a in ("--signing-threads", n)]
-    results.update(run("latency.py", "--rates", "250", "500", *latency_experiments))
-    results.update(run("naive.py"))
+    no_experiments = args.no_experiments
+    results.update(run("latency.py", "--rates", "250", "500",
+                       *([] if no_experiments else LATENCY_EXPERIMENT_SIGNING)))
+    results.update(run("naive.py", *([] if no_experiments else NAIVE_EXPERIMENT_SIGNING)))
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
 
@@ -121,7 +122,7 @@ def chart(results: dict[str, Any]) -> None:
     ax1.legend(fontsize=8)
 
     lat = results.get("latency", [])
-    for variant, style in (("", "b"), ("signing.threads=1", "g"), ("signing.threads=2", "m")):
+    for variant, style in (("", "b"), ("signing.threads=1", "g"), ("signing.processes=1", "m")):
         rows = [r for r in lat if r.get("variant", "") == variant]
         if rows:
             label = variant or "as is"
@@ -241,7 +242,7 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true")
-    parser.add_argument("--no-experiments", action="store_true", help="skip the patched-daemon experiments")
+    parser.add_argument("--no-experiments", action="store_true", help="skip the signing experiments")
     parser.add_argument("--report", action="store_true", help="redraw from bench/results.json only")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if args.report else collect(args)

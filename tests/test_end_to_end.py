@@ -6,7 +6,9 @@ Events are read back from the broker with aiokafka; nothing here is a fake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import time
 import uuid
@@ -298,6 +300,45 @@ async def test_sigterm_drains_a_slow_poll_then_exits_0(
     assert "draining poll rounds in flight" in events
     assert "daemon stopped" in events
     records = await read_topics(kafka_broker, ["slow-changes"])
+    assert [r.key for r in records] == [f"mc:{token}"]
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """The processes `pid` started, with their command lines."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                children.append((int(child), Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ")))
+    return children
+
+
+async def test_signing_processes_sign_and_stop_with_the_daemon(
+    kafka_broker: Broker, dev_key: DevKey, sandbox: SandboxProcess, tmp_path: Path,
+    start_daemon: Callable[[Path], DaemonProcess],
+) -> None:
+    """`[signing] processes = 1`: the sandbox accepts the process's signatures; SIGTERM sent to the daemon
+    and its signing process alike (as systemd does) while a poll is in flight: the poll finishes, its
+    event is published, the daemon exits 0, and no signing process is left."""
+    token = "non_card_token:slow-signed"
+    sandbox_post(sandbox, "faults", {"api": "mastercard", "account": token, "kind": "delay",
+                                     "delay_seconds": 3, "count": None})
+    sources = mastercard("mc", sandbox, dev_key, "SIGNED", "json", json.dumps([token]))
+    config = write_config(tmp_path, broker=kafka_broker, sources=sources, rules=RULES, topic_prefix="signed",
+                          top_level="[signing]\nprocesses = 1")
+    daemon = start_daemon(config)
+    _wait_for_event(daemon, "daemon started")
+    children = _children(daemon.process.pid)
+    assert len(children) == 1
+    assert "watcher.sign_worker" in children[0][1]
+    await asyncio.sleep(1.0)  # the first round is now waiting for the slow answer
+    for pid in (daemon.process.pid, children[0][0]):
+        os.kill(pid, signal.SIGTERM)
+    assert daemon.process.wait(30) == 0
+    assert not Path(f"/proc/{children[0][0]}").exists()  # noqa: ASYNC240 - /proc, not a disk
+    lines = daemon.lines()
+    assert [line["outcome"] for line in lines if line.get("event") == "poll"] == ["ok"]
+    records = await read_topics(kafka_broker, ["signed-changes"])
     assert [r.key for r in records] == [f"mc:{token}"]
 
 
