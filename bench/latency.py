@@ -175,6 +175,8 @@ def main() -> int:
                         help="also run with [signing] processes = N (repeatable)")
     parser.add_argument("--patch", action="append", default=[],
                         help="also run with this bench/patched_daemon.py patch (repeatable)")
+    parser.add_argument("--patch-signing-processes", type=int, default=None,
+                        help="the --patch runs with [signing] processes = N")
     parser.add_argument("--patch-signing-threads", type=int, default=None,
                         help="the --patch runs with [signing] threads = N")
     parser.add_argument("--out", type=Path)
@@ -185,8 +187,9 @@ def main() -> int:
             results.append(measure(env, rate, args.seconds))
             for signing in signing_variants(args.signing_threads, args.signing_processes):
                 results.append(measure(env, rate, args.seconds, signing))
-            threads = args.patch_signing_threads
-            patch_signing = None if threads is None else f"threads={threads}"
+            threads, processes = args.patch_signing_threads, args.patch_signing_processes
+            patch_signing = (f"threads={threads}" if threads is not None
+                             else f"processes={processes}" if processes is not None else None)
             for patch in args.patch:
                 results.append(measure(env, rate, args.seconds, patch_signing, patch=patch))
     dump({"latency": results}, args.out)

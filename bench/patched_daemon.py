@@ -15,6 +15,7 @@ PATCHES is a comma-separated list (or "none"):
   gc-young       gc.set_threshold(7000, 10, 10) (an experiment)
   switch-1ms     sys.setswitchinterval(0.001) (an experiment)
   write-inline   the group commit on the event loop, not in the store's thread (an experiment)
+  sign-nice      signing processes at nice $BENCH_SIGN_NICE (default 10) (an experiment)
   trace-memory   tracemalloc from the start; after each poll round, the memory traced (alive and peak
                  since the previous round), RSS, and the allocation sites holding the most (in
                  $BENCH_MEMORY_FILE); slows the daemon down two to three times
@@ -212,6 +213,17 @@ def patch_write_inline() -> None:
     StateStore._call = call  # type: ignore[method-assign]
 
 
+def patch_sign_nice() -> None:
+    """Signing processes (`[signing] processes`) at a lower priority, nice $BENCH_SIGN_NICE (default 10):
+    with both cores busy, the event loop's work on answers in hand goes before signing new requests."""
+    import os
+
+    from watcher import sign_process
+
+    niceness = os.environ.get("BENCH_SIGN_NICE", "10")
+    sign_process.WORKER = ("nice", "-n", niceness, *sign_process.WORKER)
+
+
 def patch_trace_memory() -> None:
     """What the daemon's memory is made of: after each poll round, tracemalloc's largest allocation sites
     still alive (by line), the traced total and its peak since the previous round, and VmRSS/VmHWM."""
@@ -383,6 +395,7 @@ PATCHES = {
     "trace-memory": patch_trace_memory,
     "switch-1ms": patch_switch_1ms,
     "write-inline": patch_write_inline,
+    "sign-nice": patch_sign_nice,
 }
 
 

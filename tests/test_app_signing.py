@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from oauth_headers import verify_oauth
 
-from tests.test_sources_http import verify_oauth
 from watcher import sign_process
 from watcher.app import StartupError, open_components
 from watcher.config import MastercardSendConfig, Settings

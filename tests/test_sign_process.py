@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from oauth_headers import oauth_params, verify_oauth
 
-from tests.test_sources_http import oauth_params, verify_oauth
 from watcher import sign_process
 from watcher.sign_process import SigningError, SigningProcesses
 from watcher.sign_worker import serve

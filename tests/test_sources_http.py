@@ -10,7 +10,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import re
 import socket
 import sys
 import threading
@@ -30,10 +29,10 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.x509.oid import NameOID
-from oauth1.oauth import OAuth
+from oauth_headers import oauth_params, verify_oauth
 
 from watcher.config import ConfigError, MastercardSendConfig, MyposPsd2Config
 from watcher.sign_process import SigningProcesses
@@ -139,19 +138,6 @@ def answer(body: bytes, content_type: str = "application/json", status: int = 20
         all_headers = {"Content-Type": content_type, **(headers or {})}
         return web.Response(status=status, body=body, headers=all_headers)
     return handle
-
-
-def oauth_params(header: str) -> dict[str, str]:
-    assert header.startswith("OAuth ")
-    return dict(re.findall(r'(\w+)="([^"]*)"', header))
-
-
-def verify_oauth(header: str, method: str, url: str, public_key: rsa.RSAPublicKey) -> None:
-    """Rebuild the OAuth 1.0a base string for `url` and check the RSA-SHA256 signature; raises if bad."""
-    params = oauth_params(header)
-    signature = base64.b64decode(unquote(params.pop("oauth_signature")))
-    base_string = OAuth.get_base_string(url, method, params)
-    public_key.verify(signature, base_string.encode(), padding.PKCS1v15(), hashes.SHA256())
 
 
 def assert_no_secret(result: FetchResult) -> None:
@@ -544,30 +530,27 @@ class RecordingPool(ThreadPoolExecutor):
         return super().submit(noted)
 
 
-async def test_mastercard_signs_on_the_pool_the_exact_url_sent(
-    server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
-) -> None:
-    """With a signing pool, every attempt (a retried 503 included) is signed on a pool thread, with a fresh
-    nonce, and each signature verifies for exactly the URL the server received, odd token included."""
-    token = "tok:a/b?c%d e"
+ODD_TOKEN = "tok:a/b?c%d e"
+
+
+def serve_503_then_the_balance(server: Server) -> None:
+    """The server answers 503 first, then the balance of ODD_TOKEN."""
     attempts: list[int] = []
 
     async def flaky(request: web.Request) -> web.StreamResponse:
         attempts.append(1)
         if len(attempts) == 1:
             return web.Response(status=503)
-        return web.json_response({"account_balances": {"account_balance": {
-            "non_card_token": token, "balance": {"amount": "1", "currency": "GBP", "state": "IN_CREDIT"}}}})
+        balance = {"amount": "1", "currency": "GBP", "state": "IN_CREDIT"}
+        return web.json_response(
+            {"account_balances": {"account_balance": {"non_card_token": ODD_TOKEN, "balance": balance}}}
+        )
 
     server.handler = flaky
-    with RecordingPool() as pool:
-        source = build_source(mc_config(server.base, non_card_tokens=[token], retries=2), session, key,
-                              signer=ThreadSigner(pool))
-        result = await source.fetch(token)
-        assert result.outcome == "ok", result.error
-        assert result.attempts == 2
-        assert len(pool.threads) == 2
-        assert all(name.startswith("test-sign") for name in pool.threads)
+
+
+def assert_each_attempt_signed_its_url(server: Server, key: RSAPrivateKey) -> None:
+    """Two attempts reached the server, each signed for exactly the URL it arrived at, each nonce fresh."""
     assert len(server.seen) == 2
     nonces = set()
     for seen in server.seen:
@@ -575,6 +558,23 @@ async def test_mastercard_signs_on_the_pool_the_exact_url_sent(
         verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())
         nonces.add(oauth_params(seen.headers["Authorization"])["oauth_nonce"])
     assert len(nonces) == 2
+
+
+async def test_mastercard_signs_on_the_pool_the_exact_url_sent(
+    server: Server, session: aiohttp.ClientSession, key: RSAPrivateKey
+) -> None:
+    """With a signing pool, every attempt (a retried 503 included) is signed on a pool thread, with a fresh
+    nonce, and each signature verifies for exactly the URL the server received, odd token included."""
+    serve_503_then_the_balance(server)
+    with RecordingPool() as pool:
+        source = build_source(mc_config(server.base, non_card_tokens=[ODD_TOKEN], retries=2), session, key,
+                              signer=ThreadSigner(pool))
+        result = await source.fetch(ODD_TOKEN)
+        assert result.outcome == "ok", result.error
+        assert result.attempts == 2
+        assert len(pool.threads) == 2
+        assert all(name.startswith("test-sign") for name in pool.threads)
+    assert_each_attempt_signed_its_url(server, key)
 
 
 async def test_mastercard_without_a_pool_signs_on_the_event_loop(
@@ -605,35 +605,20 @@ async def test_mastercard_signs_in_a_signing_process_the_exact_url_sent(
 ) -> None:
     """With signing processes, each attempt (a retried 503 included) is signed by a child process, with a
     fresh nonce, and verifies for exactly the URL the server received, odd token included."""
-    token = "tok:a/b?c%d e"
-    attempts: list[int] = []
-
-    async def flaky(request: web.Request) -> web.StreamResponse:
-        attempts.append(1)
-        if len(attempts) == 1:
-            return web.Response(status=503)
-        return web.json_response({"account_balances": {"account_balance": {
-            "non_card_token": token, "balance": {"amount": "1", "currency": "GBP", "state": "IN_CREDIT"}}}})
-
-    server.handler = flaky
+    serve_503_then_the_balance(server)
     signer = SigningProcesses(1)
     await signer.start()
     try:
-        source = build_source(mc_config(server.base, non_card_tokens=[token], retries=2), session, key,
+        source = build_source(mc_config(server.base, non_card_tokens=[ODD_TOKEN], retries=2), session, key,
                               signer=signer)
         with pytest.MonkeyPatch.context() as patch:  # nothing is signed in this process
             patch.setattr("watcher.sources.mastercard.authorization_header", None)
-            result = await source.fetch(token)
+            result = await source.fetch(ODD_TOKEN)
     finally:
         await signer.close()
     assert result.outcome == "ok", result.error
     assert result.attempts == 2
-    nonces = set()
-    for seen in server.seen:
-        assert seen.raw_path.endswith("/non-card-tokens/tok:a%2Fb%3Fc%25d%20e/account-balance")
-        verify_oauth(seen.headers["Authorization"], "GET", seen.url, key.public_key())
-        nonces.add(oauth_params(seen.headers["Authorization"])["oauth_nonce"])
-    assert len(nonces) == 2
+    assert_each_attempt_signed_its_url(server, key)
 
 
 async def test_a_call_that_cannot_be_signed_fails_without_a_request(
