@@ -13,7 +13,7 @@ import pytest
 from oauth_headers import verify_oauth
 
 from watcher import sign_process
-from watcher.app import StartupError, open_components
+from watcher.app import Components, StartupError, open_components
 from watcher.config import MastercardSendConfig, Settings
 from watcher.devkeys import DevKey
 from watcher.events import Event
@@ -40,6 +40,20 @@ def _ignore(event: Event) -> None:
     pass
 
 
+def sources_signing_with(components: Components, signer: object) -> MastercardSendSource:
+    """Checks that the configured source, and one built for a reload, sign with `signer`; returns the
+    rebuilt one."""
+    (poller,) = components.pollers
+    assert isinstance(poller.source, MastercardSendSource)
+    assert poller.source._signer is signer
+    cfg = components.settings.sources[0]
+    assert isinstance(cfg, MastercardSendConfig)
+    rebuilt = components.make_source(cfg, poller.source._key)
+    assert isinstance(rebuilt, MastercardSendSource)
+    assert rebuilt._signer is signer
+    return rebuilt
+
+
 @pytest.mark.parametrize(("threads", "expected"), [(2, 2), (1, 1), (3, 3)])
 async def test_pool_is_built_shared_and_shut_down(
     tmp_path: Path, dev_key: DevKey, threads: int | None, expected: int
@@ -53,14 +67,7 @@ async def test_pool_is_built_shared_and_shut_down(
         pool = signer.pool
         assert isinstance(pool, ThreadPoolExecutor)
         assert pool._max_workers == expected
-        (poller,) = components.pollers
-        assert isinstance(poller.source, MastercardSendSource)
-        assert poller.source._signer is signer
-        cfg = components.settings.sources[0]
-        assert isinstance(cfg, MastercardSendConfig)
-        rebuilt = components.make_source(cfg, poller.source._key)
-        assert isinstance(rebuilt, MastercardSendSource)
-        assert rebuilt._signer is signer
+        sources_signing_with(components, signer)
         assert pool.submit(lambda: 42).result() == 42
     with pytest.raises(RuntimeError, match="shutdown"):
         pool.submit(lambda: 42)
@@ -75,14 +82,7 @@ async def test_signing_processes_are_started_shared_and_closed(tmp_path: Path, d
         assert isinstance(signer, SigningProcesses)
         children = [child for child in signer._children if child is not None and child.alive]
         assert len(children) == 2
-        (poller,) = components.pollers
-        assert isinstance(poller.source, MastercardSendSource)
-        assert poller.source._signer is signer
-        cfg = components.settings.sources[0]
-        assert isinstance(cfg, MastercardSendConfig)
-        rebuilt = components.make_source(cfg, poller.source._key)
-        assert isinstance(rebuilt, MastercardSendSource)
-        assert rebuilt._signer is signer
+        rebuilt = sources_signing_with(components, signer)
         url = rebuilt.url_for("t")
         header = await rebuilt._authorization(url)
         verify_oauth(header, "GET", url, rebuilt._key.public_key())
