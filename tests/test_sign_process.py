@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -172,6 +173,53 @@ async def test_a_process_that_cannot_start_is_reported() -> None:
     with pytest.raises(SigningError, match=r"could not start: signing process \d+ exited with code 3"):
         await signer.start()
     await signer.close()
+
+
+async def test_after_a_failed_start_calls_are_refused_at_once_until_the_next_try(
+    tmp_path: Path, key: RSAPrivateKey
+) -> None:
+    """A child that cannot start is tried once for many concurrent calls; until the next try (1 s, then
+    2 s, ...) calls are refused at once, saying why and when; then a start is tried again."""
+    starts = tmp_path / "starts"
+    command = [sys.executable, "-c", f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(6)"]
+    signer = SigningProcesses(1, command=command)
+    url = "http://127.0.0.1:8080/x"
+    results = await asyncio.gather(*(signer.authorization_header(url, "GET", "ck", key) for _ in range(10)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, SigningError) for r in results)
+    assert starts.read_text() == "x"
+    with pytest.raises(SigningError, match=r"exited with code 6; the next start is tried in 1 s"):
+        await signer.authorization_header(url, "GET", "ck", key)
+    assert starts.read_text() == "x"
+    signer._next_start = 0.0  # the second elapsed
+    with pytest.raises(SigningError, match="the next start is tried in 2 s"):
+        await signer.authorization_header(url, "GET", "ck", key)
+    assert starts.read_text() == "xx"
+    await signer.close()
+
+
+async def test_a_failed_restart_leaves_the_other_processes_signing(key: RSAPrivateKey) -> None:
+    """With one of two children dead and its replacement unable to start, requests go on to the other."""
+    signer = SigningProcesses(2)
+    await signer.start()
+    try:
+        first, second = pids(signer)
+        signer._command = (sys.executable, "-c", "raise SystemExit(7)")
+        os.kill(first, signal.SIGKILL)
+        child = signer._children[0]
+        assert child is not None
+        await child.done
+        url = "http://127.0.0.1:8080/x"
+        for _ in range(3):
+            header = await signer.authorization_header(url, "GET", "ck", key)
+            verify_oauth(header, "GET", url, key.public_key())
+        assert signer._children[0] is None
+        survivor = signer._children[1]
+        assert survivor is not None
+        assert survivor.transport is not None
+        assert survivor.transport.get_pid() == second
+    finally:
+        await signer.close()
 
 
 async def test_a_process_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:

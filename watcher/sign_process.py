@@ -9,7 +9,8 @@ own interpreter. The loop pays for a line written to it and a line read back ins
 Each child is `python -m watcher.sign_worker` (its protocol is described there), fed over a pipe. The
 keys reach it over that pipe too: it never reads a key file or a password. A child that dies fails the
 requests it held (their polls fail and are retried by the next round) and is started again by the next
-request.
+request; if that start fails, the requests until the next try (1 s, doubling to a minute) are refused at
+once, saying why, or go to the children still running.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import base64
 import contextlib
 import itertools
 import sys
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -36,6 +38,8 @@ WORKER = (sys.executable, "-m", "watcher.sign_worker")
 START_TIMEOUT_S = 30.0
 # How long a closing child may take to answer what it holds before it is killed.
 CLOSE_TIMEOUT_S = 5.0
+# After failed starts, the wait before the next: 1 s, doubling up to this.
+RESTART_BACKOFF_MAX_S = 60.0
 
 
 class _Child(asyncio.SubprocessProtocol):
@@ -100,6 +104,11 @@ class SigningProcesses:
         self._keys: dict[int, tuple[RSAPrivateKey, str, str]] = {}
         self._request_ids = itertools.count(1)
         self._restart = asyncio.Lock()
+        # After a child fails to start, none is started again before this (time.monotonic()), so that a
+        # broken installation costs each call a quick refusal, not a start (up to START_TIMEOUT_S) each.
+        self._next_start = 0.0
+        self._failed_starts = 0
+        self._start_failure = ""
         self._closed = False
 
     async def start(self) -> None:
@@ -146,18 +155,35 @@ class SigningProcesses:
     async def _least_loaded(self) -> _Child:
         if self._closed:
             raise SigningError("the signing processes are closed")
+        if not all(child is not None and child.alive for child in self._children):
+            await self._replace_dead()
         alive = [child for child in self._children if child is not None and child.alive]
-        if len(alive) == len(self._children):
-            return min(alive, key=lambda child: len(child.pending))
-        async with self._restart:  # one restart at a time; the callers waiting here take its result
+        if not alive:
+            raise SigningError(self._start_failure or "no signing process is running")
+        return min(alive, key=lambda child: len(child.pending))
+
+    async def _replace_dead(self) -> None:
+        """Start a child in each dead one's place, unless a start failed moments ago (see _next_start)."""
+        async with self._restart:  # one start at a time; the callers waiting here find it done
             for slot, child in enumerate(self._children):
-                if child is None or not child.alive:
-                    if child is not None and child.transport is not None:
-                        child.transport.close()
-                        log.warning("signing process exited; starting another", pid=child.transport.get_pid(),
-                                    code=child.transport.get_returncode())
+                if (child is not None and child.alive) or time.monotonic() < self._next_start:
+                    continue
+                if child is not None and child.transport is not None:
+                    child.transport.close()
+                    log.warning("signing process exited; starting another", pid=child.transport.get_pid(),
+                                code=child.transport.get_returncode())
+                self._children[slot] = None
+                try:
                     self._children[slot] = await self._spawn()
-        return await self._least_loaded()
+                except SigningError as exc:
+                    self._failed_starts += 1
+                    wait_s = min(RESTART_BACKOFF_MAX_S, 2.0 ** (self._failed_starts - 1))
+                    self._next_start = time.monotonic() + wait_s
+                    self._start_failure = f"{exc}; the next start is tried in {wait_s:.0f} s"
+                    log.error("signing process could not start", error=str(exc), retry_in_s=wait_s)
+                    return
+                self._failed_starts = 0
+                self._start_failure = ""
 
     async def _spawn(self) -> _Child:
         """A new child, taught every key so far, that has answered a first request."""
