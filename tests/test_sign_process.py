@@ -222,6 +222,35 @@ async def test_a_failed_restart_leaves_the_other_processes_signing(key: RSAPriva
         await signer.close()
 
 
+async def test_callers_with_a_running_process_do_not_wait_for_a_start(
+    monkeypatch: pytest.MonkeyPatch, key: RSAPrivateKey
+) -> None:
+    """While a dead child's replacement is starting (here: hanging until its start times out), requests
+    go to the child still running and are answered before that start ends; the caller that began the
+    start is then served by the running child too."""
+    monkeypatch.setattr(sign_process, "START_TIMEOUT_S", 3.0)
+    signer = SigningProcesses(2)
+    await signer.start()
+    try:
+        first, _second = pids(signer)
+        signer._command = (sys.executable, "-c", "import time; time.sleep(60)")
+        os.kill(first, signal.SIGKILL)
+        child = signer._children[0]
+        assert child is not None
+        await child.done
+        url = "http://127.0.0.1:8080/x"
+        starting = asyncio.ensure_future(signer.authorization_header(url, "GET", "ck", key))
+        await asyncio.sleep(0)  # it takes the start on
+        assert signer._restart.locked()
+        meanwhile = asyncio.ensure_future(signer.authorization_header(url, "GET", "ck", key))
+        done, _ = await asyncio.wait({starting, meanwhile}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {meanwhile}
+        verify_oauth(meanwhile.result(), "GET", url, key.public_key())
+        verify_oauth(await starting, "GET", url, key.public_key())
+    finally:
+        await signer.close()
+
+
 async def test_a_process_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A child that never answers its first request fails `start` in time, and is not left running."""
     monkeypatch.setattr(sign_process, "START_TIMEOUT_S", 0.5)

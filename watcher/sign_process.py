@@ -155,9 +155,11 @@ class SigningProcesses:
     async def _least_loaded(self) -> _Child:
         if self._closed:
             raise SigningError("the signing processes are closed")
-        if not all(child is not None and child.alive for child in self._children):
-            await self._replace_dead()
         alive = [child for child in self._children if child is not None and child.alive]
+        # A start under way is waited for only by callers with no child to go to.
+        if len(alive) < len(self._children) and not (alive and self._restart.locked()):
+            await self._replace_dead()
+            alive = [child for child in self._children if child is not None and child.alive]
         if not alive:
             raise SigningError(self._start_failure or "no signing process is running")
         return min(alive, key=lambda child: len(child.pending))
