@@ -198,17 +198,23 @@ async def test_after_a_failed_start_calls_are_refused_at_once_until_the_next_try
     await signer.close()
 
 
+async def first_killed_then_started_by(signer: SigningProcesses, program: str) -> int:
+    """Kill the first of `signer`'s children, make its replacements run `program`; the second's pid."""
+    first, second = pids(signer)
+    signer._command = (sys.executable, "-c", program)
+    os.kill(first, signal.SIGKILL)
+    child = signer._children[0]
+    assert child is not None
+    await child.done
+    return second
+
+
 async def test_a_failed_restart_leaves_the_other_processes_signing(key: RSAPrivateKey) -> None:
     """With one of two children dead and its replacement unable to start, requests go on to the other."""
     signer = SigningProcesses(2)
     await signer.start()
     try:
-        first, second = pids(signer)
-        signer._command = (sys.executable, "-c", "raise SystemExit(7)")
-        os.kill(first, signal.SIGKILL)
-        child = signer._children[0]
-        assert child is not None
-        await child.done
+        second = await first_killed_then_started_by(signer, "raise SystemExit(7)")
         url = "http://127.0.0.1:8080/x"
         for _ in range(3):
             header = await signer.authorization_header(url, "GET", "ck", key)
@@ -232,12 +238,7 @@ async def test_callers_with_a_running_process_do_not_wait_for_a_start(
     signer = SigningProcesses(2)
     await signer.start()
     try:
-        first, _second = pids(signer)
-        signer._command = (sys.executable, "-c", "import time; time.sleep(60)")
-        os.kill(first, signal.SIGKILL)
-        child = signer._children[0]
-        assert child is not None
-        await child.done
+        await first_killed_then_started_by(signer, "import time; time.sleep(60)")
         url = "http://127.0.0.1:8080/x"
         starting = asyncio.ensure_future(signer.authorization_header(url, "GET", "ck", key))
         await asyncio.sleep(0)  # it takes the start on
