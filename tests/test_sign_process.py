@@ -252,6 +252,37 @@ async def test_callers_with_a_running_process_do_not_wait_for_a_start(
         await signer.close()
 
 
+# Answers its first request (the start's probe), then reads on and answers nothing: a stuck child.
+STUCK_WORKER = """
+import sys, time
+request_id = sys.stdin.readline().split("\\t")[1]
+sys.stdout.write(request_id + "\\t!ready\\n")
+sys.stdout.flush()
+time.sleep(60)
+"""
+
+
+async def test_a_stuck_process_is_killed_and_replaced(
+    monkeypatch: pytest.MonkeyPatch, key: RSAPrivateKey
+) -> None:
+    """A child that holds a request and answers nothing for STALL_TIMEOUT_S is killed: the request fails,
+    naming its exit, and the next request is signed by a new child."""
+    monkeypatch.setattr(sign_process, "STALL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(sign_process, "WATCH_PERIOD_S", 0.1)
+    signer = SigningProcesses(1, command=[sys.executable, "-c", STUCK_WORKER])
+    await signer.start()
+    try:
+        (stuck,) = pids(signer)
+        url = "http://127.0.0.1:8080/x"
+        with pytest.raises(SigningError, match=f"signing process {stuck} exited with code -9"):
+            await signer.authorization_header(url, "GET", "ck", key)
+        signer._command = sign_process.WORKER
+        verify_oauth(await signer.authorization_header(url, "GET", "ck", key), "GET", url, key.public_key())
+        assert pids(signer) != [stuck]
+    finally:
+        await signer.close()
+
+
 async def test_a_process_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A child that never answers its first request fails `start` in time, and is not left running."""
     monkeypatch.setattr(sign_process, "START_TIMEOUT_S", 0.5)

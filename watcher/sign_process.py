@@ -10,7 +10,8 @@ Each child is `python -m watcher.sign_worker` (its protocol is described there),
 keys reach it over that pipe too: it never reads a key file or a password. A child that dies fails the
 requests it held (their polls fail and are retried by the next round) and is started again by the next
 request; if that start fails, the requests until the next try (1 s, doubling to a minute) are refused at
-once, saying why, or go to the children still running.
+once, saying why, or go to the children still running. A child that holds requests and answers none for
+10 s is killed as stuck, and replaced the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ START_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
 # After failed starts, the wait before the next: 1 s, doubling up to this.
 RESTART_BACKOFF_MAX_S = 60.0
+# A child holding requests that has answered none for this long is stuck: it is killed (its requests
+# fail) and replaced. A signature takes about a millisecond; a child never holds more than the sources'
+# concurrency (a second's work at most).
+STALL_TIMEOUT_S = 10.0
+WATCH_PERIOD_S = 2.0
 
 
 class _Child(asyncio.SubprocessProtocol):
@@ -49,6 +55,8 @@ class _Child(asyncio.SubprocessProtocol):
         self.transport: asyncio.SubprocessTransport | None = None
         self.pending: dict[int, asyncio.Future[str]] = {}
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # When it last answered, or was handed a request with none in hand (time.monotonic()).
+        self.last_progress = time.monotonic()
         self._partial = b""
 
     @property
@@ -67,6 +75,8 @@ class _Child(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
+        if lines:
+            self.last_progress = time.monotonic()
         for line in lines:
             request_id, _, answer = line.decode().partition("\t")
             future = self.pending.pop(int(request_id), None)
@@ -109,12 +119,15 @@ class SigningProcesses:
         self._next_start = 0.0
         self._failed_starts = 0
         self._start_failure = ""
+        self._watch: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def start(self) -> None:
-        """Start every child and wait for each to answer; raises SigningError if one cannot."""
+        """Start every child and wait for each to answer; raises SigningError if one cannot. Then watch
+        them for a stall (see STALL_TIMEOUT_S) until closed."""
         for slot in range(len(self._children)):
             self._children[slot] = await self._spawn()
+        self._watch = asyncio.get_running_loop().call_later(WATCH_PERIOD_S, self._kill_stalled)
 
     async def authorization_header(
         self, url: str, method: str, consumer_key: str, key: RSAPrivateKey
@@ -128,6 +141,8 @@ class SigningProcesses:
         key_id = self._key_id(key)
         request_id = next(self._request_ids)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if not child.pending:
+            child.last_progress = time.monotonic()
         child.pending[request_id] = future
         child.send(f"S\t{request_id}\t{key_id}\t{method}\t{consumer_key}\t{url}\n")
         answer = await future
@@ -138,6 +153,8 @@ class SigningProcesses:
     async def close(self) -> None:
         """Let each child answer what it holds (its stdin closed, it exits), then stop it."""
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
         children = [child for child in self._children if child is not None and child.transport is not None]
         for child in children:
             assert child.transport is not None
@@ -151,6 +168,21 @@ class SigningProcesses:
             except TimeoutError:
                 log.warning("signing process did not stop; killed", pid=child.transport.get_pid())
             await _killed(child)
+
+    def _kill_stalled(self) -> None:
+        """Kill each child that holds requests and has answered none for STALL_TIMEOUT_S; its requests
+        fail as it exits, and the next request starts another. Runs every WATCH_PERIOD_S."""
+        now = time.monotonic()
+        for child in self._children:
+            if child is None or not child.alive or not child.pending:
+                continue
+            if now - child.last_progress > STALL_TIMEOUT_S:
+                assert child.transport is not None
+                log.error("signing process stopped answering; killed", pid=child.transport.get_pid(),
+                          requests=len(child.pending), silent_s=round(now - child.last_progress, 1))
+                with contextlib.suppress(ProcessLookupError):
+                    child.transport.kill()
+        self._watch = asyncio.get_running_loop().call_later(WATCH_PERIOD_S, self._kill_stalled)
 
     async def _least_loaded(self) -> _Child:
         if self._closed:
