@@ -181,15 +181,15 @@ def main() -> int:
                         help="the --patch runs with [signing] threads = N")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    threads, processes = args.patch_signing_threads, args.patch_signing_processes
+    patch_signing = next(iter(signing_variants([] if threads is None else [threads],
+                                               [] if processes is None else [processes])), None)
     with Env.start() as env:
         results = []
         for rate in args.rates:
             results.append(measure(env, rate, args.seconds))
             for signing in signing_variants(args.signing_threads, args.signing_processes):
                 results.append(measure(env, rate, args.seconds, signing))
-            threads, processes = args.patch_signing_threads, args.patch_signing_processes
-            patch_signing = (f"threads={threads}" if threads is not None
-                             else f"processes={processes}" if processes is not None else None)
             for patch in args.patch:
                 results.append(measure(env, rate, args.seconds, patch_signing, patch=patch))
     dump({"latency": results}, args.out)

@@ -18,7 +18,7 @@ from watcher.config import MastercardSendConfig, Settings
 from watcher.devkeys import DevKey
 from watcher.events import Event
 from watcher.sign_process import SigningProcesses
-from watcher.signing import ThreadSigner
+from watcher.signers import ThreadSigner
 from watcher.sources.mastercard import MastercardSendSource
 
 

@@ -36,7 +36,8 @@ from oauth_headers import oauth_params, verify_oauth
 
 from watcher.config import ConfigError, MastercardSendConfig, MyposPsd2Config
 from watcher.sign_process import SigningProcesses
-from watcher.signing import ThreadSigner, authorization_header
+from watcher.signers import ThreadSigner
+from watcher.signing import authorization_header
 from watcher.sources import build_source, transport
 from watcher.sources.base import FetchResult
 from watcher.sources.mastercard import MastercardSendSource

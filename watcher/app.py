@@ -23,7 +23,8 @@ from watcher.poller import EventDelivery, OutboxDelivery, Poller, PrintOnlyDeliv
 from watcher.publisher import KafkaPublisher, build_producer
 from watcher.relay import OutboxRelay
 from watcher.sign_process import SigningError, SigningProcesses
-from watcher.signing import OffLoopSigner, SigningKeyError, ThreadSigner, load_signing_key
+from watcher.signers import OffLoopSigner, ThreadSigner
+from watcher.signing import SigningKeyError, load_signing_key
 from watcher.sources import build_source
 from watcher.sources.base import BalanceSource
 from watcher.store import StateStore

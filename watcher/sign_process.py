@@ -28,7 +28,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from watcher.signing import SigningError
+from watcher.signers import SigningError
 
 __all__ = ["SigningError", "SigningProcesses"]
 

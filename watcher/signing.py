@@ -6,13 +6,10 @@ header around the signature is its header byte for byte, made with less per-requ
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import time
-from concurrent.futures import Executor
 from pathlib import Path
-from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from oauth1 import authenticationutils
@@ -125,29 +122,3 @@ def authorization_header(
     signature = OAuth.sign_message(base_string(url, method, params), key)
     params["oauth_signature"] = percent_encode(signature)
     return "OAuth " + ",".join(f'{name}="{value}"' for name, value in params.items())
-
-
-class SigningError(RuntimeError):
-    """A request could not be signed off the event loop; the message says why (never the key)."""
-
-
-class OffLoopSigner(Protocol):
-    """Computes `authorization_header` away from the event loop: threads or processes. Raises
-    SigningError when it cannot, ValueError for a request it cannot sign."""
-
-    async def authorization_header(
-        self, url: str, method: str, consumer_key: str, key: RSAPrivateKey
-    ) -> str: ...
-
-
-class ThreadSigner:
-    """Signs on a pool of threads (`[signing] threads`): `cryptography` releases the GIL while it signs."""
-
-    def __init__(self, pool: Executor) -> None:
-        self.pool = pool
-
-    async def authorization_header(
-        self, url: str, method: str, consumer_key: str, key: RSAPrivateKey
-    ) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, authorization_header, url, method, consumer_key, key)

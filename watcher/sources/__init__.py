@@ -10,7 +10,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from watcher.config import MastercardSendConfig, MyposPsd2Config
-from watcher.signing import OffLoopSigner
+from watcher.signers import OffLoopSigner
 from watcher.sources.base import BalanceSource
 from watcher.sources.budget import AccessLedger
 from watcher.sources.mastercard import MastercardSendSource

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from rules.types import BalanceKey, KnownBalance, Observation
 from watcher.config import MastercardSendConfig
-from watcher.signing import OffLoopSigner, SigningError, authorization_header
+from watcher.signers import OffLoopSigner, SigningError
+from watcher.signing import authorization_header
 from watcher.sources import transport
 from watcher.sources.base import FetchOutcome, FetchResult, ParseError
 from watcher.sources.body import Spool, whole
