@@ -707,10 +707,12 @@ def py_spy() -> str:
 
 def start_profile(pid: int, out: Path, duration: float, rate: int = 250) -> subprocess.Popen[bytes]:
     """py-spy attached to a running process (sampling; --nonblocking: it never pauses the process),
-    writing collapsed stacks to `out`."""
+    writing collapsed stacks to `out`. With BENCH_PROFILE_GIL=1 only the samples of the thread holding
+    the GIL (py-spy --gil): where the interpreter's time goes, without the threads waiting for it."""
+    gil = ["--gil"] if os.environ.get("BENCH_PROFILE_GIL") == "1" else []
     return subprocess.Popen(
         [py_spy(), "record", "--pid", str(pid), "--duration", str(max(1, round(duration))), "--rate",
-         str(rate), "--nonblocking", "--format", "raw", "-o", str(out)],
+         str(rate), "--nonblocking", *gil, "--format", "raw", "-o", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 

@@ -16,6 +16,8 @@ PATCHES is a comma-separated list (or "none"):
   switch-1ms     sys.setswitchinterval(0.001) (an experiment)
   write-inline   the group commit on the event loop, not in the store's thread (an experiment)
   sign-nice      signing processes at nice $BENCH_SIGN_NICE (default 10) (an experiment)
+  tick-1s        the alert clock every second, not every ten (an experiment)
+  uvloop         uvloop's event loop instead of asyncio's (an experiment; needs uvloop installed)
   trace-memory   tracemalloc from the start; after each poll round, the memory traced (alive and peak
                  since the previous round), RSS, and the allocation sites holding the most (in
                  $BENCH_MEMORY_FILE); slows the daemon down two to three times
@@ -213,6 +215,24 @@ def patch_write_inline() -> None:
     StateStore._call = call  # type: ignore[method-assign]
 
 
+def patch_uvloop() -> None:
+    """uvloop's event loop instead of asyncio's (an experiment): its sockets, transports and timers are
+    C; aiohttp, aiokafka and the subprocess pipes of signing processes run on it unchanged."""
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def patch_tick_1s() -> None:
+    """The alert clock every second instead of every ten (an experiment): the same work in bursts a
+    tenth the size, and a `for` elapsing between polls fires within a second of it."""
+    import watcher.daemon
+
+    watcher.daemon.TICK_SECONDS = 1.0
+
+
 def patch_sign_nice() -> None:
     """Signing processes (`[signing] processes`) at a lower priority, nice $BENCH_SIGN_NICE (default 10):
     with both cores busy, the event loop's work on answers in hand goes before signing new requests."""
@@ -396,6 +416,8 @@ PATCHES = {
     "switch-1ms": patch_switch_1ms,
     "write-inline": patch_write_inline,
     "sign-nice": patch_sign_nice,
+    "uvloop": patch_uvloop,
+    "tick-1s": patch_tick_1s,
 }
 
 

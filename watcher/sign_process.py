@@ -23,6 +23,7 @@ import itertools
 import sys
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -65,13 +66,12 @@ class _Child(asyncio.SubprocessProtocol):
 
     def send(self, line: str) -> None:
         assert self.transport is not None
-        stdin = self.transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
+        # cast, not isinstance: uvloop's transports have the interface without the asyncio base classes.
+        stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
         stdin.write(line.encode())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.SubprocessTransport, transport)
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
