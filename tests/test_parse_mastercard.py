@@ -22,11 +22,13 @@ import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
 from rules.types import Balance, BalanceKey, KnownBalance, Observation
 from watcher.sandbox.mastercard import AccountBalanceView, render_xml
-from watcher.sources import values
+from watcher.sources import values, xml_pattern
 from watcher.sources.base import ParsedBalances, ParseError
+from watcher.sources.body import Body
 from watcher.sources.mastercard_parse import describe_error_body, parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import collector_paused, read_amount
+from watcher.sources.xml_pattern import NotPlain
 
 SEED = Path(__file__).resolve().parent.parent / "watcher" / "sandbox" / "seed"
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
@@ -831,10 +833,13 @@ def _second_changed(old: str, new: str) -> bytes:
     return (body[:at] + body[at:].replace(old, new, 1)).encode()
 
 
-def _xml_read(body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None = None) -> tuple[object, int]:
+def _xml_read(
+    body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None = None, pattern: bool = False
+) -> tuple[object, int]:
     """parse_mastercard_xml's outcome as a comparable text (the result's repr, so that 1000 and 1000.00
     differ, or the ParseError's message), and how many accounts the direct path read; `direct=False`
-    turns the direct path off, leaving the general one (dict shape, then _account) for every account."""
+    turns the direct path off, leaving the general one (dict shape, then _account) for every account.
+    The pattern (xml_pattern) is off unless `pattern`: the body is parsed as XML."""
     plain = mastercard._plain_xml_account
     taken = 0
 
@@ -844,8 +849,13 @@ def _xml_read(body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None 
         taken += found is not None
         return found
 
+    def not_plain(*args: Any, **kwargs: Any) -> ParsedBalances:
+        raise NotPlain
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mastercard, "_plain_xml_account", counting)
+        if not pattern:
+            patch.setattr(mastercard, "_read_pattern", not_plain)
         try:
             outcome: object = repr(parse_mastercard_xml(body, keys=keys, **KW))
         except ParseError as exc:
@@ -982,6 +992,84 @@ def test_xml_direct_path_reads_as_the_general_one(what: str, old: str, new: str,
     assert none_taken == 0
     if direct is not None:
         assert taken == (1 if direct else 0), with_direct
+
+
+# The rows of DIRECT_TABLE whose body the pattern reads (xml_pattern): the documented layout exactly,
+# whatever the values; every other row's body is parsed as XML.
+PATTERN_TAKES = {
+    "plain", "IN_DEBIT", "whitespace around the token", "whitespace around state and currency",
+    "currency padded", "non-ASCII description", "empty timestamp", "empty creation date",
+    "timestamp with 80 seconds", "timestamp not a time", "timestamp with offset", "amount with leading zeros",
+    "amount zero", "amount at the bounds", "amount too long", "amount too fine", "amount exponent",
+    "amount negative", "amount plus", "amount trailing dot", "amount leading dot", "amount NaN",
+    "amount full-width digits", "amount with a comma", "amount blank", "currency lower case",
+    "currency empty", "currency not seen before", "state lower case", "state other", "state empty",
+    "token empty", "token blank", "token the first account's", *(f"{tag} padded" for tag in _LEAVES),
+}
+
+
+def _pattern_read(body: Body) -> tuple[object, bool]:
+    """parse_mastercard_xml's outcome (as _xml_read gives it) with the pattern on, and whether the pattern
+    read the body (rather than leaving it to the XML parser)."""
+    read_pattern = mastercard._read_pattern
+    took = False
+
+    def recording(*args: Any, **kwargs: Any) -> ParsedBalances:
+        nonlocal took
+        parsed = read_pattern(*args, **kwargs)
+        took = True
+        return parsed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mastercard, "_read_pattern", recording)
+        try:
+            outcome: object = repr(parse_mastercard_xml(body, **KW))
+        except ParseError as exc:
+            outcome = f"ParseError: {exc}"
+    return outcome, took
+
+
+def test_pattern_table_names_rows_of_the_table() -> None:
+    """PATTERN_TAKES names rows that exist (a renamed row would silently leave it)."""
+    assert {row[0] for row in DIRECT_TABLE} >= PATTERN_TAKES
+
+
+@pytest.mark.parametrize("spool", [False, True], ids=["bytes", "spooled"])
+@pytest.mark.parametrize(("what", "old", "new", "direct"), DIRECT_TABLE, ids=[row[0] for row in DIRECT_TABLE])
+def test_xml_pattern_reads_as_the_parser(
+    what: str, old: str, new: str, direct: bool | None, spool: bool
+) -> None:
+    """Each variation of a sandbox-rendered account gives the same observations, rejections and ParseError
+    messages when the pattern may read the body as when the XML parser reads it with the general path
+    only; and the pattern reads exactly the bodies in the documented layout (whatever their values),
+    leaving every other one, whole, to the parser. Also for a spooled body read a few bytes at a time."""
+    body = _table_body(what, old, new)
+    expected = _xml_read(body, direct=False)[0]
+    with as_body(body, spool) as data, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(xml_pattern, "WINDOW_BYTES", 5)
+        outcome, took = _pattern_read(data)
+    assert outcome == expected
+    assert took == (what in PATTERN_TAKES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=5).flatmap(
+    lambda tokens: st.tuples(*(_xml_account(t) for t in tokens))), st.sampled_from(["GBP", "EUR"]),
+    st.sampled_from([3, 64, 4096]))
+def test_xml_pattern_reads_as_the_parser_property(
+    accounts: tuple[str, ...], primed: str, window: int
+) -> None:
+    """Whatever mix of plain and changed accounts a listing holds, reading it with the pattern allowed
+    gives the same observations, rejections and ParseError messages as the XML parser with the general
+    path only, whatever the pattern's window."""
+    first = f"<account_balance>{_BALANCE.replace('GBP', primed)}<non_card_token>p</non_card_token>" \
+            "</account_balance>"
+    body = f"<account-balances>{first}{''.join(accounts)}</account-balances>".encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(xml_pattern, "WINDOW_BYTES", window)
+        outcome, took = _pattern_read(body)
+    assert outcome == _xml_read(body, direct=False)[0]
+    event(f"read by the pattern: {took}")
 
 
 def test_xml_direct_path_takes_a_sandbox_listing() -> None:

@@ -32,6 +32,7 @@ from watcher.sources.values import (
     read_currency,
     show,
 )
+from watcher.sources.xml_pattern import NotPlain, PlainFields, plain_listing
 from watcher.sources.xmlsafe import parse_untrusted_xml, stream_untrusted_xml
 
 PROVIDER = "mastercard-send"
@@ -238,7 +239,7 @@ def _build(
     `entries` may be a generator that reads the body as it goes (JSON, XML): each entry is converted and
     let go before the next is read. What is kept per entry is its observation, and where it was for a
     later duplicate: its index (its prefix is nearly always the first entry's), not its whole path.
-    An entry may be an XML account element: see _plain_xml_account.
+    An entry may be an XML account element (see _plain_xml_account) or its texts (see _plain_account).
     """
     kept: list[Observation] = []
     rejected: list[str] = []
@@ -247,7 +248,11 @@ def _build(
     seen = _Seen(keys)
     for prefix, index, raw in entries:
         obs: Observation | None = None
-        if type(raw) is Element:  # an XML account: read directly when plain, else as its dict shape
+        if type(raw) is tuple:  # an XML account's texts, read by the pattern (xml_pattern)
+            obs = _plain_account(raw, source, observed_at, correlation_id, seen)
+            if obs is None:
+                raw = _fields_shape(raw)
+        elif type(raw) is Element:  # an XML account: read directly when plain, else as its dict shape
             obs = _plain_xml_account(raw, source, observed_at, correlation_id, seen)
             if obs is None:
                 raw = _xml_entry(raw, _path(prefix, index))
@@ -413,13 +418,9 @@ def _plain_xml_account(
 
     Plain is the documented layout and the sandbox's, exactly: `<account_description>`, `<balance>` with
     `<amount>`, `<currency>`, `<state>`, then `<balance_timestamp>`, `<created_date>`,
-    `<non_card_token>`, in that order, each once, without namespaces, the leaves without children; a
-    non-empty token, a plain unsigned amount, a currency already found valid in this body, IN_CREDIT or
-    IN_DEBIT. The result is what _account makes of the dict shape (texts stripped, attributes ignored,
-    as _xml_value reads them); anything else (a missing, extra, repeated or reordered child, a bad value,
-    the first account of each currency) returns None before anything is recorded, so that every
-    rejection and every error message comes from the one general path. A property test checks both
-    paths agree.
+    `<non_card_token>`, in that order, each once, without namespaces, the leaves without children (texts
+    stripped, attributes ignored, as _xml_value reads them); then the values as _plain_account takes
+    them. A property test checks both paths agree.
     """
     try:
         described, balance, stamped, creation, tokened = element
@@ -439,14 +440,25 @@ def _plain_xml_account(
         or len(amount_el) or len(currency_el) or len(state_el)
     ):
         return None
-    text = tokened.text
-    token = text.strip() if text else ""
-    text = amount_el.text
-    amount_text = text.strip() if text else ""
-    text = currency_el.text
-    currency = seen.currencies.get(text.strip() if text else "")
-    text = state_el.text
-    state_text = text.strip() if text else ""
+    texts = (described.text, amount_el.text, currency_el.text, state_el.text, stamped.text, creation.text,
+             tokened.text)
+    fields: PlainFields = tuple([text.strip() if text else "" for text in texts])  # type: ignore[assignment]
+    return _plain_account(fields, source, observed_at, correlation_id, seen)
+
+
+def _plain_account(
+    fields: PlainFields, source: str, observed_at: datetime, correlation_id: str, seen: _Seen
+) -> Observation | None:
+    """The observation of one account of the plain layout from its texts (stripped), read directly; None
+    when a value is not plain, and the account is then read as its dict shape by _account.
+
+    Plain values: a non-empty token, a plain unsigned amount, a currency already found valid in this body,
+    IN_CREDIT or IN_DEBIT. The result is what _account makes of the dict shape; anything else (a bad
+    value, the first account of each currency) returns None before anything is recorded, so that every
+    rejection and every error message comes from the one general path.
+    """
+    description, amount_text, currency_text, state_text, stamp_text, created, token = fields
+    currency = seen.currencies.get(currency_text)
     if state_text == IN_CREDIT:
         state = IN_CREDIT  # the one string object, as _account
     elif state_text == IN_DEBIT:
@@ -455,18 +467,12 @@ def _plain_xml_account(
         return None
     if not token or currency is None or not UNSIGNED_AMOUNT.fullmatch(amount_text):
         return None
-    text = described.text
-    description = text.strip() if text else ""
     # What _Seen.text, .timestamp, .extra and .key do, inline: four calls fewer per account.
-    text = stamped.text
-    text = text.strip() if text else ""
-    stamp_text = seen.texts.setdefault(text, text)
+    stamp_text = seen.texts.setdefault(stamp_text, stamp_text)
     try:
         stamp = seen.stamps[stamp_text]
     except KeyError:
         stamp = seen.timestamp(stamp_text)
-    text = creation.text
-    created = text.strip() if text else ""
     extra = seen.extras.get(created)
     if extra is None:
         extra = seen.extra(created)
@@ -489,6 +495,18 @@ def _plain_xml_account(
         key, PROVIDER, shared if shared is not None else Balance(amount, currency, state), observed_at,
         correlation_id, description, stamp, stamp_text, extra,
     )
+
+
+def _fields_shape(fields: PlainFields) -> dict[str, object]:
+    """An account's texts as the dict shape _xml_value would make of its element."""
+    description, amount, currency, state, stamp, created, token = fields
+    return {
+        "account_description": description,
+        "balance": {"amount": amount, "currency": currency, "state": state},
+        "balance_timestamp": stamp,
+        "created_date": created,
+        "non_card_token": token,
+    }
 
 
 def _xml_entry(element: Element, path: str) -> object:
@@ -529,7 +547,16 @@ def _read_xml(
     """The body streamed: each account is converted as soon as the parser reaches its end tag, then let
     go, so that a listing of 100,000 accounts never is a whole tree (a third of the peak memory of the
     parse, and the time to build and free it). Everything else as _read_xml_tree, which reads the
-    account-under-the-root shape (it needs the root's children all at once; that shape is one account)."""
+    account-under-the-root shape (it needs the root's children all at once; that shape is one account).
+
+    A body in exactly the documented layout is read by a pattern instead (xml_pattern), for the same
+    result in a third of the time; any other body, from the start, as above."""
+    try:
+        return _read_pattern(
+            body, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
+        )
+    except NotPlain:
+        pass
     root, children = stream_untrusted_xml(body)
     try:
         entries = _xml_listing(root, children)
@@ -540,6 +567,19 @@ def _read_xml(
         return _read_xml_tree(
             whole(body), source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
         )
+
+
+def _read_pattern(
+    body: Body, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
+) -> ParsedBalances:
+    """The body read by the pattern (xml_pattern); NotPlain, with nothing recorded, when it is not exactly
+    the documented layout (_build gives the source its keys only once every account is read)."""
+    root, accounts = plain_listing(body)
+    prefix = f"{root}.account_balance"
+    return _build(
+        ((prefix, i, fields) for i, fields in enumerate(accounts)),
+        source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys,
+    )
 
 
 def _xml_listing(root: Element, children: Iterator[Element]) -> Iterator[_Entry]:
