@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from pattern_reads import read_xml
 from spooling import as_body
 
 import watcher.sources.json_listing as json_listing
@@ -24,7 +25,6 @@ from rules.types import Balance, BalanceKey, KnownBalance, Observation
 from watcher.sandbox.mastercard import AccountBalanceView, render_xml
 from watcher.sources import values, xml_pattern
 from watcher.sources.base import ParsedBalances, ParseError
-from watcher.sources.body import Body
 from watcher.sources.mastercard_parse import describe_error_body, parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import collector_paused, read_amount
@@ -833,13 +833,11 @@ def _second_changed(old: str, new: str) -> bytes:
     return (body[:at] + body[at:].replace(old, new, 1)).encode()
 
 
-def _xml_read(
-    body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None = None, pattern: bool = False
-) -> tuple[object, int]:
+def _xml_read(body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None = None) -> tuple[object, int]:
     """parse_mastercard_xml's outcome as a comparable text (the result's repr, so that 1000 and 1000.00
     differ, or the ParseError's message), and how many accounts the direct path read; `direct=False`
     turns the direct path off, leaving the general one (dict shape, then _account) for every account.
-    The pattern (xml_pattern) is off unless `pattern`: the body is parsed as XML."""
+    The pattern (xml_pattern) is off: the body is parsed as XML."""
     plain = mastercard._plain_xml_account
     taken = 0
 
@@ -854,8 +852,7 @@ def _xml_read(
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mastercard, "_plain_xml_account", counting)
-        if not pattern:
-            patch.setattr(mastercard, "_read_pattern", not_plain)
+        patch.setattr(mastercard, "_read_pattern", not_plain)
         try:
             outcome: object = repr(parse_mastercard_xml(body, keys=keys, **KW))
         except ParseError as exc:
@@ -1008,27 +1005,6 @@ PATTERN_TAKES = {
 }
 
 
-def _pattern_read(body: Body) -> tuple[object, bool]:
-    """parse_mastercard_xml's outcome (as _xml_read gives it) with the pattern on, and whether the pattern
-    read the body (rather than leaving it to the XML parser)."""
-    read_pattern = mastercard._read_pattern
-    took = False
-
-    def recording(*args: Any, **kwargs: Any) -> ParsedBalances:
-        nonlocal took
-        parsed = read_pattern(*args, **kwargs)
-        took = True
-        return parsed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mastercard, "_read_pattern", recording)
-        try:
-            outcome: object = repr(parse_mastercard_xml(body, **KW))
-        except ParseError as exc:
-            outcome = f"ParseError: {exc}"
-    return outcome, took
-
-
 def test_pattern_table_names_rows_of_the_table() -> None:
     """PATTERN_TAKES names rows that exist (a renamed row would silently leave it)."""
     assert {row[0] for row in DIRECT_TABLE} >= PATTERN_TAKES
@@ -1047,7 +1023,7 @@ def test_xml_pattern_reads_as_the_parser(
     expected = _xml_read(body, direct=False)[0]
     with as_body(body, spool) as data, pytest.MonkeyPatch.context() as patch:
         patch.setattr(xml_pattern, "WINDOW_BYTES", 5)
-        outcome, took = _pattern_read(data)
+        outcome, took = read_xml(data, pattern=True, **KW)
     assert outcome == expected
     assert took == (what in PATTERN_TAKES)
 
@@ -1067,7 +1043,7 @@ def test_xml_pattern_reads_as_the_parser_property(
     body = f"<account-balances>{first}{''.join(accounts)}</account-balances>".encode()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(xml_pattern, "WINDOW_BYTES", window)
-        outcome, took = _pattern_read(body)
+        outcome, took = read_xml(body, pattern=True, **KW)
     assert outcome == _xml_read(body, direct=False)[0]
     event(f"read by the pattern: {took}")
 

@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pattern_reads import read_xml
 from spooling import as_body
 
 import watcher.sources.mastercard_parse as mastercard
 from watcher.sandbox.mastercard import AccountBalanceView, render_xml
 from watcher.sources import xml_pattern
-from watcher.sources.base import ParsedBalances, ParseError
-from watcher.sources.body import Body
 from watcher.sources.xml_pattern import NotPlain, plain_listing
 
 KW: dict[str, Any] = {"source": "mc", "observed_at": datetime(2026, 12, 4, 6, 0, tzinfo=UTC),
@@ -33,32 +32,10 @@ def _listing(count: int, **fields: str) -> bytes:
     return render_xml([_view(i, **fields) for i in range(count)], listing=True)
 
 
-def _read(body: Body, *, pattern: bool, keys: mastercard.ListingKeys | None = None) -> tuple[str, bool]:
-    """parse_mastercard_xml's outcome as text (the result's repr, or the ParseError's message), and whether
-    the pattern read the body; `pattern=False` leaves every body to the XML parser."""
-    read_pattern = mastercard._read_pattern
-    took = False
-
-    def reading(*args: Any, **kwargs: Any) -> ParsedBalances:
-        nonlocal took
-        if not pattern:
-            raise NotPlain
-        parsed = read_pattern(*args, **kwargs)
-        took = True
-        return parsed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mastercard, "_read_pattern", reading)
-        try:
-            return repr(mastercard.parse_mastercard_xml(body, keys=keys, **KW)), took
-        except ParseError as exc:
-            return f"ParseError: {exc}", took
-
-
 def _same_as_the_parser(body: bytes, *, took: bool) -> None:
     """The pattern allowed or not, the same outcome; and the pattern read the body iff `took`."""
-    expected, _ = _read(body, pattern=False)
-    outcome, pattern_took = _read(body, pattern=True)
+    expected, _ = read_xml(body, pattern=False, **KW)
+    outcome, pattern_took = read_xml(body, pattern=True, **KW)
     assert outcome == expected
     assert pattern_took == took, outcome
 
@@ -70,10 +47,10 @@ def test_every_window_edge_reads_the_same(window: int, spool: bool) -> None:
     observations as the parser's, for a body in memory and for one spooled and read a few bytes at a time."""
     body = render_xml([_view(i, account_description=f"Compte \u00e9tranger \u20ac{i} \u6f22\u5b57 \U0001f4b6")
                        for i in range(12)], listing=True)
-    expected, _ = _read(body, pattern=False)
+    expected, _ = read_xml(body, pattern=False, **KW)
     with as_body(body, spool) as data, pytest.MonkeyPatch.context() as patch:
         patch.setattr(xml_pattern, "WINDOW_BYTES", window)
-        assert _read(data, pattern=True) == (expected, True)
+        assert read_xml(data, pattern=True, **KW) == (expected, True)
 
 
 @pytest.mark.parametrize(("declaration", "took"), [
@@ -152,8 +129,8 @@ def test_a_layout_broken_midway_is_parsed_whole_from_the_start() -> None:
     body = body.replace(b'<account_balance id="x">', b"<account_balance>", 30)
     assert body.count(b'id="x"') == 1
     parser_keys, pattern_keys = mastercard.ListingKeys(), mastercard.ListingKeys()
-    expected, _ = _read(body, pattern=False, keys=parser_keys)
-    assert _read(body, pattern=True, keys=pattern_keys) == (expected, False)
+    expected, _ = read_xml(body, pattern=False, keys=parser_keys, **KW)
+    assert read_xml(body, pattern=True, keys=pattern_keys, **KW) == (expected, False)
     assert pattern_keys.latest == parser_keys.latest
     assert len(pattern_keys.latest) == 40
 

@@ -1,0 +1,38 @@
+"""Test helper: a Mastercard XML body read with the pattern (xml_pattern) allowed or not, and whether it
+read the body, so that a test can compare the two ways on the same bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import watcher.sources.mastercard_parse as mastercard
+from watcher.sources.base import ParsedBalances, ParseError
+from watcher.sources.body import Body
+from watcher.sources.xml_pattern import NotPlain
+
+
+def read_xml(
+    body: Body, *, pattern: bool, keys: mastercard.ListingKeys | None = None, **kw: Any
+) -> tuple[str, bool]:
+    """parse_mastercard_xml's outcome as text (the result's repr, so that 1000 and 1000.00 differ, or the
+    ParseError's message), and whether the pattern read the body; `pattern=False` leaves every body to
+    the XML parser. `kw`: source, observed_at, correlation_id."""
+    read_pattern = mastercard._read_pattern
+    took = False
+
+    def reading(*args: Any, **kwargs: Any) -> ParsedBalances:
+        nonlocal took
+        if not pattern:
+            raise NotPlain
+        parsed = read_pattern(*args, **kwargs)
+        took = True
+        return parsed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mastercard, "_read_pattern", reading)
+        try:
+            return repr(mastercard.parse_mastercard_xml(body, keys=keys, **kw)), took
+        except ParseError as exc:
+            return f"ParseError: {exc}", took
