@@ -239,7 +239,8 @@ def _build(
     `entries` may be a generator that reads the body as it goes (JSON, XML): each entry is converted and
     let go before the next is read. What is kept per entry is its observation, and where it was for a
     later duplicate: its index (its prefix is nearly always the first entry's), not its whole path.
-    An entry may be an XML account element (see _plain_xml_account) or its texts (see _plain_account).
+    An entry may be a JSON value (see _plain_json_account), an XML account element (see
+    _plain_xml_account) or its texts (see _plain_account).
     """
     kept: list[Observation] = []
     rejected: list[str] = []
@@ -252,6 +253,8 @@ def _build(
             obs = _plain_account(raw, source, observed_at, correlation_id, seen)
             if obs is None:
                 raw = _fields_shape(raw)
+        elif type(raw) is dict:  # a JSON account: read directly when plain, else by _account below
+            obs = _plain_json_account(raw, source, observed_at, correlation_id, seen)
         elif type(raw) is Element:  # an XML account: read directly when plain, else as its dict shape
             obs = _plain_xml_account(raw, source, observed_at, correlation_id, seen)
             if obs is None:
@@ -446,16 +449,49 @@ def _plain_xml_account(
     return _plain_account(fields, source, observed_at, correlation_id, seen)
 
 
+def _plain_json_account(
+    raw: dict[str, object], source: str, observed_at: datetime, correlation_id: str, seen: _Seen
+) -> Observation | None:
+    """The observation of a JSON account object whose seven values are all strings, read directly by
+    _plain_account (no dict look-up but these seven); None for any other, read by _account.
+
+    Why: _account checks each value's type and builds each error's path as it goes; most of a steady
+    listing's CPU time was there (0.75 of 1.05 s for 100,000 accounts, measured in process). Keys other
+    than the seven are ignored, as _account ignores them; a value of another type (an amount as a
+    number, a null description, ...) is _account's to read. A test reads every variation both ways.
+    """
+    balance = raw.get("balance")
+    if type(balance) is not dict:
+        return None
+    try:
+        description, stamp, created, token = (
+            raw["account_description"], raw["balance_timestamp"], raw["created_date"], raw["non_card_token"]
+        )
+        amount, currency, state = balance["amount"], balance["currency"], balance["state"]
+    except KeyError:
+        return None
+    if not (
+        type(amount) is str and type(currency) is str and type(state) is str and type(token) is str
+        and type(description) is str and type(stamp) is str and type(created) is str
+    ):
+        return None
+    fields = (description, amount, currency, state, stamp, created, token)
+    return _plain_account(fields, source, observed_at, correlation_id, seen)
+
+
 def _plain_account(
     fields: PlainFields, source: str, observed_at: datetime, correlation_id: str, seen: _Seen
 ) -> Observation | None:
-    """The observation of one account of the plain layout from its texts (stripped), read directly; None
-    when a value is not plain, and the account is then read as its dict shape by _account.
+    """The observation of one account of the plain layout from its texts, read directly; None when a
+    value is not plain, and the account is then read as its dict shape by _account.
 
-    Plain values: a non-empty token, a plain unsigned amount, a currency already found valid in this body,
-    IN_CREDIT or IN_DEBIT. The result is what _account makes of the dict shape; anything else (a bad
-    value, the first account of each currency) returns None before anything is recorded, so that every
-    rejection and every error message comes from the one general path.
+    The texts are taken as they are: the XML paths strip them first, as _xml_value does; JSON's are not
+    stripped, as _account does not strip them.
+
+    Plain values: a token not all whitespace, a plain unsigned amount, a currency already found valid in
+    this body, IN_CREDIT or IN_DEBIT. The result is what _account makes of the dict shape; anything else
+    (a bad value, the first account of each currency) returns None before anything is recorded, so that
+    every rejection and every error message comes from the one general path.
     """
     description, amount_text, currency_text, state_text, stamp_text, created, token = fields
     currency = seen.currencies.get(currency_text)
@@ -465,7 +501,7 @@ def _plain_account(
         state = IN_DEBIT
     else:
         return None
-    if not token or currency is None or not UNSIGNED_AMOUNT.fullmatch(amount_text):
+    if currency is None or not UNSIGNED_AMOUNT.fullmatch(amount_text) or not token.strip():
         return None
     # What _Seen.text, .timestamp, .extra and .key do, inline: four calls fewer per account.
     stamp_text = seen.texts.setdefault(stamp_text, stamp_text)
