@@ -20,6 +20,8 @@ from watcher.sources.values import refuse_constant
 
 # The body is decoded to text this many bytes at a time.
 CHUNK_BYTES = 1024 * 1024
+# More of the body is decoded when less than this is left of the text: an account is ~400 characters.
+_MARGIN_CHARS = 16 * 1024
 _SPACE = re.compile(r"[ \t\n\r]*")
 # The values of a body, as load_json reads them: every number an exact Decimal, NaN and Infinity refused.
 _VALUES = json.JSONDecoder(parse_float=Decimal, parse_int=Decimal, parse_constant=refuse_constant)
@@ -123,7 +125,11 @@ class JsonListing:
             decode = _VALUES.raw_decode
             space = _SPACE.match
             while True:
-                # Most items lie whole in the text decoded so far, with the character after them.
+                # Most items lie whole in the text decoded so far, with the character after them: more
+                # is decoded before the text runs short, not after an item is found cut (the decoder's
+                # error for a cut item counts the lines of the whole text, ~1 ms a megabyte).
+                if len(self._text) - self._pos < _MARGIN_CHARS:
+                    self._more()
                 text = self._text
                 try:
                     value, end = decode(text, space(text, self._pos).end())  # type: ignore[union-attr]
