@@ -26,6 +26,7 @@ import gc
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,13 @@ class Kafka:
 async def run(args: argparse.Namespace) -> None:
     body = Body(args.format, args.accounts)
     folder = Path(tempfile.mkdtemp(prefix="listing-memory-", dir=WORK))
+    try:
+        await _rounds(args, body, folder)
+    finally:  # the state database of 100,000 accounts is ~50 MB
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _rounds(args: argparse.Namespace, body: Body, folder: Path) -> None:
     store = StateStore(folder / "state.db", outbox_limit=10_000_000)
     await store.open()
     relay = OutboxRelay(store, Kafka(args.ack_delay), batch_size=1000)  # type: ignore[arg-type]
