@@ -1,13 +1,15 @@
-"""Test helper: a Mastercard XML body read with the pattern (xml_pattern) allowed or not, and whether it
-read the body, so that a test can compare the two ways on the same bytes."""
+"""Test helpers: a Mastercard body read one way or the other (the XML pattern, xml_pattern, allowed or not;
+a direct path on or off), so that a test can compare the two ways on the same bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import watcher.sources.mastercard_parse as mastercard
+from rules.types import Observation
 from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.body import Body
 from watcher.sources.xml_pattern import NotPlain
@@ -36,3 +38,20 @@ def read_xml(
             return repr(mastercard.parse_mastercard_xml(body, keys=keys, **kw)), took
         except ParseError as exc:
             return f"ParseError: {exc}", took
+
+
+def count_direct_reads(patch: pytest.MonkeyPatch, name: str, *, direct: bool) -> Callable[[], int]:
+    """Wraps mastercard_parse's direct path `name` (`_plain_json_account`, `_plain_xml_account`) for the
+    patch's life; with `direct=False` it reads no account, leaving every one to the general path
+    (_account). Returns how many accounts it has read so far."""
+    plain = getattr(mastercard, name)
+    taken = 0
+
+    def counting(*args: Any) -> Observation | None:
+        nonlocal taken
+        found: Observation | None = plain(*args) if direct else None
+        taken += found is not None
+        return found
+
+    patch.setattr(mastercard, name, counting)
+    return lambda: taken

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from pattern_reads import count_direct_reads
+from sandbox_accounts import AMOUNT_TEXTS, sandbox_account
 
 import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
-from rules.types import KnownBalance, Observation
-from watcher.sandbox.mastercard import AccountBalanceView, render_json
+from rules.types import KnownBalance
+from watcher.sandbox.mastercard import render_json
 from watcher.sources.base import ParseError
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
@@ -31,37 +33,21 @@ def json_read(
     """parse_mastercard_json's outcome as text, and how many accounts the direct path read;
     `direct=False` leaves every account to the general path (_account). `streamed`: the body is read
     one item at a time in chunks of 7 bytes (json_listing), else whole."""
-    plain = mastercard._plain_json_account
-    taken = 0
-
-    def counting(*args: Any) -> Observation | None:
-        nonlocal taken
-        found = plain(*args) if direct else None
-        taken += found is not None
-        return found
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mastercard, "_plain_json_account", counting)
+        taken = count_direct_reads(patch, "_plain_json_account", direct=direct)
         patch.setattr(mastercard, "_STREAM_JSON_BYTES", 0 if streamed else 1 << 62)
         patch.setattr(json_listing, "CHUNK_BYTES", 7)
         try:
-            return repr(mastercard.parse_mastercard_json(body, keys=keys, **KW)), taken
+            return repr(mastercard.parse_mastercard_json(body, keys=keys, **KW)), taken()
         except ParseError as exc:
-            return f"ParseError: {exc}", taken
-
-
-def _sandbox_account(i: int, **fields: str) -> AccountBalanceView:
-    plain = {"account_description": "Main prefunding", "amount": "23998.19", "currency": "GBP",
-             "state": "IN_CREDIT", "balance_timestamp": "2026-12-02T12:00:00Z",
-             "created_date": "2018-01-10T09:30:00Z", "non_card_token": f"non_card_token:sbx-P-{i:04d}"}
-    return AccountBalanceView(**{**plain, **fields})
+            return f"ParseError: {exc}", taken()
 
 
 def _second_changed(old: str, new: str) -> bytes:
     """The sandbox's listing of two plain accounts, the second one's first `old` replaced by `new`. The
     first account is the first of its currency (read the general way), so the second is the one the
     direct path may take."""
-    body = render_json([_sandbox_account(1), _sandbox_account(2)], listing=True).decode()
+    body = render_json([sandbox_account(1), sandbox_account(2)], listing=True).decode()
     at = body.index("{", body.index("}", body.index("}") + 1))
     assert old in body[at:], old
     return (body[:at] + body[at:].replace(old, new, 1)).encode()
@@ -103,16 +89,7 @@ JSON_TABLE: list[tuple[str, str, str, bool]] = [
     ("creation date empty", '"2018-01-10T09:30:00Z"', '""', True),
     ("creation date null", '"2018-01-10T09:30:00Z"', "null", False),
     ("creation date missing", '"created_date": "2018-01-10T09:30:00Z",', "", False),
-    ("amount with leading zeros", '"23998.19"', '"0023998.190"', True),
-    ("amount zero", '"23998.19"', '"0"', True),
-    ("amount at the bounds", '"23998.19"', f'"{"9" * 18}.{"1" * 18}"', True),
-    ("amount too long", '"23998.19"', f'"{"9" * 19}"', False),
-    ("amount too fine", '"23998.19"', f'"1.{"1" * 19}"', False),
     ("amount padded", '"23998.19"', '" 23998.19 "', False),
-    ("amount exponent", '"23998.19"', '"1e3"', False),
-    ("amount negative", '"23998.19"', '"-5.00"', False),
-    ("amount NaN", '"23998.19"', '"NaN"', False),
-    ("amount full-width digits", '"23998.19"', '"\uff11\uff12"', False),
     ("amount empty", '"23998.19"', '""', False),
     ("amount a number", '"23998.19"', "23998.19", False),
     ("amount an integer", '"23998.19"', "23998", False),
@@ -147,6 +124,8 @@ JSON_TABLE: list[tuple[str, str, str, bool]] = [
     ("a string before the account", "{", '"x", {', True),
     ("null before the account", "{", "null, {", True),
 ]
+
+JSON_TABLE += [(f"amount {what}", '"23998.19"', f'"{text}"', direct) for what, text, direct in AMOUNT_TEXTS]
 
 
 def _table_body(what: str, old: str, new: str) -> bytes:
@@ -228,7 +207,7 @@ def test_json_direct_path_takes_a_sandbox_listing() -> None:
     """A sandbox listing (both states, several currencies, repeated values) is read by the direct path
     for every account but the first of each currency, with the same result as the general path, and
     on the next listing, with the known balances, shares the same objects as the general path does."""
-    views = [_sandbox_account(i, amount=f"{i}.{i % 100:02d}", state=("IN_DEBIT", "IN_CREDIT")[i % 2],
+    views = [sandbox_account(i, amount=f"{i}.{i % 100:02d}", state=("IN_DEBIT", "IN_CREDIT")[i % 2],
                               currency=("GBP", "EUR", "USD")[i % 3], created_date=f"2018-01-{1 + i % 7:02d}",
                               balance_timestamp=f"2026-12-02T12:00:0{i % 5}Z") for i in range(300)]
     body = render_json(views, listing=True)
@@ -243,7 +222,7 @@ def test_json_direct_path_takes_a_sandbox_listing() -> None:
 
     known = {o.key: KnownBalance(o.balance, T0, "corr-0", 1, o.description) for o in parsed.observations}
     keys.known = known.get
-    moved = render_json([*views[:-1], _sandbox_account(299, amount="1.00")], listing=True)
+    moved = render_json([*views[:-1], sandbox_account(299, amount="1.00")], listing=True)
     again = mastercard.parse_mastercard_json(moved, keys=keys, **KW)
     assert json_read(moved, direct=True, keys=keys) == (repr(again), 297)
     assert json_read(moved, direct=False, keys=keys)[0] == repr(again)
