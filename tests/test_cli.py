@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -155,17 +156,24 @@ async def test_tail_prints_the_events_read_back_from_kafka(
     tmp_path: Path, dev_key: DevKey, sandbox: SandboxProcess, kafka_broker: Broker
 ) -> None:
     """`tail --from-beginning` reads both topics from the broker and prints one line per event,
-    readable by default and as JSON with --json, filtered by --type."""
+    readable by default and as JSON with --json, filtered by --type; it exits 0 on SIGINT and on
+    SIGTERM, also when started with SIGINT ignored (as a script's background job is)."""
     import asyncio
 
     config = write_config(tmp_path, broker=kafka_broker, sources=source(sandbox, dev_key, "TAIL"),
                           rules=RULES.replace("5000.00", "99999999"), topic_prefix="tail")
     assert run_cli("once", "-c", str(config)).returncode == 0
 
-    async def tail(*extra: str) -> list[str]:
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def tail(*extra: str, stop_with: int = signal.SIGINT, sigint_ignored: bool = False) -> list[str]:
+        """The lines printed until four are read or none comes for 8 s; then `stop_with` is sent, and
+        tail must exit 0. `sigint_ignored`: started as a background job of a script is, SIGINT ignored."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "watcher", "tail", "-c", str(config), "--from-beginning", *extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+            preexec_fn=ignore_sigint if sigint_ignored else None,
         )
         lines: list[str] = []
         assert process.stdout is not None
@@ -178,8 +186,14 @@ async def test_tail_prints_the_events_read_back_from_kafka(
         except TimeoutError:
             pass
         finally:
-            process.send_signal(2)
-            await process.wait()
+            process.send_signal(stop_with)
+            try:  # bounded: a tail that ignores the signal fails the test, it does not hang the suite
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+                raise AssertionError(f"tail did not stop on signal {stop_with}") from None
+        assert process.returncode == 0
         return lines
 
     readable = await tail()
@@ -187,9 +201,10 @@ async def test_tail_prints_the_events_read_back_from_kafka(
     assert sum("balance.changed" in line for line in readable) == 2
     assert sum("balance.alert.firing" in line and "low" in line for line in readable) == 2
     assert all("11223344 GBP IN_CREDIT" in line for line in readable)
-    as_json = [json.loads(line) for line in await tail("--json", "--type", "balance.alert.firing")]
+    as_json = [json.loads(line) for line in
+               await tail("--json", "--type", "balance.alert.firing", stop_with=signal.SIGTERM)]
     assert {e["headers"]["ce_type"] for e in as_json} == {"balance.alert.firing"}
     assert {e["key"] for e in as_json} == {"mc:non_card_token:one", "mc:non_card_token:two"}
     one = [json.loads(line) for line in await tail("--json", "--source", "mc", "--account", "*:one")]
     assert {e["key"] for e in one} == {"mc:non_card_token:one"}
-    assert await tail("--source", "other") == []
+    assert await tail("--source", "other", sigint_ignored=True) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -60,7 +61,34 @@ async def tail(
     accounts: Sequence[str] = (),
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Print events until stopped (Ctrl-C, or `stop` set)."""
+    """Print events until stopped: `stop` set, or when none is given, SIGINT (Ctrl-C) or SIGTERM.
+
+    The handlers are installed here, not left to asyncio.run: a process started with SIGINT ignored
+    (a background job of a script, nohup) would otherwise never stop on it."""
+    signals: tuple[signal.Signals, ...] = ()
+    if stop is None:
+        stop = asyncio.Event()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _print_events(settings, from_beginning, out, as_json, types, sources, accounts, stop)
+    finally:
+        for sig in signals:
+            asyncio.get_running_loop().remove_signal_handler(sig)
+
+
+async def _print_events(
+    settings: Settings,
+    from_beginning: bool,
+    out: TextIO,
+    as_json: bool,
+    types: Sequence[str],
+    sources: Sequence[str],
+    accounts: Sequence[str],
+    stop: asyncio.Event,
+) -> int:
     topics = [settings.kafka.changes_topic, settings.kafka.alerts_topic]
     consumer = AIOKafkaConsumer(
         *topics,
@@ -73,7 +101,7 @@ async def tail(
     await consumer.start()
     colour = out.isatty() and not as_json
     try:
-        while stop is None or not stop.is_set():
+        while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
