@@ -65,21 +65,20 @@ async def tail(
 
     The handlers are installed here, not left to asyncio.run: a process started with SIGINT ignored
     (a background job of a script, nohup) would otherwise never stop on it."""
-    signals: tuple[signal.Signals, ...] = ()
-    if stop is None:
-        stop = asyncio.Event()
-        signals = (signal.SIGINT, signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        for sig in signals:
-            loop.add_signal_handler(sig, stop.set)
+    signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
     try:
-        return await _print_events(settings, from_beginning, out, as_json, types, sources, accounts, stop)
+        return await _print_until(stop, settings, from_beginning, out, as_json, types, sources, accounts)
     finally:
         for sig in signals:
-            asyncio.get_running_loop().remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)
 
 
-async def _print_events(
+async def _print_until(
+    stop: asyncio.Event,
     settings: Settings,
     from_beginning: bool,
     out: TextIO,
@@ -87,8 +86,8 @@ async def _print_events(
     types: Sequence[str],
     sources: Sequence[str],
     accounts: Sequence[str],
-    stop: asyncio.Event,
 ) -> int:
+    """tail's loop: the consumer, and a line per event that passes the filters, until `stop` is set."""
     topics = [settings.kafka.changes_topic, settings.kafka.alerts_topic]
     consumer = AIOKafkaConsumer(
         *topics,
