@@ -15,6 +15,14 @@ def sandbox_account(i: int, **fields: str) -> AccountBalanceView:
     return AccountBalanceView(**{**plain, **fields})
 
 
+def varied_accounts(count: int) -> list[AccountBalanceView]:
+    """`count` sandbox accounts with both states, three currencies, five balance timestamps and seven
+    creation dates: a listing whose repeated values the parse must share."""
+    return [sandbox_account(i, amount=f"{i}.{i % 100:02d}", state=("IN_DEBIT", "IN_CREDIT")[i % 2],
+                            currency=("GBP", "EUR", "USD")[i % 3], created_date=f"2018-01-{1 + i % 7:02d}",
+                            balance_timestamp=f"2026-12-02T12:00:0{i % 5}Z") for i in range(count)]
+
+
 # (what, in place of the plain amount 23998.19, read by the direct path): the plain unsigned decimal of up
 # to 18 digits either side of the point is; anything else is read by the general path, which refuses it.
 AMOUNT_TEXTS: list[tuple[str, str, bool]] = [

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pattern_reads import count_direct_reads
-from sandbox_accounts import AMOUNT_TEXTS, sandbox_account
+from sandbox_accounts import AMOUNT_TEXTS, sandbox_account, varied_accounts
 
 import watcher.sources.json_listing as json_listing
 import watcher.sources.mastercard_parse as mastercard
@@ -207,9 +207,7 @@ def test_json_direct_path_takes_a_sandbox_listing() -> None:
     """A sandbox listing (both states, several currencies, repeated values) is read by the direct path
     for every account but the first of each currency, with the same result as the general path, and
     on the next listing, with the known balances, shares the same objects as the general path does."""
-    views = [sandbox_account(i, amount=f"{i}.{i % 100:02d}", state=("IN_DEBIT", "IN_CREDIT")[i % 2],
-                              currency=("GBP", "EUR", "USD")[i % 3], created_date=f"2018-01-{1 + i % 7:02d}",
-                              balance_timestamp=f"2026-12-02T12:00:0{i % 5}Z") for i in range(300)]
+    views = varied_accounts(300)
     body = render_json(views, listing=True)
     keys = mastercard.ListingKeys()
     first, taken = json_read(body, direct=True, streamed=True, keys=keys)

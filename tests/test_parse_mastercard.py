@@ -17,7 +17,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pattern_reads import count_direct_reads, read_xml
-from sandbox_accounts import AMOUNT_TEXTS, sandbox_account
+from sandbox_accounts import AMOUNT_TEXTS, sandbox_account, varied_accounts
 from spooling import as_body
 
 import watcher.sources.json_listing as json_listing
@@ -29,7 +29,6 @@ from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.mastercard_parse import describe_error_body, parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import collector_paused, read_amount
-from watcher.sources.xml_pattern import NotPlain
 
 SEED = Path(__file__).resolve().parent.parent / "watcher" / "sandbox" / "seed"
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
@@ -832,16 +831,9 @@ def _xml_read(body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None 
     differ, or the ParseError's message), and how many accounts the direct path read; `direct=False`
     turns the direct path off, leaving the general one (dict shape, then _account) for every account.
     The pattern (xml_pattern) is off: the body is parsed as XML."""
-    def not_plain(*args: Any, **kwargs: Any) -> ParsedBalances:
-        raise NotPlain
-
     with pytest.MonkeyPatch.context() as patch:
         taken = count_direct_reads(patch, "_plain_xml_account", direct=direct)
-        patch.setattr(mastercard, "_read_pattern", not_plain)
-        try:
-            outcome: object = repr(parse_mastercard_xml(body, keys=keys, **KW))
-        except ParseError as exc:
-            outcome = f"ParseError: {exc}"
+        outcome, _ = read_xml(body, pattern=False, keys=keys, **KW)
     return outcome, taken()
 
 
@@ -1027,9 +1019,7 @@ def test_xml_direct_path_takes_a_sandbox_listing() -> None:
     """A sandbox listing (both states, several currencies, repeated values) is read by the direct path for
     every account but the first of each currency, with the same result as the general path and as the
     whole-tree reader; repeated values and the source's previous keys are shared the same way."""
-    views = [sandbox_account(i, amount=f"{i}.{i % 100:02d}", state=("IN_DEBIT", "IN_CREDIT")[i % 2],
-                              currency=("GBP", "EUR", "USD")[i % 3], created_date=f"2018-01-{1 + i % 7:02d}",
-                              balance_timestamp=f"2026-12-02T12:00:0{i % 5}Z") for i in range(300)]
+    views = varied_accounts(300)
     body = _sandbox_listing(*views)
     keys = mastercard.ListingKeys()
     first, taken = _xml_read(body, direct=True, keys=keys)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import itertools
 import json
 import signal
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 from watcher.config import Settings
 from watcher.publisher import kafka_client_options
@@ -51,6 +53,11 @@ def describe(headers: dict[str, str], body: dict[str, Any]) -> str:
     return f"{when} {ce_type:<24} {subject} {detail} [correlation-id {corr}]"
 
 
+# tail runs until one of these; its own handlers, not asyncio.run's: a process started with SIGINT
+# ignored (a background job of a script, nohup) would otherwise never stop on it.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 async def tail(
     settings: Settings,
     from_beginning: bool,
@@ -59,35 +66,8 @@ async def tail(
     types: Sequence[str] = (),
     sources: Sequence[str] = (),
     accounts: Sequence[str] = (),
-    stop: asyncio.Event | None = None,
 ) -> int:
-    """Print events until stopped: `stop` set, or when none is given, SIGINT (Ctrl-C) or SIGTERM.
-
-    The handlers are installed here, not left to asyncio.run: a process started with SIGINT ignored
-    (a background job of a script, nohup) would otherwise never stop on it."""
-    signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        return await _print_until(stop, settings, from_beginning, out, as_json, types, sources, accounts)
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
-async def _print_until(
-    stop: asyncio.Event,
-    settings: Settings,
-    from_beginning: bool,
-    out: TextIO,
-    as_json: bool,
-    types: Sequence[str],
-    sources: Sequence[str],
-    accounts: Sequence[str],
-) -> int:
-    """tail's loop: the consumer, and a line per event that passes the filters, until `stop` is set."""
+    """Print events until SIGINT (Ctrl-C) or SIGTERM."""
     topics = [settings.kafka.changes_topic, settings.kafka.alerts_topic]
     consumer = AIOKafkaConsumer(
         *topics,
@@ -97,38 +77,57 @@ async def _print_until(
         enable_auto_commit=False,
         metadata_max_age_ms=2000,  # pick up the topics soon after the daemon creates them
     )
-    await consumer.start()
     colour = out.isatty() and not as_json
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
     try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
-                    if types and headers.get("ce_type") not in types:
-                        continue
-                    source, _, account = (record.key or b"").decode("utf-8", "replace").partition(":")
-                    if sources and source not in sources:
-                        continue
-                    if accounts and not any(fnmatch.fnmatchcase(account, a) for a in accounts):
-                        continue
-                    try:
-                        body = json.loads(record.value or b"{}")
-                    except ValueError:
-                        body = {}
-                    if as_json:
-                        line = json.dumps(
-                            {"topic": record.topic, "key": (record.key or b"").decode(), "headers": headers,
-                             "data": body}
-                        )
-                    else:
-                        line = describe(headers, body)
-                        if colour:
-                            ce_type = headers.get("ce_type", "")
-                            severity = str(body.get("rule", {}).get("severity", ""))
-                            tint = (_SEVERITY_COLOURS.get(severity) if ce_type.endswith("firing") else None)
-                            line = (tint or _COLOURS.get(ce_type, "")) + line + _RESET
-                    print(line, file=out, flush=True)
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500)
+                for record in itertools.chain.from_iterable(batches.values()):
+                    line = _line(record, as_json, colour, types, sources, accounts)
+                    if line is not None:
+                        print(line, file=out, flush=True)
+        finally:
+            await consumer.stop()
     finally:
-        await consumer.stop()
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
     return 0
+
+
+def _line(
+    record: ConsumerRecord[bytes, bytes],
+    as_json: bool,
+    colour: bool,
+    types: Sequence[str],
+    sources: Sequence[str],
+    accounts: Sequence[str],
+) -> str | None:
+    """The line tail prints for one event; None when the filters leave it out."""
+    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
+    if types and headers.get("ce_type") not in types:
+        return None
+    source, _, account = (record.key or b"").decode("utf-8", "replace").partition(":")
+    if sources and source not in sources:
+        return None
+    if accounts and not any(fnmatch.fnmatchcase(account, a) for a in accounts):
+        return None
+    try:
+        body = json.loads(record.value or b"{}")
+    except ValueError:
+        body = {}
+    if as_json:
+        return json.dumps(
+            {"topic": record.topic, "key": (record.key or b"").decode(), "headers": headers, "data": body}
+        )
+    line = describe(headers, body)
+    if colour:
+        ce_type = headers.get("ce_type", "")
+        severity = str(body.get("rule", {}).get("severity", ""))
+        tint = _SEVERITY_COLOURS.get(severity) if ce_type.endswith("firing") else None
+        line = (tint or _COLOURS.get(ce_type, "")) + line + _RESET
+    return line

@@ -62,8 +62,8 @@ _HEAD = re.compile(
 )
 _TAILS = {root: re.compile(f"{_S}</{root}>{_S}") for root in ("account-balances", "account_balances")}
 
-# One account's texts, stripped: description, amount, currency, state, balance timestamp, created
-# date, token.
+# One account's texts: description, amount, currency, state, balance timestamp, created date, token
+# (stripped when read here; mastercard_parse's JSON path makes them too, unstripped).
 PlainFields = tuple[str, str, str, str, str, str, str]
 
 
