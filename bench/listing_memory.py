@@ -48,7 +48,7 @@ from watcher.poller import OutboxDelivery, Poller, RoundSummary, RulesHolder  # 
 from watcher.relay import OutboxRelay  # noqa: E402
 from watcher.sources.base import FetchResult  # noqa: E402
 from watcher.sources.body import Spool  # noqa: E402
-from watcher.sources.mastercard_parse import ListingKeys, parse_mastercard_json, parse_mastercard_xml  # noqa: E402
+from watcher.sources.mastercard import ListingKeys, parse_mastercard_json, parse_mastercard_xml  # noqa: E402
 from watcher.store import OutboxEntry, StateStore  # noqa: E402
 
 WORK = ROOT / "bench" / ".work"

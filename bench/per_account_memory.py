@@ -50,7 +50,7 @@ from watcher.config import StateConfig  # noqa: E402
 from watcher.poller import OutboxDelivery, Poller, RulesHolder  # noqa: E402
 from watcher.relay import OutboxRelay  # noqa: E402
 from watcher.sources.base import FetchResult  # noqa: E402
-from watcher.sources.mastercard_parse import ListingKeys, parse_mastercard_json  # noqa: E402
+from watcher.sources.mastercard import ListingKeys, parse_mastercard_json  # noqa: E402
 from watcher.store import StateStore  # noqa: E402
 
 T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)

@@ -26,10 +26,11 @@ from hypothesis import strategies as st
 from spooling import as_body
 
 import watcher.sources.json_listing as json_listing
-import watcher.sources.mastercard_parse as mastercard
+import watcher.sources.mastercard_json as mastercard_json
+import watcher.sources.mastercard_xml as mastercard_xml
 from watcher.sources import xmlsafe
 from watcher.sources.base import ParsedBalances, ParseError
-from watcher.sources.mastercard_parse import parse_mastercard_json, parse_mastercard_xml
+from watcher.sources.mastercard import parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.mypos import parse_mypos_json
 from watcher.sources.oauth2 import parse_token_response
 from watcher.sources.provider_errors import read_berlin_group_error, read_mastercard_error
@@ -251,9 +252,10 @@ def _xml_outcome(body: bytes, chunk_bytes: int | None, spool: bool = False) -> o
     kw: dict[str, Any] = {"source": "mc", "observed_at": T0, "correlation_id": "c"}
     try:
         if chunk_bytes is None:
-            return mastercard._read_xml_tree(body, **kw)
+            return mastercard_xml._read_xml_tree(body, **kw)
         streamed = functools.partial(xmlsafe.stream_untrusted_xml, chunk_bytes=chunk_bytes)
-        with mock.patch.object(mastercard, "stream_untrusted_xml", streamed), as_body(body, spool) as read:
+        with mock.patch.object(mastercard_xml, "stream_untrusted_xml", streamed), \
+                as_body(body, spool) as read:
             return parse_mastercard_xml(read, **kw)
     except ParseError as exc:
         return str(exc)
@@ -284,7 +286,7 @@ def _json_outcome(body: bytes, chunk_bytes: int | None, spool: bool = False) -> 
     (from a spool file when `spool`), or (None) read whole: the result, or the ParseError's message."""
     kw: dict[str, Any] = {"source": "mc", "observed_at": T0, "correlation_id": "c"}
     threshold = 0 if chunk_bytes is not None else 1 << 62
-    with mock.patch.object(mastercard, "_STREAM_JSON_BYTES", threshold), \
+    with mock.patch.object(mastercard_json, "_STREAM_JSON_BYTES", threshold), \
             mock.patch.object(json_listing, "CHUNK_BYTES", chunk_bytes or 1), as_body(body, spool) as read:
         try:
             return parse_mastercard_json(read, **kw)

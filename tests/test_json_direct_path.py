@@ -1,4 +1,4 @@
-"""The direct path of a JSON account (mastercard_parse._plain_json_account): an account object whose seven
+"""The direct path of a JSON account (mastercard_json._plain_json_account): an account object whose seven
 values are strings is read without _account's per-value checks, for exactly the result _account gives.
 
 Every test reads the same bytes twice, with the direct path and with the general path only, and compares
@@ -18,27 +18,28 @@ from pattern_reads import count_direct_reads
 from sandbox_accounts import AMOUNT_TEXTS, sandbox_account, varied_accounts
 
 import watcher.sources.json_listing as json_listing
-import watcher.sources.mastercard_parse as mastercard
+import watcher.sources.mastercard_json as mastercard_json
 from rules.types import KnownBalance
 from watcher.sandbox.mastercard import render_json
 from watcher.sources.base import ParseError
+from watcher.sources.mastercard_accounts import ListingKeys
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
 KW: dict[str, Any] = {"source": "mc", "observed_at": T0, "correlation_id": "corr-1"}
 
 
 def json_read(
-    body: bytes, *, direct: bool, streamed: bool = False, keys: mastercard.ListingKeys | None = None
+    body: bytes, *, direct: bool, streamed: bool = False, keys: ListingKeys | None = None
 ) -> tuple[str, int]:
     """parse_mastercard_json's outcome as text, and how many accounts the direct path read;
     `direct=False` leaves every account to the general path (_account). `streamed`: the body is read
     one item at a time in chunks of 7 bytes (json_listing), else whole."""
     with pytest.MonkeyPatch.context() as patch:
-        taken = count_direct_reads(patch, "_plain_json_account", direct=direct)
-        patch.setattr(mastercard, "_STREAM_JSON_BYTES", 0 if streamed else 1 << 62)
+        taken = count_direct_reads(patch, mastercard_json, "_plain_json_account", direct=direct)
+        patch.setattr(mastercard_json, "_STREAM_JSON_BYTES", 0 if streamed else 1 << 62)
         patch.setattr(json_listing, "CHUNK_BYTES", 7)
         try:
-            return repr(mastercard.parse_mastercard_json(body, keys=keys, **KW)), taken()
+            return repr(mastercard_json.parse_mastercard_json(body, keys=keys, **KW)), taken()
         except ParseError as exc:
             return f"ParseError: {exc}", taken()
 
@@ -209,11 +210,11 @@ def test_json_direct_path_takes_a_sandbox_listing() -> None:
     on the next listing, with the known balances, shares the same objects as the general path does."""
     views = varied_accounts(300)
     body = render_json(views, listing=True)
-    keys = mastercard.ListingKeys()
+    keys = ListingKeys()
     first, taken = json_read(body, direct=True, streamed=True, keys=keys)
     assert taken == 300 - 3
     assert first == json_read(body, direct=False)[0]
-    parsed = mastercard.parse_mastercard_json(body, **KW)
+    parsed = mastercard_json.parse_mastercard_json(body, **KW)
     assert len({id(o.provider_timestamp_text) for o in parsed.observations}) == 5
     assert len({id(o.extra) for o in parsed.observations}) == 7
     assert len({id(o.balance.currency) for o in parsed.observations}) == 3
@@ -221,7 +222,7 @@ def test_json_direct_path_takes_a_sandbox_listing() -> None:
     known = {o.key: KnownBalance(o.balance, T0, "corr-0", 1, o.description) for o in parsed.observations}
     keys.known = known.get
     moved = render_json([*views[:-1], sandbox_account(299, amount="1.00")], listing=True)
-    again = mastercard.parse_mastercard_json(moved, keys=keys, **KW)
+    again = mastercard_json.parse_mastercard_json(moved, keys=keys, **KW)
     assert json_read(moved, direct=True, keys=keys) == (repr(again), 297)
     assert json_read(moved, direct=False, keys=keys)[0] == repr(again)
     for before, now in zip(parsed.observations[:-1], again.observations[:-1], strict=True):

@@ -21,12 +21,14 @@ from sandbox_accounts import AMOUNT_TEXTS, sandbox_account, varied_accounts
 from spooling import as_body
 
 import watcher.sources.json_listing as json_listing
-import watcher.sources.mastercard_parse as mastercard
+import watcher.sources.mastercard_accounts as mastercard_accounts
+import watcher.sources.mastercard_json as mastercard_json
+import watcher.sources.mastercard_xml as mastercard_xml
 from rules.types import Balance, BalanceKey, KnownBalance, Observation
 from watcher.sandbox.mastercard import AccountBalanceView, render_xml
 from watcher.sources import values, xml_pattern
 from watcher.sources.base import ParsedBalances, ParseError
-from watcher.sources.mastercard_parse import describe_error_body, parse_mastercard_json, parse_mastercard_xml
+from watcher.sources.mastercard import describe_error_body, parse_mastercard_json, parse_mastercard_xml
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import collector_paused, read_amount
 
@@ -539,7 +541,7 @@ def test_large_bodies_pause_the_collector_and_restore_it(monkeypatch: pytest.Mon
     padding = " " * values.PAUSE_GC_BYTES
     big = _listing([_entry(0, "2018-05-18T10:19:22Z")])[:-1] + padding.encode() + b"}"
     small = _listing([_entry(0, "2018-05-18T10:19:22Z")])
-    monkeypatch.setattr(mastercard, "parse_timestamp", spy)
+    monkeypatch.setattr(mastercard_accounts, "parse_timestamp", spy)
     assert gc.isenabled()
     parse_mastercard_json(big, **KW)
     parse_mastercard_json(small, **KW)
@@ -612,7 +614,7 @@ def test_xml_streamed_listing_keeps_the_whole_tree_verdicts(
     anywhere comes before a wrong root or unexpected children, and a <balance> under the root makes the
     root the account; from memory or from a spool file."""
     streamed = _xml_outcome(parse_mastercard_xml, body, spool)
-    assert streamed == _xml_outcome(mastercard._read_xml_tree, body)
+    assert streamed == _xml_outcome(mastercard_xml._read_xml_tree, body)
     if message is None:
         assert isinstance(streamed, ParsedBalances)
         assert streamed.observations
@@ -629,7 +631,7 @@ def test_xml_listing_is_streamed_not_a_whole_tree() -> None:
     body = _listing_xml(5000)
     peaks = []
     results = []
-    for read in (parse_mastercard_xml, mastercard._read_xml_tree):
+    for read in (parse_mastercard_xml, mastercard_xml._read_xml_tree):
         gc.collect()
         tracemalloc.start()
         try:
@@ -658,7 +660,7 @@ def _json_outcome(
 ) -> object:
     threshold = 0 if streamed else 1 << 62
     with pytest.MonkeyPatch.context() as patch, as_body(body, spool) as given:
-        patch.setattr(mastercard, "_STREAM_JSON_BYTES", threshold)
+        patch.setattr(mastercard_json, "_STREAM_JSON_BYTES", threshold)
         patch.setattr(json_listing, "CHUNK_BYTES", chunk_bytes)
         try:
             return parse_mastercard_json(given, **KW)
@@ -764,7 +766,7 @@ def test_a_listing_takes_the_keys_of_the_previous_one(parse: Any) -> None:
     """With the source's ListingKeys, a listing's observations have the very key objects of the previous
     listing (equal either way); a body that does not parse leaves them as they were."""
     body = seed("mc_account_balances.json" if parse is parse_mastercard_json else "mc_account_balances.xml")
-    keys = mastercard.ListingKeys()
+    keys = mastercard_accounts.ListingKeys()
     first = parse(body, keys=keys, **KW)
     again = parse(body, keys=keys, **KW)
     assert again == first == parse(body, **KW)
@@ -785,7 +787,7 @@ def test_an_account_polled_on_its_own_takes_its_fixed_key(parse: Any) -> None:
     of them has that very key object, and token string; an answer about another account, or of another
     source, gets a key of its own; and no parse adds to or replaces the fixed keys."""
     body = _accounts_body(parse, [("t1", "1.00", "IN_CREDIT", "Main")])
-    keys = mastercard.ListingKeys.of_accounts(KW["source"], ["t1", "t2"])
+    keys = mastercard_accounts.ListingKeys.of_accounts(KW["source"], ["t1", "t2"])
     fixed = dict(keys.latest)
     for _ in range(2):
         parsed = parse(body, keys=keys, **KW)
@@ -826,13 +828,15 @@ def _second_changed(old: str, new: str) -> bytes:
     return (body[:at] + body[at:].replace(old, new, 1)).encode()
 
 
-def _xml_read(body: bytes, *, direct: bool, keys: mastercard.ListingKeys | None = None) -> tuple[object, int]:
+def _xml_read(
+    body: bytes, *, direct: bool, keys: mastercard_accounts.ListingKeys | None = None
+) -> tuple[object, int]:
     """parse_mastercard_xml's outcome as a comparable text (the result's repr, so that 1000 and 1000.00
     differ, or the ParseError's message), and how many accounts the direct path read; `direct=False`
     turns the direct path off, leaving the general one (dict shape, then _account) for every account.
     The pattern (xml_pattern) is off: the body is parsed as XML."""
     with pytest.MonkeyPatch.context() as patch:
-        taken = count_direct_reads(patch, "_plain_xml_account", direct=direct)
+        taken = count_direct_reads(patch, mastercard_xml, "_plain_xml_account", direct=direct)
         outcome, _ = read_xml(body, pattern=False, keys=keys, **KW)
     return outcome, taken()
 
@@ -1021,10 +1025,10 @@ def test_xml_direct_path_takes_a_sandbox_listing() -> None:
     whole-tree reader; repeated values and the source's previous keys are shared the same way."""
     views = varied_accounts(300)
     body = _sandbox_listing(*views)
-    keys = mastercard.ListingKeys()
+    keys = mastercard_accounts.ListingKeys()
     first, taken = _xml_read(body, direct=True, keys=keys)
     assert taken == 300 - 3
-    assert first == _xml_read(body, direct=False)[0] == repr(mastercard._read_xml_tree(body, **KW))
+    assert first == _xml_read(body, direct=False)[0] == repr(mastercard_xml._read_xml_tree(body, **KW))
     parsed = parse_mastercard_xml(body, keys=keys, **KW)
     assert repr(parsed) == first
     assert all(o.key is keys.latest[o.key.account] for o in parsed.observations)
@@ -1137,7 +1141,7 @@ def test_unchanged_accounts_take_the_known_objects(parse: Any) -> None:
         ("t1", "100.00", "IN_CREDIT", "Main"), ("t2", "100.00", "IN_CREDIT", "Main"),
         ("t3", "5.00", "IN_CREDIT", "Fees"), ("t4", "7.00", "IN_CREDIT", "Other"),
     ])
-    keys = mastercard.ListingKeys()
+    keys = mastercard_accounts.ListingKeys()
     first = parse(first_body, keys=keys, **KW)
     known = {
         o.key: KnownBalance(o.balance, T0, "corr-0", 1, o.description) for o in first.observations
@@ -1172,7 +1176,7 @@ def test_unchanged_accounts_take_the_known_objects(parse: Any) -> None:
 def test_known_balances_of_another_source_are_not_looked_up() -> None:
     """The look-up is asked only for the keys of the source's previous listing of the same source name."""
     body = _accounts_body(parse_mastercard_json, [("t1", "1.00", "IN_CREDIT", "Main")])
-    keys = mastercard.ListingKeys()
+    keys = mastercard_accounts.ListingKeys()
     parse_mastercard_json(body, keys=keys, **KW)
     asked: list[BalanceKey] = []
 
@@ -1196,7 +1200,7 @@ def test_a_listings_index_of_accounts_is_its_observations_accounts(parse: Any) -
     accounts = [("t1", "1.00", "IN_CREDIT", "Main"), ("t2", "bad", "IN_CREDIT", "Main"),
                 ("t3", "2.00", "IN_DEBIT", "Fees"), ("t1", "3.00", "IN_CREDIT", "Main"),
                 ("t4", "4.00", "IN_CREDIT", "Other")]
-    keys = mastercard.ListingKeys()
+    keys = mastercard_accounts.ListingKeys()
     parsed = parse(_accounts_body(parse, accounts), keys=keys, **KW)
     assert [o.key.account for o in parsed.observations] == ["t1", "t3", "t4"]
     assert list(keys.latest) == ["t1", "t3", "t4"]

@@ -12,9 +12,9 @@ import pytest
 from pattern_reads import read_xml
 from spooling import as_body
 
-import watcher.sources.mastercard_parse as mastercard
 from watcher.sandbox.mastercard import AccountBalanceView, render_xml
 from watcher.sources import xml_pattern
+from watcher.sources.mastercard_accounts import ListingKeys
 from watcher.sources.xml_pattern import NotPlain, plain_listing
 
 KW: dict[str, Any] = {"source": "mc", "observed_at": datetime(2026, 12, 4, 6, 0, tzinfo=UTC),
@@ -128,7 +128,7 @@ def test_a_layout_broken_midway_is_parsed_whole_from_the_start() -> None:
     body = _listing(40).replace(b"<account_balance>", b'<account_balance id="x">', 31)
     body = body.replace(b'<account_balance id="x">', b"<account_balance>", 30)
     assert body.count(b'id="x"') == 1
-    parser_keys, pattern_keys = mastercard.ListingKeys(), mastercard.ListingKeys()
+    parser_keys, pattern_keys = ListingKeys(), ListingKeys()
     expected, _ = read_xml(body, pattern=False, keys=parser_keys, **KW)
     assert read_xml(body, pattern=True, keys=pattern_keys, **KW) == (expected, False)
     assert pattern_keys.latest == parser_keys.latest

@@ -1,6 +1,7 @@
 """Mastercard Send Account Balance: the OAuth1-signed source, for one account or the partner's listing.
 
-Parsing lives in watcher.sources.mastercard_parse; its public names are re-exported here.
+Its answers are read by watcher.sources.mastercard_json and mastercard_xml; their public names are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -22,13 +23,9 @@ from watcher.sources import transport
 from watcher.sources.base import FetchOutcome, FetchResult, ParseError
 from watcher.sources.body import Spool, whole
 from watcher.sources.guard import CallGuard, Exchange, Refusal
-from watcher.sources.mastercard_parse import (
-    PROVIDER,
-    ListingKeys,
-    describe_error_body,
-    parse_mastercard_json,
-    parse_mastercard_xml,
-)
+from watcher.sources.mastercard_accounts import PROVIDER, ListingKeys
+from watcher.sources.mastercard_json import parse_mastercard_json
+from watcher.sources.mastercard_xml import parse_mastercard_xml
 from watcher.sources.provider_errors import read_mastercard_error
 from watcher.sources.values import show
 
@@ -48,6 +45,16 @@ _ACCOUNT_BODY_LIMIT = 1024 * 1024
 _ACCEPT = {"json": "application/json", "xml": "application/xml"}
 
 Clock = Callable[[], datetime]
+
+
+def describe_error_body(body: bytes | None) -> str:
+    """Mastercard's error body, JSON or XML, as one line: `ReasonCode: Description (source ...,
+    recoverable or not, details: ...)`, errors joined by "; "; "" when it is not one.
+
+    See watcher.sources.provider_errors for the shapes read.
+    """
+    error = read_mastercard_error(body)
+    return error.text if error is not None else ""
 
 
 # --- the source --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ Why that is safe and reads what the parser would:
   reference), so a text is its characters exactly as the parser would report them. It may not hold a
   control character other than tab and line feed (carriage returns are normalised by a parser, and the
   others are not XML characters), nor U+FFFE or U+FFFF. The bytes must be valid UTF-8.
-- Texts are stripped, as the element path strips them (`mastercard_parse`).
+- Texts are stripped, as the element path strips them (`mastercard_xml`).
 So a body read here has no fault a parser would find, and each account's texts are those the parser's
 elements would give. A test reads every variation of the element path's table both ways and compares.
 
@@ -63,7 +63,7 @@ _HEAD = re.compile(
 _TAILS = {root: re.compile(f"{_S}</{root}>{_S}") for root in ("account-balances", "account_balances")}
 
 # One account's texts: description, amount, currency, state, balance timestamp, created date, token
-# (stripped when read here; mastercard_parse's JSON path makes them too, unstripped).
+# (stripped when read here; mastercard_json's direct path makes them too, unstripped).
 PlainFields = tuple[str, str, str, str, str, str, str]
 
 
