@@ -10,6 +10,9 @@ PATCHES is a comma-separated list (or "none"):
                  nothing
   trace-stalls   event loop lags over 10 ms, garbage collections and group commit durations (in
                  $BENCH_STALLS_FILE)
+  trace-handles  what fills each event loop iteration whose callbacks take over 10 ms in all: their
+                 count, and the time by kind (a task's step by its coroutine and where it stopped, or
+                 the callback's name), largest first (in $BENCH_HANDLES_FILE); measures, ~1 us a callback
   relay-serial   the outbox relay with one batch in flight (for comparison)
   tick-whole     the alert clock's tick over every key at once (for comparison)
   gc-young       gc.set_threshold(7000, 10, 10) (an experiment)
@@ -164,6 +167,60 @@ def patch_trace_stalls() -> None:
             out.flush()
 
     Daemon.run = run  # type: ignore[method-assign]
+
+
+def patch_trace_handles() -> None:
+    """Append to $BENCH_HANDLES_FILE, for each loop iteration whose callbacks ran over 10 ms in all, `iter
+    T total_ms callbacks` and then its kinds of callback, largest first: `  ms count kind`. A task's step
+    is named by its coroutine and the innermost function it stopped in (where its step ended), another
+    callback by its name. The lags trace-stalls sees say that the loop was held; this says by what."""
+    import asyncio
+    import os
+    import time as _time
+    from asyncio import base_events, events
+
+    out = open(os.environ["BENCH_HANDLES_FILE"], "a", buffering=1 << 14)  # noqa: SIM115
+    ran: list[tuple[float, events.Handle]] = []
+    real_run = events.Handle._run
+    real_run_once = base_events.BaseEventLoop._run_once  # type: ignore[attr-defined]
+
+    def kind(handle: events.Handle) -> str:
+        callback = handle._callback  # type: ignore[attr-defined]
+        task = getattr(callback, "__self__", None)
+        if isinstance(task, asyncio.Task):
+            coro: Any = task.get_coro()
+            name = getattr(coro, "__qualname__", type(coro).__name__)
+            while getattr(coro, "cr_await", None) is not None:
+                coro = coro.cr_await
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            where = f"{frame.f_code.co_name}:{frame.f_lineno}" if frame is not None else type(coro).__name__
+            return f"task {name} @ {where}"
+        return getattr(callback, "__qualname__", None) or type(callback).__name__
+
+    def run(self: events.Handle) -> None:
+        started = _time.perf_counter()
+        try:
+            real_run(self)
+        finally:
+            ran.append((_time.perf_counter() - started, self))
+
+    def run_once(self: base_events.BaseEventLoop) -> None:
+        ran.clear()
+        real_run_once(self)
+        total_ms = sum(took for took, _ in ran) * 1000
+        if total_ms > 10:
+            by_kind: dict[str, list[float]] = {}
+            for took, handle in ran:
+                entry = by_kind.setdefault(kind(handle), [0.0, 0])
+                entry[0] += took * 1000
+                entry[1] += 1
+            out.write(f"iter {_time.time():.6f} {total_ms:.2f} {len(ran)}\n")
+            for name, (ms, count) in sorted(by_kind.items(), key=lambda item: -item[1][0])[:8]:
+                out.write(f"  {ms:.2f} {count} {name}\n")
+            out.flush()
+
+    events.Handle._run = run  # type: ignore[method-assign]
+    base_events.BaseEventLoop._run_once = run_once  # type: ignore[attr-defined]
 
 
 def patch_relay_serial() -> None:
@@ -409,6 +466,7 @@ PATCHES = {
     "census": patch_census,
     "trace-latency": patch_trace_latency,
     "trace-stalls": patch_trace_stalls,
+    "trace-handles": patch_trace_handles,
     "relay-serial": patch_relay_serial,
     "tick-whole": patch_tick_whole,
     "gc-young": patch_gc_young,
