@@ -15,6 +15,7 @@ PATCHES is a comma-separated list (or "none"):
                  the callback's name), largest first (in $BENCH_HANDLES_FILE); measures, ~1 us a callback
   relay-serial   the outbox relay with one batch in flight (for comparison)
   tick-whole     the alert clock's tick over every key at once (for comparison)
+  tick-250       the alert clock's slices of 250 keys, as before they were sized by time (for comparison)
   gc-young       gc.set_threshold(7000, 10, 10) (an experiment)
   switch-1ms     sys.setswitchinterval(0.001) (an experiment)
   write-inline   the group commit on the event loop, not in the store's thread (an experiment)
@@ -190,10 +191,11 @@ def patch_trace_handles() -> None:
         if isinstance(task, asyncio.Task):
             coro: Any = task.get_coro()
             name = getattr(coro, "__qualname__", type(coro).__name__)
-            while getattr(coro, "cr_await", None) is not None:
-                coro = coro.cr_await
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            where = f"{frame.f_code.co_name}:{frame.f_lineno}" if frame is not None else type(coro).__name__
+            frame = None  # the innermost frame of the chain of awaits: where the step ended
+            while coro is not None:
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or frame
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+            where = f"{frame.f_code.co_qualname}:{frame.f_lineno}" if frame is not None else "?"
             return f"task {name} @ {where}"
         return getattr(callback, "__qualname__", None) or type(callback).__name__
 
@@ -236,7 +238,16 @@ def patch_tick_whole() -> None:
     """The alert clock's tick over every key in one hold of the loop, as before ticks were sliced."""
     import watcher.alerting
 
-    watcher.alerting.TICK_SLICE_KEYS = 1 << 62
+    watcher.alerting.TICK_SLICE_KEYS_FIRST = watcher.alerting.TICK_SLICE_KEYS_MAX = 1 << 62
+    watcher.alerting.TICK_SLICE_S = float(1 << 62)
+
+
+def patch_tick_250() -> None:
+    """The alert clock's slices of 250 keys each, as before they were sized to a time budget."""
+    import watcher.alerting
+
+    watcher.alerting.TICK_SLICE_KEYS_FIRST = watcher.alerting.TICK_SLICE_KEYS_MAX = 250
+    watcher.alerting.TICK_SLICE_S = float(1 << 62)
 
 
 def patch_gc_young() -> None:
@@ -469,6 +480,7 @@ PATCHES = {
     "trace-handles": patch_trace_handles,
     "relay-serial": patch_relay_serial,
     "tick-whole": patch_tick_whole,
+    "tick-250": patch_tick_250,
     "gc-young": patch_gc_young,
     "trace-memory": patch_trace_memory,
     "switch-1ms": patch_switch_1ms,

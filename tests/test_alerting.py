@@ -9,10 +9,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
+
+import watcher.alerting as alerting
 from rules.loader import parse_rules
 from rules.staleness import assess_poll
-from rules.types import PollOutcome, subject_key
-from watcher.alerting import AlertClock
+from rules.types import AlertState, PollOutcome, subject_key
+from watcher.alerting import AlertClock, SliceSizer
 from watcher.app import Components
 from watcher.events import Event
 from watcher.packed import ON_DISK
@@ -50,20 +53,42 @@ class Daemon:
         result = assess_poll(outcome, RULES, self.store.freshness, self.store.alerts_view)
         await self.store.commit(StateUpdate(balances=(), alerts=result.alerts, freshness=result.freshness))
 
-    async def tick(self, minutes: float, *, every_key: bool) -> list[tuple[str, str]]:
+    async def tick(self, minutes: float, *, every_key: bool) -> list[tuple[str, str, str]]:
         self.now = T0 + timedelta(minutes=minutes)
         if every_key:
             self.clock._schedule.touch_all()  # as after a start: every key
         before = len(self.events)
         await self.clock.tick()
-        return [(e.type, e.id) for e in self.events[before:]]
+        return [(e.key, e.type, e.id) for e in self.events[before:]]
 
 
-async def test_the_scheduled_clock_equals_a_clock_over_every_key(tmp_path: Path) -> None:
+def _by_fingerprint(states: list[AlertState]) -> list[AlertState]:
+    """The states in one order: the store's follows the order they were written in, which slicing moves."""
+    return sorted(states, key=lambda state: state.fingerprint)
+
+
+def _by_key(events: list[tuple[str, str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Each key's events (type, id), in the order they were made."""
+    by_key: dict[str, list[tuple[str, str]]] = {}
+    for key, event_type, event_id in events:
+        by_key.setdefault(key, []).append((event_type, event_id))
+    return by_key
+
+
+@pytest.mark.parametrize("slices", ["paced", "one key each", "one slice"])
+async def test_the_scheduled_clock_equals_a_clock_over_every_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slices: str
+) -> None:
     """Through polls that answer and fail and ticks minutes apart (alerts going pending, firing,
     reminding, resolving, withheld by a source-wide alert), the clock that visits only the keys due or
     changed delivers the same events and stores the same states as one that visits every key each tick;
-    a tick with nothing due or changed visits no key."""
+    a tick with nothing due or changed visits no key. However a tick is sliced (by its pace, one key a
+    slice, all keys at once), the outcome is the same."""
+    if slices == "one key each":
+        monkeypatch.setattr(alerting, "TICK_SLICE_KEYS_FIRST", 1)
+        monkeypatch.setattr(alerting, "TICK_SLICE_S", 0.0)
+    elif slices == "one slice":
+        monkeypatch.setattr(alerting, "TICK_SLICE_KEYS_FIRST", 10_000)
     daemons = []
     for name in ("scheduled", "every"):
         store = StateStore(tmp_path / f"{name}.db")
@@ -86,13 +111,14 @@ async def test_the_scheduled_clock_equals_a_clock_over_every_key(tmp_path: Path)
             continue
         expected = await every.tick(minutes, every_key=True)
         got = await scheduled.tick(minutes, every_key=False)
-        assert got == expected, f"at {minutes} min"
-        assert scheduled.store.all_alerts() == every.store.all_alerts()
+        # Each key's events in the same order; the keys' order follows how the tick was sliced.
+        assert _by_key(got) == _by_key(expected), f"at {minutes} min"
+        assert _by_fingerprint(scheduled.store.all_alerts()) == _by_fingerprint(every.store.all_alerts())
         if minutes in (2, 86):  # nothing changed or fell due since the previous tick
             assert scheduled.clock.last_visited == 0
             quiet_ticks += 1
     assert quiet_ticks == 2
-    kinds = {event_type for event_type, _ in (await every.tick(87, every_key=True))}
+    kinds = {event_type for _, event_type, _ in (await every.tick(87, every_key=True))}
     assert not kinds
     fired = [e.key for e in every.events if e.type == "balance.alert.firing"]
     assert f"{SOURCE}:*" in fired
@@ -132,3 +158,54 @@ async def test_a_rules_reload_resolves_the_gone_rules_alerts_and_reads_back_only
     assert store.disk_reads == reads + 2 * 6  # each active state: by the walk, then by its put
     assert not list(store.active_alert_keys())
     await store.close()
+
+
+async def test_a_tick_lets_the_loop_run_between_its_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick over many keys gives the loop back between slices: a task beside it runs once per slice at
+    least, so polls and the relay are not held for the whole tick."""
+    monkeypatch.setattr(alerting, "TICK_SLICE_KEYS_FIRST", 1)
+    monkeypatch.setattr(alerting, "TICK_SLICE_S", 0.0)  # one key a slice
+    store = StateStore(tmp_path / "state.db")
+    await store.open()
+    daemon = Daemon(store)
+    await daemon.poll(0, ACCOUNTS, True)
+    turns = 0
+    ticking = True
+
+    async def beside() -> None:
+        nonlocal turns
+        while ticking:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(beside())
+    events = await daemon.tick(16, every_key=True)  # every account went stale: each key is visited
+    ticking = False
+    await other
+    assert [event_type for _, event_type, _ in events] == ["balance.alert.firing"]  # the source's; the
+    assert daemon.clock.last_visited >= len(ACCOUNTS)  # accounts' are pending (`for`) and withheld by it
+    assert sum(state.status == "pending" for state in store.all_alerts()) == len(ACCOUNTS)
+    assert turns >= daemon.clock.last_visited
+    await store.close()
+
+
+def test_slices_are_sized_to_the_budget_at_the_last_pace() -> None:
+    """The next slice takes as many keys as TICK_SLICE_S allows at the pace of the last full slice,
+    between 1 and TICK_SLICE_KEYS_MAX; a short last slice, and a slice measured as taking no time,
+    say nothing that shrinks it."""
+    sizer = SliceSizer()
+    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST
+    sizer.took(sizer.size, alerting.TICK_SLICE_S * 2)  # twice the budget: half the keys
+    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST // 2
+    sizer.took(sizer.size, alerting.TICK_SLICE_S / 4)  # a quarter of it: four times the keys
+    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST * 2
+    sizer.took(3, 10.0)  # the short last slice of a sequence
+    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST * 2
+    sizer.took(sizer.size, 10.0)  # a slow machine, or a key with many alerts: one key at a time
+    assert sizer.size == 1
+    sizer.took(1, 0.0)
+    assert sizer.size == alerting.TICK_SLICE_KEYS_MAX
+    sizer.took(sizer.size, alerting.TICK_SLICE_S / 1000)
+    assert sizer.size == alerting.TICK_SLICE_KEYS_MAX

@@ -5,6 +5,7 @@ and the same delivery as the polls, under the same evaluation lock."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 
@@ -22,8 +23,30 @@ from watcher.store import OutboxFull, StateUpdate
 
 log = structlog.get_logger("watcher.alerting")
 
-# Keys whose active alerts one hold of the evaluation lock moves on (a few milliseconds of work).
-TICK_SLICE_KEYS = 250
+# About how long one hold of the evaluation lock by the alert clock lasts. A tick takes its keys in
+# slices sized to it at the pace of the slice before, not in a fixed number: a key costs 20-80 us on a busy
+# 2-core machine, more with many alerts, and a fixed 250 held the loop (and every poll waiting on it) for
+# 10-20 ms at each tick (bench/README.md).
+TICK_SLICE_S = 0.004
+# The first slice, before any pace is known, and the largest.
+TICK_SLICE_KEYS_FIRST = 50
+TICK_SLICE_KEYS_MAX = 2_000
+
+
+class SliceSizer:
+    """How many keys the next slice takes: as many as TICK_SLICE_S allows at the pace of the last one."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = TICK_SLICE_KEYS_FIRST
+
+    def took(self, keys: int, seconds: float) -> None:
+        """The slice just done took `seconds` for `keys` keys."""
+        if keys < self.size:
+            return  # a sequence's last, short slice says little about the pace
+        fits = keys * TICK_SLICE_S / seconds if seconds > 0 else TICK_SLICE_KEYS_MAX
+        self.size = max(1, min(TICK_SLICE_KEYS_MAX, int(fits)))
 
 
 class AlertClock:
@@ -37,6 +60,9 @@ class AlertClock:
         self.last_visited = 0  # keys the latest tick visited (every key after a start or a reload)
         self._resolving = resolving(components.store.freshness)
         self._state_of = active_state_lookup(components.store.alerts_view)
+        # Kept from tick to tick: the pace of rescheduling changed keys, and of ticking keys.
+        self._settle_slices = SliceSizer()
+        self._tick_slices = SliceSizer()
 
     async def tick(self) -> int:
         """Advance the alerts that are due to now; returns how many events it delivered.
@@ -56,13 +82,18 @@ class AlertClock:
         async with self._c.lock:
             self._take_touched()
             changed = schedule.take_changed(rules)
-        if changed:  # rescheduled as they are now, a slice at a time; ticked below only if due now
-            ordered_changed = list(changed)
-            for start in range(0, len(ordered_changed), TICK_SLICE_KEYS):
-                async with self._c.lock:
-                    for key in ordered_changed[start : start + TICK_SLICE_KEYS]:
-                        self._settle(key, now)
-                await asyncio.sleep(0)
+        # Rescheduled as they are now, a slice at a time; ticked below only if due now.
+        ordered_changed = list(changed or ())
+        start = 0
+        while start < len(ordered_changed):
+            async with self._c.lock:
+                began = time.perf_counter()
+                part = ordered_changed[start : start + self._settle_slices.size]
+                for key in part:
+                    self._settle(key, now)
+                self._settle_slices.took(len(part), time.perf_counter() - began)
+            start += len(part)
+            await asyncio.sleep(0)
         async with self._c.lock:
             self._take_touched()
             plan = schedule.due(rules, now)
@@ -79,11 +110,15 @@ class AlertClock:
         delivered = 0
         in_flight: tuple[Awaitable[None], int] | None = None
         try:
-            for start in range(0, len(ordered), TICK_SLICE_KEYS):
+            start = 0
+            while start < len(ordered):
                 async with self._c.lock:
-                    part = ordered[start : start + TICK_SLICE_KEYS]
+                    began = time.perf_counter()
+                    part = ordered[start : start + self._tick_slices.size]
                     staged, visited = self._tick_slice(part, now, rules, walk_listings)
                     self._take_touched(visited)
+                    self._tick_slices.took(len(part), time.perf_counter() - began)
+                start += len(part)
                 delivered += await self._durable(in_flight)
                 in_flight = staged
                 await asyncio.sleep(0)  # polls, the relay, heartbeats: between slices
