@@ -116,8 +116,9 @@ def patch_trace_latency() -> None:
 
 def patch_trace_stalls() -> None:
     """Append to $BENCH_STALLS_FILE what holds the event loop: `lag T ms` when a 5 ms sleep of a probe
-    task wakes more than 10 ms late, `gc T gen ms` for every garbage collection, `write T ms rows` for
-    every group commit (in the store's thread). Measures, changes nothing but the probe's own wake-ups."""
+    task wakes more than 10 ms late, `gc T gen ms` for every garbage collection, `write T ms rows cpu_ms`
+    for every group commit (in the store's thread; its thread's CPU time beside the wall time: the rest
+    is waiting, for the GIL or the disk). Measures, changes nothing but the probe's own wake-ups."""
     import asyncio
     import gc
     import os
@@ -141,11 +142,12 @@ def patch_trace_stalls() -> None:
     real_write = StateStore._write_sync
 
     def write_sync(self: StateStore, batch: Any, *args: Any) -> Any:
-        t = _time.perf_counter()
+        t, cpu = _time.perf_counter(), _time.thread_time()
         try:
             return real_write(self, batch, *args)
         finally:
-            out.write(f"write {_time.time():.6f} {(_time.perf_counter() - t) * 1000:.2f} {len(batch)}\n")
+            took_ms, cpu_ms = (_time.perf_counter() - t) * 1000, (_time.thread_time() - cpu) * 1000
+            out.write(f"write {_time.time():.6f} {took_ms:.2f} {len(batch)} {cpu_ms:.2f}\n")
 
     StateStore._write_sync = write_sync  # type: ignore[method-assign]
     real_run = Daemon.run
