@@ -24,7 +24,7 @@ from watcher.store import OutboxFull, StateUpdate
 log = structlog.get_logger("watcher.alerting")
 
 # About how long one hold of the evaluation lock by the alert clock lasts. A tick takes its keys in
-# slices sized to it at the pace of the slice before, not in a fixed number: a key costs 20-80 us on a busy
+# slices sized to it at the pace of the slice before, not in a fixed number: a key costs 40-80 us on a busy
 # 2-core machine, more with many alerts, and a fixed 250 held the loop (and every poll waiting on it) for
 # 10-20 ms at each tick (bench/README.md).
 TICK_SLICE_S = 0.004
