@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import datetime
 
 import structlog
@@ -40,6 +40,14 @@ class SliceSizer:
 
     def __init__(self) -> None:
         self.size = TICK_SLICE_KEYS_FIRST
+
+    def parts(self, keys: Sequence[BalanceKey]) -> Iterator[Sequence[BalanceKey]]:
+        """`keys` a slice at a time, each of the size the last `took` left."""
+        start = 0
+        while start < len(keys):
+            part = keys[start : start + self.size]
+            yield part
+            start += len(part)
 
     def took(self, keys: int, seconds: float) -> None:
         """The slice just done took `seconds` for `keys` keys."""
@@ -83,16 +91,12 @@ class AlertClock:
             self._take_touched()
             changed = schedule.take_changed(rules)
         # Rescheduled as they are now, a slice at a time; ticked below only if due now.
-        ordered_changed = list(changed or ())
-        start = 0
-        while start < len(ordered_changed):
+        for part in self._settle_slices.parts(list(changed or ())):
             async with self._c.lock:
                 began = time.perf_counter()
-                part = ordered_changed[start : start + self._settle_slices.size]
                 for key in part:
                     self._settle(key, now)
                 self._settle_slices.took(len(part), time.perf_counter() - began)
-            start += len(part)
             await asyncio.sleep(0)
         async with self._c.lock:
             self._take_touched()
@@ -110,15 +114,12 @@ class AlertClock:
         delivered = 0
         in_flight: tuple[Awaitable[None], int] | None = None
         try:
-            start = 0
-            while start < len(ordered):
+            for part in self._tick_slices.parts(ordered):
                 async with self._c.lock:
                     began = time.perf_counter()
-                    part = ordered[start : start + self._tick_slices.size]
                     staged, visited = self._tick_slice(part, now, rules, walk_listings)
                     self._take_touched(visited)
                     self._tick_slices.took(len(part), time.perf_counter() - began)
-                start += len(part)
                 delivered += await self._durable(in_flight)
                 in_flight = staged
                 await asyncio.sleep(0)  # polls, the relay, heartbeats: between slices

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import itertools
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -16,6 +14,7 @@ from aiokafka.structs import ConsumerRecord
 
 from watcher.config import Settings
 from watcher.publisher import kafka_client_options
+from watcher.stop_signals import stop_on_signals
 
 # Colour by type, and alerts by severity: critical stands out from a warning.
 _SEVERITY_COLOURS = {"critical": "\x1b[1;31m", "warning": "\x1b[33m", "info": "\x1b[34m"}
@@ -53,11 +52,6 @@ def describe(headers: dict[str, str], body: dict[str, Any]) -> str:
     return f"{when} {ce_type:<24} {subject} {detail} [correlation-id {corr}]"
 
 
-# tail runs until one of these; its own handlers, not asyncio.run's: a process started with SIGINT
-# ignored (a background job of a script, nohup) would otherwise never stop on it.
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 async def tail(
     settings: Settings,
     from_beginning: bool,
@@ -78,11 +72,7 @@ async def tail(
         metadata_max_age_ms=2000,  # pick up the topics soon after the daemon creates them
     )
     colour = out.isatty() and not as_json
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in _STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         await consumer.start()
         try:
             while not stop.is_set():
@@ -93,9 +83,6 @@ async def tail(
                         print(line, file=out, flush=True)
         finally:
             await consumer.stop()
-    finally:
-        for sig in _STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Callable
 from decimal import Decimal
@@ -25,6 +24,7 @@ from watcher.sandbox.settings import (
     SANDBOX_MYPOS_REFRESH_TOKEN,
     SandboxSettings,
 )
+from watcher.stop_signals import stop_on_signals
 
 DEFAULT_DEVKEY_DIR = Path(".devkeys")
 
@@ -148,12 +148,5 @@ def load_fault_file(path: Path) -> list[dict[str, Any]]:
 async def _serve_until_signalled(
     settings: SandboxSettings, host: str, port: int, announce: Callable[[RunningSandbox], None]
 ) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    with stop_on_signals() as stop:
         await serve_sandbox(settings, host, port, stop, on_started=announce)
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)

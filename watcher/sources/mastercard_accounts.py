@@ -263,14 +263,15 @@ def build(
     for prefix, index, raw in entries:
         obs = direct(raw, source, observed_at, correlation_id, seen) if direct is not None else None
         if obs is None:
-            account: object = raw if shape is None else shape(raw, entry_path(prefix, index))
+            path = entry_path(prefix, index)
+            account: object = raw if shape is None else shape(raw, path)
             if isinstance(account, EntryError):
                 rejected.append(str(account))
                 continue
             try:
                 obs = _account(
-                    account, entry_path(prefix, index), source=source, observed_at=observed_at,
-                    correlation_id=correlation_id, seen=seen,
+                    account, path, source=source, observed_at=observed_at, correlation_id=correlation_id,
+                    seen=seen,
                 )
             except EntryError as exc:
                 rejected.append(str(exc))
