@@ -128,9 +128,12 @@ class Source:
     def targets(self) -> Sequence[str]:
         return ("*",)
 
-    def share_known(self, known: object) -> None:
+    def share_known(self, known: object, quiet: object = None) -> None:
+        # Either may be missing from an older commit's ListingKeys (measured alternately with this one).
         if hasattr(self._keys, "known"):
             self._keys.known = known  # type: ignore[assignment]
+        if quiet is not None and hasattr(self._keys, "quiet"):
+            self._keys.quiet = quiet
 
     async def fetch(self, target: str) -> FetchResult:
         started = time.monotonic()
@@ -155,9 +158,12 @@ class Source:
                     spooled, source=self.name, observed_at=datetime.now(UTC), correlation_id="corr",
                     keys=self._keys,
                 )
+        # The accounts left out unchanged, when the parse left any out (an older commit's never does).
+        unchanged = {"unchanged": parsed.unchanged} if getattr(parsed, "unchanged", 0) else {}
         return FetchResult(self.name, target, "ok", "corr", observations=parsed.observations,
                            rejected=parsed.rejected, http_status=200, duration_s=time.monotonic() - started,
-                           accounts=self._keys.latest)  # as MastercardSendSource names a listing's accounts
+                           accounts=self._keys.latest,  # as MastercardSendSource names a listing's accounts
+                           **unchanged)
 
 
 class Kafka:

@@ -402,14 +402,17 @@ class SharingSource(ScriptedSource):
     def __init__(self, amounts: list[str | None]) -> None:
         super().__init__(amounts)
         self.known: object = None
+        self.quiet: object = None
 
-    def share_known(self, known: object) -> None:
+    def share_known(self, known: object, quiet: object) -> None:
         self.known = known
+        self.quiet = quiet
 
 
 async def test_a_source_that_shares_known_objects_is_given_the_stores_look_up(tmp_path: Path) -> None:
-    """A source with `share_known` gets the state store's look-up of known balances, when the poller is
-    built and when a reload replaces the source; what it looks up is what the store holds."""
+    """A source with `share_known` gets the state store's look-up of known balances and the poller's
+    `quiet` judgement, when the poller is built and when a reload replaces the source; what it looks up
+    is what the store holds, and `quiet` follows the key's alert."""
     store = StateStore(tmp_path / "s.db")
     await store.open()
     source = SharingSource(["4000.00"])
@@ -419,10 +422,17 @@ async def test_a_source_that_shares_known_objects_is_given_the_stores_look_up(tm
     assert callable(source.known)
     key = BalanceKey("mc", "tok")
     assert source.known(key) is store.known(key) is not None
-    replacement = SharingSource([])
+    replacement = SharingSource(["6000.00"])
     poller.source = replacement
     assert callable(replacement.known)
     assert replacement.known(key) is store.known(key)
+    # `quiet`: the 4,000.00 under the `low` rule's 5,000.00 is firing, so seeing it again is not quiet;
+    # once 6,000.00 resolved it, it is.
+    assert callable(replacement.quiet)
+    assert callable(source.quiet)
+    assert replacement.quiet(key, store.known(key), T0) is False
+    await poller.poll_round()
+    assert replacement.quiet(key, store.known(key), T0) is True
     await store.close()
 
 
@@ -547,3 +557,49 @@ async def test_a_large_listings_observations_are_let_go_as_their_slices_are_stag
     # While a slice is staged: that slice's observations and those still to come, never the ones before.
     assert delivery.alive == [count - n * poller_module.SLICE_SIZE for n in range(4)]
     await store.close()
+
+
+class RenamingSource(ScriptedSource):
+    """Answers the same 6,000.00 GBP each call, under the next description of its script."""
+
+    def __init__(self, descriptions: list[str]) -> None:
+        super().__init__([])
+        self._descriptions = descriptions
+
+    async def fetch(self, target: str) -> FetchResult:
+        description = self._descriptions[self.calls]
+        self.calls += 1
+        obs = Observation(
+            key=BalanceKey(self.name, target), provider=self.provider,
+            balance=Balance(Decimal("6000.00"), "GBP", "IN_CREDIT"), observed_at=T0,
+            correlation_id=f"corr-{self.calls}", description=description,
+        )
+        return FetchResult(self.name, target, "ok", obs.correlation_id, observations=(obs,), http_status=200)
+
+
+async def test_a_renamed_account_keeps_its_new_description_without_an_event(tmp_path: Path) -> None:
+    """The same balance under a new account description publishes nothing, keeps the balance's version,
+    and stores the new description, durably (it is what the account's later alerts are described by)."""
+    store = StateStore(tmp_path / "s.db")
+    await store.open()
+    delivered: list[Event] = []
+    delivery = OutboxDelivery(store, wake=lambda: None, on_event=delivered.append)
+    source = RenamingSource(["Payouts", "Payouts EU"])
+    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    key = BalanceKey("mc", "tok")
+    await poller.poll_round()
+    first = store.known(key)
+    await poller.poll_round()
+    renamed = store.known(key)
+    assert len(delivered) == 1  # the first balance only
+    assert first is not None
+    assert renamed is not None
+    assert (renamed.description, renamed.version) == ("Payouts EU", first.version)
+    assert renamed.balance == first.balance
+    await store.close()
+    reopened = StateStore(tmp_path / "s.db")
+    await reopened.open()
+    stored = reopened.known(key)
+    assert stored is not None
+    assert stored.description == "Payouts EU"
+    await reopened.close()

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import structlog
 
-from rules.engine import CompiledRules, assess, compile_rules
+from rules.engine import CompiledRules, assess, compile_rules, quiet_when_unchanged
 from rules.model import Rule
 from rules.staleness import assess_poll
 from rules.types import (
@@ -173,7 +173,16 @@ class Poller:
         # A runtime Protocol check is slow: made once per source, not per call.
         self._paced: PacedSource | None = source if isinstance(source, PacedSource) else None
         if isinstance(source, SharesKnown):
-            source.share_known(self._store.known)
+            source.share_known(self._store.known, self._quiet_unchanged)
+
+    def _quiet_unchanged(self, key: BalanceKey, known: KnownBalance, at: datetime) -> bool:
+        """Whether observing `known` again at `at` would lead to nothing, judged as `_stage` would judge
+        it: by the same rules (the listing is parsed inside `fetch`, and `_process` reads the rules with
+        no await since) and the key's alert states (only the key's own count: see
+        rules.engine.quiet_when_unchanged). An alert state that changes between the parse and the stage
+        cannot break it: the alert clock never makes a balance alert active (only an observation does),
+        and the one call of a listing is the only one observing its keys."""
+        return quiet_when_unchanged(key, known, at, self._rules.rules, self._store.alerts_view(key))
 
     def _poll_outcome(self, result: FetchResult) -> tuple[PollOutcome, Callable[[str], BalanceKey]]:
         """The call as the staleness rules see it: which accounts it covered, and how it went; and the
@@ -340,9 +349,9 @@ class Poller:
         else:
             for reason in result.rejected:
                 log.warning("entry rejected", error=reason)
-            count = len(result.observations)
+            count = len(result.observations) + result.unchanged
             pending = list(result.observations)
-            if count > SLICE_SIZE:
+            if len(pending) > SLICE_SIZE:
                 # A listing's observations are let go slice by slice as they are staged, not all held to
                 # the end of its round (11 MiB for 100,000): `pending` is then their only holder.
                 result = replace(result, observations=(), accounts=_accounts(result))
@@ -439,8 +448,9 @@ class Poller:
                 merged = key_alerts
             else:
                 merged = {**source_alerts, **key_alerts}
-            assessment = assess(obs, known_of(obs.key), rules, merged)
-            if assessment.change is not None:
+            known = known_of(obs.key)
+            assessment = assess(obs, known, rules, merged)
+            if assessment.known is not known:  # a change, or the same balance under a new description
                 balances.append((assessment.key, assessment.known))
             if assessment.alerts:
                 alerts.extend(assessment.alerts)

@@ -24,6 +24,12 @@ FetchOutcome = Literal[
 ]
 
 
+# Whether observing a key's known balance again, unchanged, at a moment leads to nothing: no change, no
+# alert state, no transition (rules.engine.quiet_when_unchanged, with the poller's rules and the key's
+# alert states). The poller gives it to the sources that share known objects.
+QuietUnchanged = Callable[[BalanceKey, KnownBalance, datetime], bool]
+
+
 class ParseError(ValueError):
     """A response body that does not have the documented shape; the message names what is wrong."""
 
@@ -38,6 +44,9 @@ class ParsedBalances:
 
     observations: tuple[Observation, ...]
     rejected: tuple[str, ...] = ()
+    # Accounts answered with their balance as already known, for which nothing would follow (see
+    # mastercard_accounts.ListingKeys.quiet): counted, not built as observations.
+    unchanged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,9 @@ class FetchResult:
     # A listing's accounts, each once in the order answered, with their observations' key: the source's
     # own index when it keeps one (else None, and the poller makes it from the observations).
     accounts: Mapping[str, BalanceKey] | None = None
+    # A listing's accounts answered unchanged and left out of `observations` (see ParsedBalances); they
+    # are among `accounts`, which a result with any must therefore carry.
+    unchanged: int = 0
 
 
 class BalanceSource(Protocol):
@@ -110,7 +122,9 @@ class PacedSource(Protocol):
 @runtime_checkable
 class SharesKnown(Protocol):
     """A source whose parse can take the objects of balances already known instead of equal new ones
-    (memory only: the values, and so the results, are the same)."""
+    (memory only: the values, and so the results, are the same), and can leave out of a listing's
+    observations the accounts whose unchanged balance would lead to nothing."""
 
-    def share_known(self, known: Callable[[BalanceKey], KnownBalance | None]) -> None:
-        """`known`: the last known balance of a key (the state store's look-up), or None."""
+    def share_known(self, known: Callable[[BalanceKey], KnownBalance | None], quiet: QuietUnchanged) -> None:
+        """`known`: the last known balance of a key (the state store's look-up), or None. `quiet`: see
+        QuietUnchanged."""

@@ -20,7 +20,7 @@ from watcher.config import MastercardSendConfig
 from watcher.signers import OffLoopSigner, SigningError
 from watcher.signing import authorization_header
 from watcher.sources import transport
-from watcher.sources.base import FetchOutcome, FetchResult, ParseError
+from watcher.sources.base import FetchOutcome, FetchResult, ParseError, QuietUnchanged
 from watcher.sources.body import Spool, whole
 from watcher.sources.guard import CallGuard, Exchange, Refusal
 from watcher.sources.mastercard_accounts import PROVIDER, ListingKeys
@@ -138,10 +138,13 @@ class MastercardSendSource:
             return authorization_header(url, "GET", consumer_key, self._key)
         return await self._signer.authorization_header(url, "GET", consumer_key, self._key)
 
-    def share_known(self, known: Callable[[BalanceKey], KnownBalance | None]) -> None:
+    def share_known(self, known: Callable[[BalanceKey], KnownBalance | None], quiet: QuietUnchanged) -> None:
         """An unchanged account takes the known Balance and description objects (see ListingKeys): the
-        poller hands over the state store's look-up."""
+        poller hands over the state store's look-up. A listing leaves out the unchanged accounts for
+        which `quiet` says nothing would follow; an account polled on its own is always observed (its
+        answer is that one balance)."""
         self._listing_keys.known = self._account_keys.known = known
+        self._listing_keys.quiet = quiet
 
     def next_allowed(self, target: str, now: datetime) -> datetime | None:
         """`now`, or when the circuit breaker lets calls through again."""
@@ -202,6 +205,7 @@ class MastercardSendSource:
             rejected: tuple[str, ...] = (),
             reason_code: str | None = None,
             accounts: Mapping[str, BalanceKey] | None = None,
+            unchanged: int = 0,
         ) -> FetchResult:
             return transport.finished(
                 self.name,
@@ -217,6 +221,7 @@ class MastercardSendSource:
                 retry_after_s=called.retry_after_s,
                 attempts=called.attempts,
                 accounts=accounts,
+                unchanged=unchanged,
             )
 
         if status != 200:
@@ -252,4 +257,7 @@ class MastercardSendSource:
                 return done("bad_response", f"no balance for the asked account in the answer ({why})")
             return done("ok", observations=observations, rejected=rejected)
         # The listing's accounts as its parse indexed them (ListingKeys.latest): the poller needs no copy.
-        return done("ok", observations=observations, rejected=rejected, accounts=self._listing_keys.latest)
+        return done(
+            "ok", observations=observations, rejected=rejected, accounts=self._listing_keys.latest,
+            unchanged=parsed.unchanged,
+        )

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from rules.types import IN_CREDIT, IN_DEBIT, Balance, BalanceKey, KnownBalance, Observation
-from watcher.sources.base import ParsedBalances, ParseError
+from watcher.sources.base import ParsedBalances, ParseError, QuietUnchanged
 from watcher.sources.values import (
     UNSIGNED_AMOUNT,
     EntryError,
@@ -64,13 +64,20 @@ class ListingKeys:
 
     `of_accounts` makes the keys of a source polled account by account: one per configured token, fixed
     (a parse never replaces them), so that every answer about an account, and the state kept of it,
-    holds the one key and token string, not one more per call."""
+    holds the one key and token string, not one more per call.
 
-    __slots__ = ("fixed", "known", "latest")
+    `quiet`, when set (the poller sets it, for a listing), says whether an unchanged balance of a key
+    would lead to nothing. An account read by the direct path whose balance and description are those
+    known, and for which `quiet` says so, is then counted (ParsedBalances.unchanged) instead of built
+    as an observation: the steady listing of 100,000 accounts, nearly all unchanged, builds and assesses
+    only the others. Its key is still listed (`latest`), so that staleness sees it answered."""
+
+    __slots__ = ("fixed", "known", "latest", "quiet")
 
     def __init__(self) -> None:
         self.latest: dict[str, BalanceKey] = {}
         self.known: Callable[[BalanceKey], KnownBalance | None] | None = None
+        self.quiet: QuietUnchanged | None = None
         self.fixed = False
 
     @classmethod
@@ -91,7 +98,7 @@ class Seen:
     tuple per creation date: 100,000 observations (and the known balances made of them) then share a
     handful of them instead of holding a copy each."""
 
-    __slots__ = ("currencies", "extras", "keys", "known", "previous", "stamps", "texts")
+    __slots__ = ("currencies", "extras", "keys", "known", "previous", "quiet", "stamps", "texts")
 
     def __init__(self, keys: ListingKeys | None = None) -> None:
         self.stamps: dict[str, datetime | None] = {}
@@ -103,6 +110,7 @@ class Seen:
         self.previous: dict[str, BalanceKey] = keys.latest if keys is not None else {}
         self.keys: dict[str, BalanceKey] | None = {} if keys is not None and not keys.fixed else None
         self.known = keys.known if keys is not None else None
+        self.quiet = keys.quiet if keys is not None else None
 
     def known_of(self, source: str, token: str) -> KnownBalance | None:
         """The last known balance of the previous listing's key of `token`, if there is one."""
@@ -227,9 +235,10 @@ def _account(
 # Its path is `prefix[index]`, or `prefix`.
 Entry = tuple[str, int | None, object]
 _Raw = TypeVar("_Raw")
-# A reader's direct path: the observation of an entry in the plain layout, None for any other entry (then
-# read by the general path), with nothing recorded; see plain_account.
-DirectRead = Callable[[_Raw, str, datetime, str, Seen], Observation | None]
+# A reader's direct path: the observation of an entry in the plain layout (or only its key, when it is
+# left out unchanged), None for any other entry (then read by the general path), with nothing recorded;
+# see plain_account.
+DirectRead = Callable[[_Raw, str, datetime, str, Seen], Observation | BalanceKey | None]
 
 
 def entry_path(prefix: str, index: int | None) -> str:
@@ -246,7 +255,8 @@ def build(
     correlation_id: str,
     keys: ListingKeys | None = None,
 ) -> ParsedBalances:
-    """Each entry an observation or a rejection, as values.finish makes them, the first of each key kept.
+    """Each entry an observation or a rejection, as values.finish makes them, the first of each key kept;
+    or, when the direct path leaves it out unchanged (see ListingKeys.quiet), only counted.
 
     Each entry is read by `direct` when it takes it; else `shape(entry, path)` turns it into its dict
     shape (or the EntryError saying why it has none), which `_account` reads; without `shape` the entry
@@ -259,6 +269,7 @@ def build(
     rejected: list[str] = []
     first_at: dict[BalanceKey, int | tuple[str, int | None]] = {}
     common: str | None = None
+    unchanged = 0
     seen = Seen(keys)
     for prefix, index, raw in entries:
         obs = direct(raw, source, observed_at, correlation_id, seen) if direct is not None else None
@@ -276,7 +287,8 @@ def build(
             except EntryError as exc:
                 rejected.append(str(exc))
                 continue
-        first = first_at.get(obs.key)
+        key = obs if isinstance(obs, BalanceKey) else obs.key
+        first = first_at.get(key)
         if first is not None:
             path = entry_path(prefix, index)
             if isinstance(first, tuple):
@@ -284,13 +296,16 @@ def build(
             else:
                 assert common is not None  # set with the first entry kept
                 where = entry_path(common, first)
-            rejected.append(duplicate(path, obs, where))
+            rejected.append(duplicate(path, key, where))
             continue
         if common is None:
             common = prefix
-        first_at[obs.key] = index if index is not None and prefix == common else (prefix, index)
-        kept.append(obs)
-    parsed = finished(kept, rejected)
+        first_at[key] = index if index is not None and prefix == common else (prefix, index)
+        if isinstance(obs, BalanceKey):
+            unchanged += 1
+        else:
+            kept.append(obs)
+    parsed = finished(kept, rejected, unchanged)
     if keys is not None and seen.keys is not None:
         keys.latest = seen.keys
     return parsed
@@ -307,9 +322,11 @@ def top_key(found: Sequence[str], where: str) -> str:
 
 def plain_account(
     fields: PlainFields, source: str, observed_at: datetime, correlation_id: str, seen: Seen
-) -> Observation | None:
+) -> Observation | BalanceKey | None:
     """The observation of one account of the plain layout from its texts, read directly; None when a
-    value is not plain, and the account is then read as its dict shape by _account.
+    value is not plain, and the account is then read as its dict shape by _account. Only its key when
+    its balance and description are those known and `seen.quiet` says nothing would follow (see
+    ListingKeys.quiet): no observation is built.
 
     The texts are taken as they are: the XML paths strip them first, as _xml_value does; JSON's are not
     stripped, as _account does not strip them.
@@ -329,17 +346,9 @@ def plain_account(
         return None
     if currency is None or not UNSIGNED_AMOUNT.fullmatch(amount_text) or not token.strip():
         return None
-    # What Seen.text, .timestamp, .extra and .key do, inline: four calls fewer per account.
-    stamp_text = seen.texts.setdefault(stamp_text, stamp_text)
-    try:
-        stamp = seen.stamps[stamp_text]
-    except KeyError:
-        stamp = seen.timestamp(stamp_text)
-    extra = seen.extras.get(created)
-    if extra is None:
-        extra = seen.extra(created)
     amount = Decimal(amount_text)
     shared: Balance | None = None
+    # What Seen.key, .text, .timestamp and .extra do, inline: four calls fewer per account.
     key = seen.previous.get(token)
     if key is None or key.source != source:
         key = BalanceKey(source, token, "")
@@ -349,8 +358,20 @@ def plain_account(
             shared = _known_balance(known.balance, amount, currency, state)
             if description == known.description and known.description is not None:
                 description = known.description
+                if shared is not None and seen.quiet is not None and seen.quiet(key, known, observed_at):
+                    if seen.keys is not None:
+                        seen.keys[key.account] = key
+                    return key  # unchanged, and nothing would follow: no observation (ListingKeys.quiet)
     if seen.keys is not None:
         seen.keys[key.account] = key
+    stamp_text = seen.texts.setdefault(stamp_text, stamp_text)
+    try:
+        stamp = seen.stamps[stamp_text]
+    except KeyError:
+        stamp = seen.timestamp(stamp_text)
+    extra = seen.extras.get(created)
+    if extra is None:
+        extra = seen.extra(created)
     # Positional, in the dataclasses' field order: faster than keywords; the tests compare every field
     # with the observations _account builds by keyword.
     return Observation(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rules.types import Observation
+from rules.types import BalanceKey, Observation
 from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.body import Body, whole
 from watcher.sources.json_listing import JsonListing, NotStreamable
@@ -100,7 +100,7 @@ def _read_json(
 
 def _plain_json_account(
     raw: object, source: str, observed_at: datetime, correlation_id: str, seen: Seen
-) -> Observation | None:
+) -> Observation | BalanceKey | None:
     """The observation of a JSON account object whose seven values are all strings, read directly by
     plain_account (no dict look-up but these seven); None for any other, read by _account.
 

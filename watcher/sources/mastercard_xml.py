@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from xml.etree.ElementTree import Element
 
-from rules.types import Observation
+from rules.types import BalanceKey, Observation
 from watcher.sources.base import ParsedBalances, ParseError
 from watcher.sources.body import Body, whole
 from watcher.sources.mastercard_accounts import (
@@ -80,7 +80,7 @@ def _xml_value(element: Element, depth: int = 0) -> object:
 
 def _plain_xml_account(
     element: Element, source: str, observed_at: datetime, correlation_id: str, seen: Seen
-) -> Observation | None:
+) -> Observation | BalanceKey | None:
     """The observation of a plain account element, read directly (no dict in between); None for any
     other element, which is then read as its dict shape (_xml_entry, then _account).
 

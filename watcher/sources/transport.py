@@ -110,6 +110,7 @@ def finished(
     retry_after_s: float | None = None,
     attempts: int = 1,
     accounts: Mapping[str, BalanceKey] | None = None,
+    unchanged: int = 0,
 ) -> FetchResult:
     """The FetchResult of a call that began at `started` (time.monotonic)."""
     return FetchResult(
@@ -127,6 +128,7 @@ def finished(
         retry_after_s=retry_after_s,
         attempts=attempts,
         accounts=accounts,
+        unchanged=unchanged,
     )
 
 

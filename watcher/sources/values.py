@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from rules.types import Observation
+from rules.types import BalanceKey, Observation
 from watcher.sources.base import ParsedBalances, ParseError
 
 # Sane bounds for money: beyond them a value is a provider bug or an attack, not a balance.
@@ -184,27 +184,29 @@ def finish(results: Sequence[tuple[str, Observation | EntryError]]) -> ParsedBal
         if isinstance(item, EntryError):
             rejected.append(str(item))
         elif item.key in first_at:
-            rejected.append(duplicate(path, item, first_at[item.key]))
+            rejected.append(duplicate(path, item.key, first_at[item.key]))
         else:
             first_at[item.key] = path
             kept.append(item)
     return finished(kept, rejected)
 
 
-def duplicate(path: str, item: Observation, first_path: str) -> str:
-    """Why `item`, at `path`, is left out: its key was first seen at `first_path` (as `finish` says it)."""
+def duplicate(path: str, key: BalanceKey, first_path: str) -> str:
+    """Why the entry at `path`, of `key`, is left out: its key was first seen at `first_path` (as `finish`
+    says it)."""
     return (
-        f"{path}: account {show(item.key.account)}"
-        + (f" balance type {show(item.key.balance_type)}" if item.key.balance_type else "")
+        f"{path}: account {show(key.account)}"
+        + (f" balance type {show(key.balance_type)}" if key.balance_type else "")
         + f" appears again (first at {first_path}); the first is kept"
     )
 
 
-def finished(kept: Sequence[Observation], rejected: Sequence[str]) -> ParsedBalances:
+def finished(kept: Sequence[Observation], rejected: Sequence[str], unchanged: int = 0) -> ParsedBalances:
     """The end of `finish` (for a parser that keeps and rejects entries as it reads them): the balances
-    kept, or the ParseError of a body that had entries but not one usable."""
-    if rejected and not kept:
+    kept (and the count of those left out unchanged: see ParsedBalances), or the ParseError of a body
+    that had entries but not one usable."""
+    if rejected and not kept and not unchanged:
         shown = "; ".join(rejected[:_REASONS_SHOWN])
         more = len(rejected) - _REASONS_SHOWN
         raise ParseError(f"no usable balance: {shown}" + (f"; and {more} more" if more > 0 else ""))
-    return ParsedBalances(observations=tuple(kept), rejected=tuple(rejected))
+    return ParsedBalances(observations=tuple(kept), rejected=tuple(rejected), unchanged=unchanged)
