@@ -21,6 +21,7 @@ PATCHES is a comma-separated list (or "none"):
   write-inline   the group commit on the event loop, not in the store's thread (an experiment)
   sign-nice      signing processes at nice $BENCH_SIGN_NICE (default 10) (an experiment)
   tick-1s        the alert clock every second, not every ten (an experiment)
+  state-shm      the state database under /dev/shm, in memory, instead of on disk (an experiment)
   uvloop         uvloop's event loop instead of asyncio's (an experiment; needs uvloop installed)
   trace-memory   tracemalloc from the start; after each poll round, the memory traced (alive and peak
                  since the previous round), RSS, and the allocation sites holding the most (in
@@ -458,6 +459,26 @@ def patch_census() -> None:
     Poller.poll_round = poll_round  # type: ignore[method-assign]
 
 
+def patch_state_shm() -> None:
+    """The state database in a new folder under /dev/shm (memory, no disk) instead of the work folder:
+    what the group commits and checkpoints wait for that is the disk's (an experiment). The folder is
+    removed when the daemon exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from watcher.store import StateStore
+
+    real_init = StateStore.__init__
+
+    def init(self: StateStore, path: Path, *args: Any, **kwargs: Any) -> None:
+        folder = tempfile.mkdtemp(prefix="balance-watcher-state-", dir="/dev/shm")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        real_init(self, Path(folder) / Path(path).name, *args, **kwargs)
+
+    StateStore.__init__ = init  # type: ignore[method-assign]
+
+
 def patch_outbox_memory() -> None:
     """The store's bound of committed events held in memory for the relay, from $BENCH_OUTBOX_MEMORY."""
     import os
@@ -490,6 +511,7 @@ PATCHES = {
     "sign-nice": patch_sign_nice,
     "uvloop": patch_uvloop,
     "tick-1s": patch_tick_1s,
+    "state-shm": patch_state_shm,
 }
 
 
