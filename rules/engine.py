@@ -211,8 +211,9 @@ def quiet_when_unchanged(
     With these rules unchanged since the key's last observation and no alert of the key active, an
     unchanged observation always passes, as far as `below`, `above`, `state` and `change` rules go
     (time-driven work, `for` and reminders of active alerts, is what rules.timeline.tick does every few
-    seconds). A caller that skips unchanged observations before building them (a listing parser) must
-    still assess the keys for which this says False, and all keys after a rules reload.
+    seconds). A caller may therefore leave an unchanged observation out before building it when this
+    says True for the rules and alert states it would be assessed with: a listing's parse does
+    (watcher.poller, mastercard_accounts.ListingKeys.quiet), and assesses every other key.
     `alerts` is as for `assess`.
     """
     compiled = rules if type(rules) is CompiledRules else compile_rules(rules)
