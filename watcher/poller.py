@@ -476,6 +476,8 @@ def _accounts(result: FetchResult) -> Mapping[str, BalanceKey]:
     source's own index when it keeps one (no copy of 100,000), else made from the observations."""
     if result.accounts is not None:
         return result.accounts
+    # Accounts left out unchanged are only among the source's own index.
+    assert not result.unchanged, "a result that left accounts out must name its accounts"
     made: dict[str, BalanceKey] = {}
     for o in result.observations:
         made.setdefault(o.key.account, o.key)

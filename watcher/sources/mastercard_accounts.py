@@ -350,20 +350,19 @@ def plain_account(
     shared: Balance | None = None
     # What Seen.key, .text, .timestamp and .extra do, inline: four calls fewer per account.
     key = seen.previous.get(token)
+    known: KnownBalance | None = None
     if key is None or key.source != source:
         key = BalanceKey(source, token, "")
-    elif seen.known is not None:  # the objects already known, as _account takes them (see ListingKeys)
+    elif seen.known is not None:
         known = seen.known(key)
-        if known is not None:
-            shared = _known_balance(known.balance, amount, currency, state)
-            if description == known.description and known.description is not None:
-                description = known.description
-                if shared is not None and seen.quiet is not None and seen.quiet(key, known, observed_at):
-                    if seen.keys is not None:
-                        seen.keys[key.account] = key
-                    return key  # unchanged, and nothing would follow: no observation (ListingKeys.quiet)
-    if seen.keys is not None:
+    if seen.keys is not None:  # listed from here on, observed or left out
         seen.keys[key.account] = key
+    if known is not None:  # the objects already known, as _account takes them (see ListingKeys)
+        shared = _known_balance(known.balance, amount, currency, state)
+        if description == known.description and known.description is not None:
+            description = known.description
+            if shared is not None and seen.quiet is not None and seen.quiet(key, known, observed_at):
+                return key  # unchanged, and nothing would follow: no observation (ListingKeys.quiet)
     stamp_text = seen.texts.setdefault(stamp_text, stamp_text)
     try:
         stamp = seen.stamps[stamp_text]
