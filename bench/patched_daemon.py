@@ -237,20 +237,22 @@ def patch_relay_serial() -> None:
     OutboxRelay.__init__ = functools.partialmethod(OutboxRelay.__init__, max_in_flight=1)  # type: ignore[assignment,method-assign]
 
 
-def patch_tick_whole() -> None:
-    """The alert clock's tick over every key in one hold of the loop, as before ticks were sliced."""
+def _tick_slices_of(keys: int) -> None:
+    """The alert clock's slices of `keys` keys each, whatever they take (no time budget)."""
     import watcher.alerting
 
-    watcher.alerting.TICK_SLICE_KEYS_FIRST = watcher.alerting.TICK_SLICE_KEYS_MAX = 1 << 62
+    watcher.alerting.TICK_SLICE_KEYS_FIRST = watcher.alerting.TICK_SLICE_KEYS_MAX = keys
     watcher.alerting.TICK_SLICE_S = float(1 << 62)
+
+
+def patch_tick_whole() -> None:
+    """The alert clock's tick over every key in one hold of the loop, as before ticks were sliced."""
+    _tick_slices_of(1 << 62)
 
 
 def patch_tick_250() -> None:
     """The alert clock's slices of 250 keys each, as before they were sized to a time budget."""
-    import watcher.alerting
-
-    watcher.alerting.TICK_SLICE_KEYS_FIRST = watcher.alerting.TICK_SLICE_KEYS_MAX = 250
-    watcher.alerting.TICK_SLICE_S = float(1 << 62)
+    _tick_slices_of(250)
 
 
 def patch_gc_young() -> None:

@@ -31,14 +31,16 @@ RULES = parse_rules(
 
 
 class ScriptedSource:
-    """Answers each call with the next amount of its script (one account, GBP)."""
+    """Answers each call with the next amount of its script (one account, GBP), under the next
+    description of `descriptions` when it has one."""
 
     name = "mc"
     provider = "mastercard-send"
     max_concurrency = 4
 
-    def __init__(self, amounts: list[str | None]) -> None:
+    def __init__(self, amounts: list[str | None], descriptions: Sequence[str] = ()) -> None:
         self._amounts = amounts
+        self._descriptions = descriptions
         self.calls = 0
 
     def targets(self) -> Sequence[str]:
@@ -53,6 +55,7 @@ class ScriptedSource:
         obs = Observation(
             key=BalanceKey(self.name, target), provider=self.provider,
             balance=Balance(Decimal(amount), "GBP", "IN_CREDIT"), observed_at=T0, correlation_id=corr,
+            description=self._descriptions[self.calls - 1] if self._descriptions else None,
         )
         return FetchResult(self.name, target, "ok", corr, observations=(obs,), http_status=200)
 
@@ -559,24 +562,6 @@ async def test_a_large_listings_observations_are_let_go_as_their_slices_are_stag
     await store.close()
 
 
-class RenamingSource(ScriptedSource):
-    """Answers the same 6,000.00 GBP each call, under the next description of its script."""
-
-    def __init__(self, descriptions: list[str]) -> None:
-        super().__init__([])
-        self._descriptions = descriptions
-
-    async def fetch(self, target: str) -> FetchResult:
-        description = self._descriptions[self.calls]
-        self.calls += 1
-        obs = Observation(
-            key=BalanceKey(self.name, target), provider=self.provider,
-            balance=Balance(Decimal("6000.00"), "GBP", "IN_CREDIT"), observed_at=T0,
-            correlation_id=f"corr-{self.calls}", description=description,
-        )
-        return FetchResult(self.name, target, "ok", obs.correlation_id, observations=(obs,), http_status=200)
-
-
 async def test_a_renamed_account_keeps_its_new_description_without_an_event(tmp_path: Path) -> None:
     """The same balance under a new account description publishes nothing, keeps the balance's version,
     and stores the new description, durably (it is what the account's later alerts are described by)."""
@@ -584,7 +569,7 @@ async def test_a_renamed_account_keeps_its_new_description_without_an_event(tmp_
     await store.open()
     delivered: list[Event] = []
     delivery = OutboxDelivery(store, wake=lambda: None, on_event=delivered.append)
-    source = RenamingSource(["Payouts", "Payouts EU"])
+    source = ScriptedSource(["6000.00", "6000.00"], descriptions=["Payouts", "Payouts EU"])
     poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
     key = BalanceKey("mc", "tok")
     await poller.poll_round()

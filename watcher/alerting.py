@@ -5,6 +5,7 @@ and the same delivery as the polls, under the same evaluation lock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import datetime
@@ -48,6 +49,13 @@ class SliceSizer:
             part = keys[start : start + self.size]
             yield part
             start += len(part)
+
+    @contextlib.contextmanager
+    def timing(self, keys: int) -> Iterator[None]:
+        """Times the block, the work of a slice of `keys` keys, for `took`."""
+        began = time.perf_counter()
+        yield
+        self.took(keys, time.perf_counter() - began)
 
     def took(self, keys: int, seconds: float) -> None:
         """The slice just done took `seconds` for `keys` keys."""
@@ -93,10 +101,9 @@ class AlertClock:
         # Rescheduled as they are now, a slice at a time; ticked below only if due now.
         for part in self._settle_slices.parts(list(changed or ())):
             async with self._c.lock:
-                began = time.perf_counter()
-                for key in part:
-                    self._settle(key, now)
-                self._settle_slices.took(len(part), time.perf_counter() - began)
+                with self._settle_slices.timing(len(part)):
+                    for key in part:
+                        self._settle(key, now)
             await asyncio.sleep(0)
         async with self._c.lock:
             self._take_touched()
@@ -116,10 +123,9 @@ class AlertClock:
         try:
             for part in self._tick_slices.parts(ordered):
                 async with self._c.lock:
-                    began = time.perf_counter()
-                    staged, visited = self._tick_slice(part, now, rules, walk_listings)
-                    self._take_touched(visited)
-                    self._tick_slices.took(len(part), time.perf_counter() - began)
+                    with self._tick_slices.timing(len(part)):
+                        staged, visited = self._tick_slice(part, now, rules, walk_listings)
+                        self._take_touched(visited)
                 delivered += await self._durable(in_flight)
                 in_flight = staged
                 await asyncio.sleep(0)  # polls, the relay, heartbeats: between slices

@@ -24,7 +24,7 @@ from watcher.sources.mastercard_accounts import (
     plain_account,
     top_key,
 )
-from watcher.sources.values import PAUSE_GC_BYTES, collector_paused, load_json, show
+from watcher.sources.values import load_json, pausing_collector, show
 
 __all__ = ["parse_mastercard_json"]
 
@@ -32,6 +32,7 @@ __all__ = ["parse_mastercard_json"]
 _STREAM_JSON_BYTES = 64 * 1024
 
 
+@pausing_collector
 def parse_mastercard_json(
     body: Body,
     *,
@@ -47,19 +48,11 @@ def parse_mastercard_json(
     listing may also hold one account object instead of an array, and `account_balance` an array.
     `keys`: the source's ListingKeys, for a listing. `body` may be spooled (watcher.sources.body): it is
     then read a chunk at a time, for the same result.
+
+    The plain listing, `{"account-balances": [...]}`, is streamed (see JsonListing); any other body (the
+    other shapes, and every body the stream cannot take to its end: invalid JSON, ...) is read whole,
+    which gives the same result for a listing, and the same ParseError for a body that is not valid JSON.
     """
-    with collector_paused(len(body) >= PAUSE_GC_BYTES):
-        return _read_json(
-            body, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
-        )
-
-
-def _read_json(
-    body: Body, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
-) -> ParsedBalances:
-    """The plain listing, `{"account-balances": [...]}`, streamed (see JsonListing); any other body (the
-    other shapes, and every body the stream cannot take to its end: invalid JSON, ...) read whole, which
-    gives the same result for a listing, and the same ParseError for a body that is not valid JSON."""
     if len(body) >= _STREAM_JSON_BYTES:
         try:
             listing = JsonListing(body)

@@ -27,7 +27,7 @@ from watcher.sources.mastercard_accounts import (
     plain_account,
     top_key,
 )
-from watcher.sources.values import PAUSE_GC_BYTES, EntryError, collector_paused
+from watcher.sources.values import EntryError, pausing_collector
 from watcher.sources.xml_pattern import NotPlain, PlainFields, plain_listing
 from watcher.sources.xmlsafe import parse_untrusted_xml, stream_untrusted_xml
 
@@ -140,6 +140,11 @@ def _unexpected(top: str, names: Iterable[str]) -> ParseError:
     return ParseError(f"{top}: expected <account_balance> elements, found {shown}")
 
 
+class _NotAListing(Exception):
+    """The root has a <balance> child: the body is one account spelt directly under the root."""
+
+
+@pausing_collector
 def parse_mastercard_xml(
     body: Body,
     *,
@@ -153,21 +158,8 @@ def parse_mastercard_xml(
     The root is `<account_balances>` or `<account-balances>`, with one or many `<account_balance>`.
     `keys`: the source's ListingKeys, for a listing. `body` may be spooled (watcher.sources.body): it is
     then read a chunk at a time, for the same result.
-    """
-    with collector_paused(len(body) >= PAUSE_GC_BYTES):
-        return _read_xml(
-            body, source=source, observed_at=observed_at, correlation_id=correlation_id, keys=keys
-        )
 
-
-class _NotAListing(Exception):
-    """The root has a <balance> child: the body is one account spelt directly under the root."""
-
-
-def _read_xml(
-    body: Body, *, source: str, observed_at: datetime, correlation_id: str, keys: ListingKeys | None = None
-) -> ParsedBalances:
-    """The body streamed: each account is converted as soon as the parser reaches its end tag, then let
+    The body is streamed: each account is converted as soon as the parser reaches its end tag, then let
     go, so that a listing of 100,000 accounts never is a whole tree (a third of the peak memory of the
     parse, and the time to build and free it). Everything else as _read_xml_tree, which reads the
     account-under-the-root shape (it needs the root's children all at once; that shape is one account).

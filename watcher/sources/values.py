@@ -4,15 +4,17 @@ bookkeeping that lets one bad entry of a listing be reported without losing the 
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Concatenate, ParamSpec, TypeVar
 
 from rules.types import BalanceKey, Observation
 from watcher.sources.base import ParsedBalances, ParseError
@@ -37,6 +39,9 @@ PAUSE_GC_BYTES = 1024 * 1024
 _gc_lock = threading.Lock()
 _gc_pausers = 0
 _gc_paused_here = False
+_Body = TypeVar("_Body", bound=Sized)
+_Args = ParamSpec("_Args")
+_Result = TypeVar("_Result")
 
 
 @contextmanager
@@ -70,6 +75,20 @@ def collector_paused(pause: bool = True) -> Iterator[None]:
             if _gc_pausers == 0 and _gc_paused_here:
                 _gc_paused_here = False
                 gc.enable()
+
+
+def pausing_collector(
+    read: Callable[Concatenate[_Body, _Args], _Result],
+) -> Callable[Concatenate[_Body, _Args], _Result]:
+    """`read(body, ...)` run with the collector paused when the body is large (PAUSE_GC_BYTES or more; see
+    collector_paused): a parser's entry point, whatever its format."""
+
+    @functools.wraps(read)
+    def paused(body: _Body, /, *args: _Args.args, **kwargs: _Args.kwargs) -> _Result:
+        with collector_paused(len(body) >= PAUSE_GC_BYTES):
+            return read(body, *args, **kwargs)
+
+    return paused
 
 
 class EntryError(Exception):
