@@ -16,6 +16,7 @@ PATCHES is a comma-separated list (or "none"):
   relay-serial   the outbox relay with one batch in flight (for comparison)
   tick-whole     the alert clock's tick over every key at once (for comparison)
   tick-250       the alert clock's slices of 250 keys, as before they were sized by time (for comparison)
+  tick-budget    the alert clock's time budget per slice from $BENCH_TICK_SLICE_S (for comparison)
   gc-young       gc.set_threshold(7000, 10, 10) (an experiment)
   switch-1ms     sys.setswitchinterval(0.001) (an experiment)
   write-inline   the group commit on the event loop, not in the store's thread (an experiment)
@@ -123,12 +124,23 @@ def patch_trace_stalls() -> None:
     import asyncio
     import gc
     import os
+    import threading
     import time as _time
 
     from watcher.daemon import Daemon
     from watcher.store import StateStore
 
     out = open(os.environ["BENCH_STALLS_FILE"], "a", buffering=1 << 14)  # noqa: SIM115
+    # The store's thread writes here too (its commits, and the collections it sets off): a buffered file
+    # is not safe across threads, and two lines once came out interleaved mid-byte.
+    lock = threading.Lock()
+
+    def emit(line: str, flush: bool = False) -> None:
+        with lock:
+            out.write(line)
+            if flush:
+                out.flush()
+
     started: list[float] = [0.0]
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -137,7 +149,7 @@ def patch_trace_stalls() -> None:
         else:
             took_ms = (_time.perf_counter() - started[0]) * 1000
             tracked = len(gc.get_objects(2)) if info["generation"] == 2 else 0  # after it: what it walks
-            out.write(f"gc {_time.time():.6f} {info['generation']} {took_ms:.2f} {tracked}\n")
+            emit(f"gc {_time.time():.6f} {info['generation']} {took_ms:.2f} {tracked}\n")
 
     gc.callbacks.append(on_gc)
     real_write = StateStore._write_sync
@@ -148,7 +160,7 @@ def patch_trace_stalls() -> None:
             return real_write(self, batch, *args)
         finally:
             took_ms, cpu_ms = (_time.perf_counter() - t) * 1000, (_time.thread_time() - cpu) * 1000
-            out.write(f"write {_time.time():.6f} {took_ms:.2f} {len(batch)} {cpu_ms:.2f}\n")
+            emit(f"write {_time.time():.6f} {took_ms:.2f} {len(batch)} {cpu_ms:.2f}\n")
 
     StateStore._write_sync = write_sync  # type: ignore[method-assign]
     real_run = Daemon.run
@@ -159,8 +171,7 @@ def patch_trace_stalls() -> None:
             await asyncio.sleep(0.005)
             late = (_time.perf_counter() - t - 0.005) * 1000
             if late > 10:
-                out.write(f"lag {_time.time():.6f} {late:.2f}\n")
-                out.flush()
+                emit(f"lag {_time.time():.6f} {late:.2f}\n", flush=True)
 
     async def run(self: Daemon, *args: Any, **kwargs: Any) -> Any:
         task = asyncio.create_task(probe())
@@ -168,7 +179,7 @@ def patch_trace_stalls() -> None:
             return await real_run(self, *args, **kwargs)
         finally:
             task.cancel()
-            out.flush()
+            emit("", flush=True)
 
     Daemon.run = run  # type: ignore[method-assign]
 
@@ -253,6 +264,15 @@ def patch_tick_whole() -> None:
 def patch_tick_250() -> None:
     """The alert clock's slices of 250 keys each, as before they were sized to a time budget."""
     _tick_slices_of(250)
+
+
+def patch_tick_budget() -> None:
+    """The alert clock's time budget per slice from $BENCH_TICK_SLICE_S (seconds) instead of TICK_SLICE_S."""
+    import os
+
+    import watcher.alerting
+
+    watcher.alerting.TICK_SLICE_S = float(os.environ["BENCH_TICK_SLICE_S"])
 
 
 def patch_gc_young() -> None:
@@ -506,6 +526,7 @@ PATCHES = {
     "relay-serial": patch_relay_serial,
     "tick-whole": patch_tick_whole,
     "tick-250": patch_tick_250,
+    "tick-budget": patch_tick_budget,
     "gc-young": patch_gc_young,
     "trace-memory": patch_trace_memory,
     "switch-1ms": patch_switch_1ms,
