@@ -14,7 +14,7 @@ import pytest
 import watcher.alerting as alerting
 from rules.loader import parse_rules
 from rules.staleness import assess_poll
-from rules.types import AlertState, PollOutcome, subject_key
+from rules.types import AlertState, BalanceKey, PollOutcome, subject_key
 from watcher.alerting import AlertClock, SliceSizer
 from watcher.app import Components
 from watcher.events import Event
@@ -193,19 +193,44 @@ async def test_a_tick_lets_the_loop_run_between_its_slices(
 
 def test_slices_are_sized_to_the_budget_at_the_last_pace() -> None:
     """The next slice takes as many keys as TICK_SLICE_S allows at the pace of the last full slice,
-    between 1 and TICK_SLICE_KEYS_MAX; a short last slice, and a slice measured as taking no time,
-    say nothing that shrinks it."""
+    between 1 and TICK_SLICE_KEYS_MAX, and at most twice the keys of that slice; a short last slice,
+    and a slice measured as taking no time, say nothing that shrinks it."""
+    first = alerting.TICK_SLICE_KEYS_FIRST
     sizer = SliceSizer()
-    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST
+    assert sizer.size == first
     sizer.took(sizer.size, alerting.TICK_SLICE_S * 2)  # twice the budget: half the keys
-    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST // 2
-    sizer.took(sizer.size, alerting.TICK_SLICE_S / 4)  # a quarter of it: four times the keys
-    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST * 2
+    assert sizer.size == first // 2
+    sizer.took(sizer.size, alerting.TICK_SLICE_S / 3)  # a third of it: three times the keys, but twice
+    assert sizer.size == first
+    sizer.took(sizer.size, alerting.TICK_SLICE_S / 1.5)  # two thirds: half as many again
+    assert sizer.size == first * 3 // 2
     sizer.took(3, 10.0)  # the short last slice of a sequence
-    assert sizer.size == alerting.TICK_SLICE_KEYS_FIRST * 2
+    assert sizer.size == first * 3 // 2
     sizer.took(sizer.size, 10.0)  # a slow machine, or a key with many alerts: one key at a time
     assert sizer.size == 1
-    sizer.took(1, 0.0)
+    sizer.took(1, 0.0)  # no time: twice the keys
+    assert sizer.size == 2
+    for _ in range(20):
+        sizer.took(sizer.size, alerting.TICK_SLICE_S / 1000)
     assert sizer.size == alerting.TICK_SLICE_KEYS_MAX
-    sizer.took(sizer.size, alerting.TICK_SLICE_S / 1000)
+
+
+def test_each_sequence_of_slices_starts_small() -> None:
+    """A tick's pace says little about the next tick's keys: each sequence of slices starts at
+    TICK_SLICE_KEYS_FIRST keys at most (fewer when the last pace was slower), then grows twofold a slice
+    while its slices stay under the budget."""
+    keys = [BalanceKey("src", f"acct-{i}") for i in range(1000)]
+    sizer = SliceSizer()
+    for _ in range(20):
+        sizer.took(sizer.size, alerting.TICK_SLICE_S / 1000)  # a fast tick: the largest slices
     assert sizer.size == alerting.TICK_SLICE_KEYS_MAX
+    sizes = []
+    for part in sizer.parts(keys):
+        sizes.append(len(part))
+        sizer.took(len(part), alerting.TICK_SLICE_S / 1000)
+    first = alerting.TICK_SLICE_KEYS_FIRST
+    assert sizes[:4] == [first, first * 2, first * 4, first * 8]
+    assert sum(sizes) == len(keys)
+    slow = SliceSizer()
+    slow.took(first, alerting.TICK_SLICE_S * first / 10)  # a slow pace: 10 keys fill the budget
+    assert len(next(iter(slow.parts(keys)))) == 10
