@@ -4,6 +4,7 @@ events and states that visiting every key gives, and a tick with nothing due vis
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ from watcher.app import Components
 from watcher.events import Event
 from watcher.packed import ON_DISK
 from watcher.poller import OutboxDelivery, RulesHolder
-from watcher.store import StateStore, StateUpdate
+from watcher.store import StagedCommit, StateStore, StateUpdate
 
 T0 = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
 SOURCE = "mc"
@@ -188,6 +189,36 @@ async def test_a_tick_lets_the_loop_run_between_its_slices(
     assert daemon.clock.last_visited >= len(ACCOUNTS)  # accounts' are pending (`for`) and withheld by it
     assert sum(state.status == "pending" for state in store.all_alerts()) == len(ACCOUNTS)
     assert turns >= daemon.clock.last_visited
+    await store.close()
+
+
+async def test_each_slice_of_a_tick_is_durable_before_the_next_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick stages a slice only once the slice before is durable: a slice's group commit never waits
+    behind another's, and a poll staged meanwhile waits for one such commit at most."""
+    monkeypatch.setattr(alerting, "TICK_SLICE_KEYS_FIRST", 1)
+    monkeypatch.setattr(alerting, "TICK_SLICE_S", 0.0)  # one key a slice
+    store = StateStore(tmp_path / "state.db")
+    await store.open()
+    daemon = Daemon(store)
+    await daemon.poll(0, ACCOUNTS, True)
+    components = daemon.clock._c
+    real = components.delivery
+    staged: list[StagedCommit] = []
+    undone_at_stage: list[int] = []
+
+    class Recording:
+        def stage(self, update: StateUpdate, events: Sequence[Event]) -> Awaitable[None]:
+            undone_at_stage.append(sum(not commit.done() for commit in staged))
+            commit = real.stage(update, events)
+            staged.append(cast(StagedCommit, commit))
+            return commit
+
+    components.delivery = Recording()  # type: ignore[misc]
+    await daemon.tick(16, every_key=True)  # every account goes stale: a pending state each, a slice each
+    assert len(staged) > len(ACCOUNTS) // 2
+    assert set(undone_at_stage) == {0}
     await store.close()
 
 

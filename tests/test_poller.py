@@ -197,6 +197,39 @@ async def test_round_of_many_accounts_runs_max_concurrency_workers(tmp_path: Pat
     await store.close()
 
 
+async def test_a_rounds_workers_start_one_a_loop_turn(tmp_path: Path) -> None:
+    """A round's workers make their first calls in successive turns of the loop, not all in one: 64 first
+    calls (each signed and sent) in one turn held the loop ~50 ms while the first answers waited."""
+    store = StateStore(tmp_path / "s.db", outbox_limit=10_000)
+    await store.open()
+    turns = 0
+    first_call_turns: list[int] = []
+
+    class TurnRecordingSource(ManyAccountsSource):
+        async def fetch(self, target: str) -> FetchResult:
+            if len(self.called) < self.max_concurrency:
+                first_call_turns.append(turns)
+            return await super().fetch(target)
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    source = TurnRecordingSource(40, max_concurrency=8)
+    delivery = OutboxDelivery(store, wake=lambda: None)
+    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+    summary = await poller.poll_round()
+    counter.cancel()
+    assert summary.calls == 40
+    assert len(first_call_turns) == 8
+    assert len(set(first_call_turns)) == 8, f"first calls by turn: {first_call_turns}"
+    await store.close()
+
+
 async def test_a_rounds_call_outcomes_are_saved_in_batches_as_it_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
