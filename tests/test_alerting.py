@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from loop_turns import counting_loop_turns
 
 import watcher.alerting as alerting
 from rules.loader import parse_rules
@@ -161,34 +162,30 @@ async def test_a_rules_reload_resolves_the_gone_rules_alerts_and_reads_back_only
     await store.close()
 
 
+async def polled_one_key_a_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Daemon:
+    """A daemon whose clock ticks one key a slice, after a poll of every account (at minute 0)."""
+    monkeypatch.setattr(alerting, "TICK_SLICE_KEYS_FIRST", 1)
+    monkeypatch.setattr(alerting, "TICK_SLICE_S", 0.0)
+    store = StateStore(tmp_path / "state.db")
+    await store.open()
+    daemon = Daemon(store)
+    await daemon.poll(0, ACCOUNTS, True)
+    return daemon
+
+
 async def test_a_tick_lets_the_loop_run_between_its_slices(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tick over many keys gives the loop back between slices: a task beside it runs once per slice at
     least, so polls and the relay are not held for the whole tick."""
-    monkeypatch.setattr(alerting, "TICK_SLICE_KEYS_FIRST", 1)
-    monkeypatch.setattr(alerting, "TICK_SLICE_S", 0.0)  # one key a slice
-    store = StateStore(tmp_path / "state.db")
-    await store.open()
-    daemon = Daemon(store)
-    await daemon.poll(0, ACCOUNTS, True)
-    turns = 0
-    ticking = True
-
-    async def beside() -> None:
-        nonlocal turns
-        while ticking:
-            turns += 1
-            await asyncio.sleep(0)
-
-    other = asyncio.create_task(beside())
-    events = await daemon.tick(16, every_key=True)  # every account went stale: each key is visited
-    ticking = False
-    await other
+    daemon = await polled_one_key_a_slice(tmp_path, monkeypatch)
+    store = daemon.store
+    async with counting_loop_turns() as loop:
+        events = await daemon.tick(16, every_key=True)  # every account went stale: each key is visited
     assert [event_type for _, event_type, _ in events] == ["balance.alert.firing"]  # the source's; the
     assert daemon.clock.last_visited >= len(ACCOUNTS)  # accounts' are pending (`for`) and withheld by it
     assert sum(state.status == "pending" for state in store.all_alerts()) == len(ACCOUNTS)
-    assert turns >= daemon.clock.last_visited
+    assert loop.turns >= daemon.clock.last_visited
     await store.close()
 
 
@@ -197,12 +194,8 @@ async def test_each_slice_of_a_tick_is_durable_before_the_next_is_made(
 ) -> None:
     """A tick stages a slice only once the slice before is durable: a slice's group commit never waits
     behind another's, and a poll staged meanwhile waits for one such commit at most."""
-    monkeypatch.setattr(alerting, "TICK_SLICE_KEYS_FIRST", 1)
-    monkeypatch.setattr(alerting, "TICK_SLICE_S", 0.0)  # one key a slice
-    store = StateStore(tmp_path / "state.db")
-    await store.open()
-    daemon = Daemon(store)
-    await daemon.poll(0, ACCOUNTS, True)
+    daemon = await polled_one_key_a_slice(tmp_path, monkeypatch)
+    store = daemon.store
     components = daemon.clock._c
     real = components.delivery
     staged: list[StagedCommit] = []

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from loop_turns import counting_loop_turns
 
 import watcher.poller as poller_module
 from rules.loader import parse_rules
@@ -202,28 +203,19 @@ async def test_a_rounds_workers_start_one_a_loop_turn(tmp_path: Path) -> None:
     calls (each signed and sent) in one turn held the loop ~50 ms while the first answers waited."""
     store = StateStore(tmp_path / "s.db", outbox_limit=10_000)
     await store.open()
-    turns = 0
     first_call_turns: list[int] = []
+    async with counting_loop_turns() as loop:
 
-    class TurnRecordingSource(ManyAccountsSource):
-        async def fetch(self, target: str) -> FetchResult:
-            if len(self.called) < self.max_concurrency:
-                first_call_turns.append(turns)
-            return await super().fetch(target)
+        class TurnRecordingSource(ManyAccountsSource):
+            async def fetch(self, target: str) -> FetchResult:
+                if len(self.called) < self.max_concurrency:
+                    first_call_turns.append(loop.turns)
+                return await super().fetch(target)
 
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    counter = asyncio.create_task(count_turns())
-    await asyncio.sleep(0)
-    source = TurnRecordingSource(40, max_concurrency=8)
-    delivery = OutboxDelivery(store, wake=lambda: None)
-    poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
-    summary = await poller.poll_round()
-    counter.cancel()
+        source = TurnRecordingSource(40, max_concurrency=8)
+        delivery = OutboxDelivery(store, wake=lambda: None)
+        poller = Poller(source, store, delivery, RulesHolder(RULES), clock=lambda: T0)
+        summary = await poller.poll_round()
     assert summary.calls == 40
     assert len(first_call_turns) == 8
     assert len(set(first_call_turns)) == 8, f"first calls by turn: {first_call_turns}"
