@@ -130,9 +130,9 @@ class AlertClock:
                     with self._tick_slices.timing(len(part)):
                         staged, visited = self._tick_slice(part, now, rules, walk_listings)
                         self._take_touched(visited)
-                # Durable before the next slice is made: a slice's group commit (up to a hundred alerts and
-                # their events, 5-30 ms) then never waits behind the slice before, and a poll staged
-                # meanwhile waits for one such commit at most, not a queue of them (bench/README.md).
+                # Durable before the next slice is made: a slice's group commit (its alerts and events)
+                # then never waits behind the slice before, and a poll staged meanwhile waits for one such
+                # commit at most, not a queue of them (bench/README.md).
                 delivered += await self._durable(staged)
                 await asyncio.sleep(0)  # polls, the relay, heartbeats: between slices
         except BaseException:
