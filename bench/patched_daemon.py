@@ -141,6 +141,10 @@ def patch_trace_stalls() -> None:
             if flush:
                 out.flush()
 
+    def flush() -> None:
+        with lock:
+            out.flush()
+
     started: list[float] = [0.0]
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -179,7 +183,7 @@ def patch_trace_stalls() -> None:
             return await real_run(self, *args, **kwargs)
         finally:
             task.cancel()
-            emit("", flush=True)
+            flush()
 
     Daemon.run = run  # type: ignore[method-assign]
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sandbox_accounts import sandbox_account
 
 from rules.loader import load_rule_files, parse_rules
 from rules.types import BalanceKey, KnownBalance, subject_key
@@ -27,8 +28,6 @@ from watcher.sources.mastercard_accounts import ListingKeys
 from watcher.sources.mastercard_json import parse_mastercard_json
 from watcher.sources.mastercard_xml import parse_mastercard_xml
 from watcher.store import StateStore
-
-from .sandbox_accounts import sandbox_account
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
