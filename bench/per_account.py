@@ -5,7 +5,9 @@
 For each N: a sandbox with N accounts (balances move every --tick seconds, so every poll of a steady
 round sees a change and publishes an event: the heavy case), then
   1. the floor: a bare loop of signed aiohttp GETs of the same N URLs, 64 in flight, signing in the
-     event loop, no parsing, no rules, no Kafka (and, for reference, signing on 2 threads);
+     event loop, no parsing, no rules, no Kafka (and, for reference, signing on 2 threads, and by one
+     signing process as the daemon's `[signing] processes = 1` does: the bound of any daemon that signs
+     that way on this machine);
   2. the daemon (`python -m watcher run`), one Mastercard source with non_card_tokens = the N tokens,
      max_concurrency 64, rate limit 10,000/s, the example rules; rounds back to back (interval 1s).
      Round 1 sees every account for the first time; rounds 2.. are the steady state.
@@ -69,10 +71,15 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
             floor = asyncio.run(signed_floor(urls, key))
             floor["sandbox_cpu_s_per_1000_calls"] = round(
                 1000 * sandbox_cpu.cpu_between(started, time.time()) / floor["calls"], 3)
-        floor_threads_result = None
+        floor_threads_result = floor_process_result = None
         if floor_threads:
             log(f"N={accounts}: floor with signing on 2 threads")
             floor_threads_result = asyncio.run(signed_floor(urls, key, sign_in_threads=2))
+            log(f"N={accounts}: floor with signing by one signing process")
+            started = time.time()
+            floor_process_result = asyncio.run(signed_floor(urls, key, sign_in_processes=1))
+            floor_process_result["sandbox_cpu_s_per_1000_calls"] = round(
+                1000 * sandbox_cpu.cpu_between(started, time.time()) / floor_process_result["calls"], 3)
         folder = env.folder(f"per-account-{accounts}" + (f"-{variant}" if variant else ""))
         port = free_port()
         broker = env.fresh_broker()
@@ -149,6 +156,7 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
                 "log_level": log_level,
                 "floor": floor,
                 "floor_sign_2_threads": floor_threads_result,
+                "floor_sign_1_process": floor_process_result,
                 "rounds": per_round,
                 "steady_polls_per_s": round(mean, 1),
                 "steady_polls_per_s_best": best,
@@ -221,6 +229,14 @@ def main() -> int:
               f"{r['ratio_to_floor']:.2f}, {r['cpu_s_per_1000_polls']:.2f} CPU s/1000 polls (sandbox "
               f"{r['sandbox_cpu_s_per_1000_polls']:.2f}, broker {r['broker_cpu_s_per_1000_polls']:.2f}), "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+        for name, label in (("floor", "in the loop"), ("floor_sign_2_threads", "on 2 threads"),
+                            ("floor_sign_1_process", "by 1 process")):
+            bare = r.get(name)
+            if bare and r["variant"] == "":
+                sandbox = bare.get("sandbox_cpu_s_per_1000_calls")
+                print(f"N={r['accounts']:>7} floor, signing {label:<15}: {bare['per_s']:>7.1f} calls/s, "
+                      f"{1000 * bare['cpu_s'] / bare['calls']:.2f} CPU s/1000 calls"
+                      + (f" (sandbox {sandbox:.2f})" if sandbox is not None else ""), file=sys.stderr)
     return 0
 
 
