@@ -12,11 +12,11 @@ relay then publishes.
 
 Group commit: `stage()` applies an update to memory at once (under the caller's evaluation lock) and
 queues it; one writer task writes every queued update in one transaction on the store's worker thread
-(one executor hop and one sync per batch, not per poll), and the caller awaits durability outside its
-lock. If a batch cannot be written, every update of it and every update queued after it (derived from
-memory that had the failed ones applied) fails, nothing new is staged until memory is reloaded from
-SQLite, and so memory never runs ahead of disk: the next poll derives the same events again, with the
-same ids.
+(one executor hop and one sync per batch, not per poll; the statements are in watcher.store_db), and
+the caller awaits durability outside its lock. If a batch cannot be written, every update of it and
+every update queued after it (derived from memory that had the failed ones applied) fails, nothing new
+is staged until memory is reloaded from SQLite, and so memory never runs ahead of disk: the next poll
+derives the same events again, with the same ids.
 
 Committed events also stay in memory (bounded) until Kafka acknowledged them, so the relay takes its
 batches without a SELECT through the busy worker thread; after a restart, a failed write, or when that
@@ -27,15 +27,13 @@ acknowledgement.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import json
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, KeysView, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ from rules.types import (
     Freshness,
     KnownBalance,
 )
+from watcher import store_db
 from watcher.alert_records import AlertRecords
 from watcher.disk_records import (
     ALERT_COLUMNS,
@@ -65,29 +64,12 @@ from watcher.events import Event
 from watcher.freshness_records import FreshnessRecords
 from watcher.hot_keys import HotKeys
 from watcher.known_records import KnownRecords
-from watcher.store_schema import (
-    SCHEMA,
-    add_missing_columns,
-    alert_detail_to_json,
-    parse_time,
-)
-from watcher.wal_checkpointer import CHECKPOINT_PERIOD_S, WalCheckpointer, checkpoint_passive
+from watcher.store_db import OutboxEntry as OutboxEntry
+from watcher.store_db import PollRecord as PollRecord
+from watcher.store_db import StateUpdate as StateUpdate
+from watcher.wal_checkpointer import CHECKPOINT_PERIOD_S, WalCheckpointer
 
 log = structlog.get_logger("watcher.store")
-
-@dataclass(frozen=True, slots=True)
-class PollRecord:
-    """The outcome of the latest call for one (source, target)."""
-
-    source: str
-    target: str
-    polled_at: datetime
-    outcome: str
-    http_status: int | None
-    correlation_id: str
-    error: str | None
-    last_success_at: datetime | None
-
 
 class OutboxFull(Exception):
     """The outbox holds as many events as it may; nothing of this poll was written."""
@@ -97,28 +79,6 @@ class StateWriteError(Exception):
     """A staged update was not written: its batch failed, or an earlier one did (or the store is still
     reloading from disk after such a failure). Memory is reloaded from SQLite, so the update is lost as
     if it had never been made, and the next poll derives it again, with the same event ids."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """One event waiting in the outbox, in the form it is sent to Kafka. `topic` is "changes" or
-    "alerts": the configured topic name is looked up when it is sent."""
-
-    seq: int
-    topic: str
-    key: str
-    ce_id: str
-    headers: tuple[tuple[str, bytes], ...]
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StateUpdate:
-    """What one poll changes: the balances to remember and the alert states to write."""
-
-    balances: Sequence[tuple[BalanceKey, KnownBalance]]
-    alerts: Sequence[AlertState]
-    freshness: Sequence[Freshness] = ()
 
 
 _NOTHING = StateUpdate(balances=(), alerts=())
@@ -242,26 +202,9 @@ class StateStore:
         self._writer = asyncio.create_task(self._write_loop(), name="state-store-writer")
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is safe in WAL mode: a commit is in the WAL before COMMIT returns, so a process crash
-        # (kill -9) loses nothing committed; only a power loss (or an OS crash) may lose the last
-        # transactions before a checkpoint syncs them - whole groups, state and events together,
-        # never one without the other - and the next polls derive those changes again, with the same
-        # event ids. It saves the fsync of every commit.
-        db.execute("PRAGMA synchronous=NORMAL")
-        # No checkpoint inside a commit: the checkpointer runs them on its own connection (see there).
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        db.executescript(SCHEMA)
-        add_missing_columns(db)
-        self._db = db
+        self._db = store_db.connect(self.path)
         self._disk.open(self.path)
-        # PSD2 access budget: only the last 24 hours matter.
-        day_ago = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        db.execute("DELETE FROM accesses WHERE at < ?", (day_ago,))
-        for source, account, at in db.execute("SELECT source, account, at FROM accesses"):
-            self._accesses.setdefault((source, account), []).append(datetime.fromisoformat(at))
+        self._accesses = store_db.recent_accesses(self._db)
 
     def _load_sync(self) -> _Snapshot:
         """Read the durable state (at open, and again after a failed write)."""
@@ -551,97 +494,14 @@ class StateStore:
     def _write_sync(
         self, batch: list[StagedCommit], first_seq: int, delete_through: int, tail: bool = False
     ) -> list[OutboxEntry]:
-        entries: list[OutboxEntry] = []
-        outbox_rows: list[tuple[Any, ...]] = []
-        # The rows of every update in the order staged: INSERT OR REPLACE lets a later update of the same
-        # row win, as it did in memory, and nothing gathers them (a first listing's 100,000 freshness
-        # records would be a dict of 100,000 at the round's peak).
-        updates = [staged.update for staged in batch]
-        balances = itertools.chain.from_iterable(u.balances for u in updates)
-        alerts = itertools.chain.from_iterable(u.alerts for u in updates)
-        freshness = itertools.chain.from_iterable(u.freshness for u in updates)
-        seq = first_seq
-        # The events of a batch share most of their headers (source, type, time, correlation id of one
-        # listing): one (name, value) pair each, not one per event held by the relay's memory.
-        pairs: dict[tuple[str, bytes], tuple[str, bytes]] = {}
-        share = pairs.setdefault
-        for staged in batch:
-            for event in staged.events:
-                headers = tuple([share(pair, pair) for pair in event.headers()])
-                value = event.value()
-                entries.append(OutboxEntry(seq, event.topic, event.key, event.id, headers, value))
-                outbox_rows.append((
-                    seq, event.topic, event.key, event.id, json.dumps([[k, v.decode()] for k, v in headers]),
-                    value, event.time.isoformat(),
-                ))
-                seq += 1
-        db = self._require()
-        if tail:
-            # The frames committed while the checkpointer copied the log: copied here, where no commit
-            # can land meanwhile, so that this transaction starts the log file over (wal_checkpointer.py).
-            with contextlib.suppress(sqlite3.Error):  # the checkpointer's next run tries again
-                checkpoint_passive(db)
-        with _transaction(db):
-            if delete_through:
-                # Kafka acknowledged these; they went out in order.
-                db.execute("DELETE FROM outbox WHERE seq <= ?", (delete_through,))
-            db.executemany(
-                "INSERT INTO outbox (seq, topic, key, ce_id, headers, value, created_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                outbox_rows,
-            )
-            # Each row made as SQLite takes it (generators, not lists): the freshness rows of a first
-            # listing of 100,000 accounts would otherwise all be held at once, at the round's peak.
-            db.executemany(
-                "INSERT OR REPLACE INTO balances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    (
-                        k.source,
-                        k.account,
-                        k.balance_type,
-                        str(b.balance.amount),
-                        b.balance.currency,
-                        b.balance.state,
-                        b.balance.balance_type,
-                        b.description,
-                        b.observed_at.isoformat(),
-                        b.correlation_id,
-                        b.version,
-                        json.dumps([[t.isoformat(), str(a)] for t, a in b.history]),
-                    )
-                    for k, b in balances
-                ),
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    (
-                        a.fingerprint,
-                        a.rule,
-                        a.key.source,
-                        a.key.account,
-                        a.key.balance_type,
-                        a.status,
-                        a.episode,
-                        a.started_at.isoformat(),
-                        a.resolved_at.isoformat() if a.resolved_at else None,
-                        alert_detail_to_json(a),
-                    )
-                    for a in alerts
-                ),
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO freshness (source, account, watched_since, last_success_at,"
-                " last_error, access_revoked, listed, last_listing_at) VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    (f.subject.source, f.subject.account, f.watched_since.isoformat(),
-                     f.last_success_at.isoformat() if f.last_success_at else None, f.last_error,
-                     int(f.access_revoked), int(f.listed),
-                     f.last_listing_at.isoformat() if f.last_listing_at else None)
-                    for f in freshness
-                ),
-            )
-        return entries
+        return store_db.write_group(
+            self._require(),
+            [staged.update for staged in batch],
+            itertools.chain.from_iterable(staged.events for staged in batch),
+            first_seq,
+            delete_through,
+            tail,
+        )
 
     async def _recover(self, batch: list[StagedCommit], exc: Exception) -> None:
         """A batch failed: fail it and everything queued after it, and reload memory from disk before
@@ -699,11 +559,7 @@ class StateStore:
             return list(itertools.islice(self._unpublished, skip, skip + limit))
         while self._acked_through < self._disk_only_through:
             low, high = self._acked_through, self._disk_only_through
-            rows = await self._call(self._outbox_rows_sync, low, high, limit)
-            entries = [
-                OutboxEntry(r[0], r[1], r[2], r[3], tuple((k, v.encode()) for k, v in json.loads(r[4])), r[5])
-                for r in rows
-            ]
+            entries: list[OutboxEntry] = await self._call(self._outbox_entries_sync, low, high, limit)
             if (self._acked_through, self._disk_only_through) != (low, high):
                 return entries  # acknowledged or overflowed meanwhile: what was read is still the head
             if len(entries) == limit:
@@ -713,14 +569,8 @@ class StateStore:
             self._disk_only_through = low
         return list(itertools.islice(self._unpublished, limit))
 
-    def _outbox_rows_sync(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
-        return list(
-            self._require().execute(
-                "SELECT seq, topic, key, ce_id, headers, value FROM outbox WHERE seq > ? AND seq <= ?"
-                " ORDER BY seq LIMIT ?",
-                (after, through, limit),
-            )
-        )
+    def _outbox_entries_sync(self, after: int, through: int, limit: int) -> list[OutboxEntry]:
+        return store_db.outbox_entries(self._require(), after, through, limit)
 
     def acknowledge(self, batch: Sequence[OutboxEntry]) -> None:
         """Kafka acknowledged `batch`, the oldest events of the outbox as `outbox_batch` returned them:
@@ -748,13 +598,7 @@ class StateStore:
         self._accesses[(source, account)] = [*recent, at]
 
     def _record_access_sync(self, source: str, account: str, at: datetime) -> None:
-        db = self._require()
-        with _transaction(db):
-            db.execute("INSERT INTO accesses VALUES (?,?,?)", (source, account, at.isoformat()))
-            db.execute(
-                "DELETE FROM accesses WHERE source = ? AND account = ? AND at < ?",
-                (source, account, (at - timedelta(days=1)).isoformat()),
-            )
+        store_db.record_access(self._require(), source, account, at)
 
     async def record_polls(self, records: Iterable[PollRecord]) -> None:
         """Remember the outcome of calls, for `status` and staleness."""
@@ -763,42 +607,15 @@ class StateStore:
             await self._call(self._record_polls_sync, records)
 
     def _record_polls_sync(self, records: list[PollRecord]) -> None:
-        # Each row made as SQLite takes it: the rows of a round of 100,000 calls are never all held.
-        rows = (
-            (
-                r.source,
-                r.target,
-                r.polled_at.isoformat(),
-                r.outcome,
-                r.http_status,
-                r.correlation_id,
-                r.error,
-                r.last_success_at.isoformat() if r.last_success_at else None,
-            )
-            for r in records
-        )
-        db = self._require()
-        with _transaction(db):
-            # A failed call keeps the time of the last success.
-            db.executemany(
-                "INSERT INTO polls VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(source, target) DO UPDATE SET"
-                " polled_at=excluded.polled_at, outcome=excluded.outcome,"
-                " http_status=excluded.http_status, correlation_id=excluded.correlation_id,"
-                " error=excluded.error,"
-                " last_success_at=COALESCE(excluded.last_success_at, polls.last_success_at)",
-                rows,
-            )
+        store_db.record_polls(self._require(), records)
 
     async def poll_records(self) -> list[PollRecord]:
         """Every (source, target)'s latest call."""
-        rows = await self._call(self._poll_rows_sync)
-        return [
-            PollRecord(r[0], r[1], datetime.fromisoformat(r[2]), r[3], r[4], r[5], r[6], parse_time(r[7]))
-            for r in rows
-        ]
+        records: list[PollRecord] = await self._call(self._poll_records_sync)
+        return records
 
-    def _poll_rows_sync(self) -> list[tuple[Any, ...]]:
-        return list(self._require().execute("SELECT * FROM polls ORDER BY source, target"))
+    def _poll_records_sync(self) -> list[PollRecord]:
+        return store_db.poll_records(self._require())
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
@@ -812,15 +629,3 @@ def _may_leave_memory(key: BalanceKey, freshness: FreshnessRecords) -> bool:
     objects)."""
     return key.account != WHOLE_SOURCE and freshness.polled_alone(key)
 
-
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
