@@ -108,6 +108,11 @@ def chart(results: dict[str, Any]) -> None:
     per = [r for r in results.get("per_account", []) if not r.get("variant")]
     xs = [r["accounts"] for r in per]
     ax1.plot(xs, [r["floor"]["per_s"] for r in per], "k--o", label="floor: bare signed GETs")
+    bound = [(r["accounts"], r["floor_sign_1_process"]["per_s"])
+             for r in per if r.get("floor_sign_1_process")]
+    if bound:
+        ax1.plot([x for x, _ in bound], [y for _, y in bound], "--s", color="grey",
+                 label="bare signed GETs, signing by 1 process")
     ax1.plot(xs, [r["steady_polls_per_s"] for r in per], "b-o", label="daemon, steady rounds")
     ax1.plot(xs, [r["first_sight_polls_per_s"] for r in per], "c-o", label="daemon, first sight")
     experiments = [r for r in results.get("experiments", []) if r.get("variant")]
