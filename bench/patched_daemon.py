@@ -135,11 +135,9 @@ def patch_trace_stalls() -> None:
     # is not safe across threads, and two lines once came out interleaved mid-byte.
     lock = threading.Lock()
 
-    def emit(line: str, flush: bool = False) -> None:
+    def emit(line: str) -> None:
         with lock:
             out.write(line)
-            if flush:
-                out.flush()
 
     def flush() -> None:
         with lock:
@@ -175,7 +173,8 @@ def patch_trace_stalls() -> None:
             await asyncio.sleep(0.005)
             late = (_time.perf_counter() - t - 0.005) * 1000
             if late > 10:
-                emit(f"lag {_time.time():.6f} {late:.2f}\n", flush=True)
+                emit(f"lag {_time.time():.6f} {late:.2f}\n")
+                flush()
 
     async def run(self: Daemon, *args: Any, **kwargs: Any) -> Any:
         task = asyncio.create_task(probe())

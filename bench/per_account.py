@@ -65,21 +65,21 @@ def measure(env: Env, accounts: int, *, rounds: int, tick: float, log_level: str
         names = tokens(accounts)
         urls = account_urls(sandbox, names)
         key = load_key(env)
-        if floor is None:
-            log(f"N={accounts}: floor (signed, 64 in flight, signing in the event loop)")
+        def bare_floor(how: str, **signing: int) -> dict[str, Any]:
+            """The bare signed loop over the N URLs, with the sandbox's CPU per call meanwhile."""
+            log(f"N={accounts}: floor, signing {how}")
             started = time.time()
-            floor = asyncio.run(signed_floor(urls, key))
-            floor["sandbox_cpu_s_per_1000_calls"] = round(
-                1000 * sandbox_cpu.cpu_between(started, time.time()) / floor["calls"], 3)
+            result = asyncio.run(signed_floor(urls, key, **signing))
+            result["sandbox_cpu_s_per_1000_calls"] = round(
+                1000 * sandbox_cpu.cpu_between(started, time.time()) / result["calls"], 3)
+            return result
+
+        if floor is None:
+            floor = bare_floor("in the event loop (64 in flight)")
         floor_threads_result = floor_process_result = None
         if floor_threads:
-            log(f"N={accounts}: floor with signing on 2 threads")
-            floor_threads_result = asyncio.run(signed_floor(urls, key, sign_in_threads=2))
-            log(f"N={accounts}: floor with signing by one signing process")
-            started = time.time()
-            floor_process_result = asyncio.run(signed_floor(urls, key, sign_in_processes=1))
-            floor_process_result["sandbox_cpu_s_per_1000_calls"] = round(
-                1000 * sandbox_cpu.cpu_between(started, time.time()) / floor_process_result["calls"], 3)
+            floor_threads_result = bare_floor("on 2 threads", sign_in_threads=2)
+            floor_process_result = bare_floor("by one signing process", sign_in_processes=1)
         folder = env.folder(f"per-account-{accounts}" + (f"-{variant}" if variant else ""))
         port = free_port()
         broker = env.fresh_broker()
@@ -229,14 +229,15 @@ def main() -> int:
               f"{r['ratio_to_floor']:.2f}, {r['cpu_s_per_1000_polls']:.2f} CPU s/1000 polls (sandbox "
               f"{r['sandbox_cpu_s_per_1000_polls']:.2f}, broker {r['broker_cpu_s_per_1000_polls']:.2f}), "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+        if r["variant"]:
+            continue  # its floors are the run's as is, printed there
         for name, label in (("floor", "in the loop"), ("floor_sign_2_threads", "on 2 threads"),
                             ("floor_sign_1_process", "by 1 process")):
-            bare = r.get(name)
-            if bare and r["variant"] == "":
-                sandbox = bare.get("sandbox_cpu_s_per_1000_calls")
+            bare = r[name]
+            if bare:
                 print(f"N={r['accounts']:>7} floor, signing {label:<15}: {bare['per_s']:>7.1f} calls/s, "
-                      f"{1000 * bare['cpu_s'] / bare['calls']:.2f} CPU s/1000 calls"
-                      + (f" (sandbox {sandbox:.2f})" if sandbox is not None else ""), file=sys.stderr)
+                      f"{1000 * bare['cpu_s'] / bare['calls']:.2f} CPU s/1000 calls (sandbox "
+                      f"{bare['sandbox_cpu_s_per_1000_calls']:.2f})", file=sys.stderr)
     return 0
 
 

@@ -27,6 +27,7 @@ acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import sqlite3
 from collections import deque
@@ -35,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
@@ -70,6 +71,9 @@ from watcher.store_db import StateUpdate as StateUpdate
 from watcher.wal_checkpointer import CHECKPOINT_PERIOD_S, WalCheckpointer
 
 log = structlog.get_logger("watcher.store")
+_Args = ParamSpec("_Args")
+_Result = TypeVar("_Result")
+
 
 class OutboxFull(Exception):
     """The outbox holds as many events as it may; nothing of this poll was written."""
@@ -186,6 +190,15 @@ class StateStore:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _on_db(
+        self, statement: Callable[Concatenate[sqlite3.Connection, _Args], _Result], *args: _Args.args,
+        **kwargs: _Args.kwargs,
+    ) -> _Result:
+        """`statement(the writer's connection, *args)` (watcher.store_db) on the store's thread."""
+        db = self._require()
+        result: _Result = await self._call(functools.partial(statement, db, *args, **kwargs))
+        return result
 
     async def open(self) -> None:
         """Create the database if needed, load the whole state into memory, start the writer."""
@@ -559,7 +572,7 @@ class StateStore:
             return list(itertools.islice(self._unpublished, skip, skip + limit))
         while self._acked_through < self._disk_only_through:
             low, high = self._acked_through, self._disk_only_through
-            entries: list[OutboxEntry] = await self._call(self._outbox_entries_sync, low, high, limit)
+            entries = await self._on_db(store_db.outbox_entries, low, high, limit)
             if (self._acked_through, self._disk_only_through) != (low, high):
                 return entries  # acknowledged or overflowed meanwhile: what was read is still the head
             if len(entries) == limit:
@@ -568,9 +581,6 @@ class StateStore:
             self._unpublished.extendleft(reversed(entries))
             self._disk_only_through = low
         return list(itertools.islice(self._unpublished, limit))
-
-    def _outbox_entries_sync(self, after: int, through: int, limit: int) -> list[OutboxEntry]:
-        return store_db.outbox_entries(self._require(), after, through, limit)
 
     def acknowledge(self, batch: Sequence[OutboxEntry]) -> None:
         """Kafka acknowledged `batch`, the oldest events of the outbox as `outbox_batch` returned them:
@@ -593,29 +603,19 @@ class StateStore:
 
     async def record(self, source: str, account: str, at: datetime) -> None:
         """Record one access durably (the request is made only after this returns)."""
-        await self._call(self._record_access_sync, source, account, at)
+        await self._on_db(store_db.record_access, source, account, at)
         recent = [a for a in self._accesses.get((source, account), []) if a >= at - timedelta(days=1)]
         self._accesses[(source, account)] = [*recent, at]
-
-    def _record_access_sync(self, source: str, account: str, at: datetime) -> None:
-        store_db.record_access(self._require(), source, account, at)
 
     async def record_polls(self, records: Iterable[PollRecord]) -> None:
         """Remember the outcome of calls, for `status` and staleness."""
         records = list(records)
         if records:
-            await self._call(self._record_polls_sync, records)
-
-    def _record_polls_sync(self, records: list[PollRecord]) -> None:
-        store_db.record_polls(self._require(), records)
+            await self._on_db(store_db.record_polls, records)
 
     async def poll_records(self) -> list[PollRecord]:
         """Every (source, target)'s latest call."""
-        records: list[PollRecord] = await self._call(self._poll_records_sync)
-        return records
-
-    def _poll_records_sync(self) -> list[PollRecord]:
-        return store_db.poll_records(self._require())
+        return await self._on_db(store_db.poll_records)
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
